@@ -1,0 +1,484 @@
+//! The Parquet sink: Hive-partitioned, rolling, atomically published files.
+//!
+//! One [`PartitionedParquetWriter`] serves one source partition. Rows are
+//! split by the values of the `partition_by` columns into directories such
+//! as `event_date=2026-11-24/`; each directory has at most one open file,
+//! which rolls on max rows, max bytes or (for unbounded sources) max age.
+//! A file is named after the stream and the position of its first record
+//! (`orders.ndjson-000000000001.parquet`), so re-running the same input
+//! overwrites instead of duplicating. Files are uploaded through
+//! `object_store` multipart uploads, which publish the object under its
+//! final name only when complete: readers never see a half-written file.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+
+use crate::store::Location;
+
+/// How Parquet files are cut and encoded.
+#[derive(Debug, Clone)]
+pub struct ParquetOptions {
+    /// Columns whose values name the Hive directories (left out of the files).
+    pub partition_by: Vec<String>,
+    /// Compression codec.
+    pub compression: Codec,
+    /// Roll a file after this many rows.
+    pub max_rows: usize,
+    /// Roll a file once it holds about this many bytes.
+    pub max_bytes: usize,
+    /// Roll a file this long after it was opened (unbounded sources only).
+    pub max_age: Option<Duration>,
+    /// Rows per row group.
+    pub row_group_rows: usize,
+    /// Files open at once per source partition; the least recently written is closed beyond it.
+    pub max_open_files: usize,
+}
+
+/// Parquet compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Zstandard at a level (1–22).
+    Zstd(i32),
+    /// Snappy.
+    Snappy,
+    /// No compression.
+    Uncompressed,
+}
+
+/// A file that reached its final name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedFile {
+    /// Path relative to the output root.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Position of the first record.
+    pub first_position: u64,
+    /// Position of the last record.
+    pub last_position: u64,
+}
+
+/// A Parquet output that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetSinkError {
+    /// A `partition_by` column is missing from the output schema.
+    #[error("partition_by column {0:?} is not in the output schema")]
+    MissingPartitionColumn(String),
+    /// Encoding failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Reshaping a batch failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A zstd level outside 1–22.
+    #[error("invalid zstd level {0}")]
+    Level(i32),
+}
+
+/// Hive's name for a null partition value.
+const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+struct OpenFile {
+    dir: String,
+    path: Path,
+    writer: AsyncArrowWriter<BufWriter>,
+    rows: usize,
+    first_position: u64,
+    last_position: u64,
+    opened: Instant,
+    last_write: u64,
+}
+
+/// Writes one source partition's rows for one output.
+pub struct PartitionedParquetWriter {
+    location: Location,
+    options: ParquetOptions,
+    props: WriterProperties,
+    stream: String,
+    /// Indices of the partition columns in the input batches.
+    partition_columns: Vec<usize>,
+    /// Indices of the data columns (written to files).
+    data_columns: Vec<usize>,
+    file_schema: SchemaRef,
+    open: Vec<OpenFile>,
+    published: Vec<PublishedFile>,
+    writes: u64,
+}
+
+impl std::fmt::Debug for PartitionedParquetWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionedParquetWriter")
+            .field("root", &self.location.display)
+            .field("stream", &self.stream)
+            .field("open", &self.open.len())
+            .finish()
+    }
+}
+
+/// The schema of the files: the batch schema minus the partition columns.
+pub fn file_schema(
+    schema: &Schema,
+    partition_by: &[String],
+) -> Result<SchemaRef, ParquetSinkError> {
+    for column in partition_by {
+        if schema.index_of(column).is_err() {
+            return Err(ParquetSinkError::MissingPartitionColumn(column.clone()));
+        }
+    }
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| !partition_by.contains(f.name()))
+        .cloned()
+        .collect();
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+impl PartitionedParquetWriter {
+    /// A writer for batches of `schema` from source stream `stream`, under `location`.
+    pub fn new(
+        location: Location,
+        options: ParquetOptions,
+        schema: &SchemaRef,
+        stream: &str,
+    ) -> Result<Self, ParquetSinkError> {
+        let file_schema = file_schema(schema, &options.partition_by)?;
+        let partition_columns = options
+            .partition_by
+            .iter()
+            .map(|c| schema.index_of(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let data_columns = (0..schema.fields().len())
+            .filter(|i| !partition_columns.contains(i))
+            .collect();
+        let compression = match options.compression {
+            Codec::Zstd(level) => Compression::ZSTD(
+                ZstdLevel::try_new(level).map_err(|_| ParquetSinkError::Level(level))?,
+            ),
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::Uncompressed => Compression::UNCOMPRESSED,
+        };
+        let props = WriterProperties::builder()
+            .set_compression(compression)
+            .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
+            .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(PartitionedParquetWriter {
+            location,
+            options,
+            props,
+            stream: stream.to_string(),
+            partition_columns,
+            data_columns,
+            file_schema,
+            open: Vec::new(),
+            published: Vec::new(),
+            writes: 0,
+        })
+    }
+
+    /// Hive directory (`col=value/…`) of every row.
+    fn directories(&self, batch: &RecordBatch) -> Result<Vec<String>, ParquetSinkError> {
+        if self.partition_columns.is_empty() {
+            return Ok(vec![String::new(); batch.num_rows()]);
+        }
+        let rendered: Vec<ArrayRef> = self
+            .partition_columns
+            .iter()
+            .map(|i| cast(batch.column(*i), &DataType::Utf8))
+            .collect::<Result<_, _>>()?;
+        let rendered: Vec<&arrow::array::StringArray> = rendered
+            .iter()
+            .map(|a| {
+                a.as_any()
+                    .downcast_ref()
+                    .expect("cast to Utf8 yields a StringArray")
+            })
+            .collect();
+        let names = &self.options.partition_by;
+        Ok((0..batch.num_rows())
+            .map(|row| {
+                let mut dir = String::new();
+                for (name, values) in names.iter().zip(&rendered) {
+                    let value = if values.is_null(row) {
+                        NULL_PARTITION.to_string()
+                    } else {
+                        escape_partition_value(values.value(row))
+                    };
+                    dir.push_str(name);
+                    dir.push('=');
+                    dir.push_str(&value);
+                    dir.push('/');
+                }
+                dir
+            })
+            .collect())
+    }
+
+    /// Writes `batch`; `positions[i]` is the source position of row `i`.
+    pub async fn write(
+        &mut self,
+        batch: &RecordBatch,
+        positions: &[u64],
+    ) -> Result<(), ParquetSinkError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let dirs = self.directories(batch)?;
+        // Group rows by directory, in order of first appearance.
+        let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
+        for (row, dir) in dirs.into_iter().enumerate() {
+            match groups.iter_mut().find(|(d, _)| *d == dir) {
+                Some((_, rows)) => rows.push(row as u32),
+                None => groups.push((dir, vec![row as u32])),
+            }
+        }
+        for (dir, rows) in groups {
+            let mut rows = rows.as_slice();
+            while !rows.is_empty() {
+                let file = self.file_for(&dir, positions[rows[0] as usize]).await?;
+                let room = self
+                    .options
+                    .max_rows
+                    .saturating_sub(self.open[file].rows)
+                    .max(1);
+                let (now, later) = rows.split_at(room.min(rows.len()));
+                let indices = UInt32Array::from(now.to_vec());
+                let columns = self
+                    .data_columns
+                    .iter()
+                    .map(|i| take(batch.column(*i), &indices, None))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let part = RecordBatch::try_new(self.file_schema.clone(), columns)?;
+                self.writes += 1;
+                let open = &mut self.open[file];
+                open.writer.write(&part).await?;
+                open.rows += now.len();
+                open.last_position = positions[*now.last().expect("non-empty split") as usize];
+                open.last_write = self.writes;
+                if self.should_roll(file) {
+                    self.close(file).await?;
+                }
+                rows = later;
+            }
+        }
+        Ok(())
+    }
+
+    fn should_roll(&self, file: usize) -> bool {
+        let open = &self.open[file];
+        let bytes = open.writer.bytes_written() + open.writer.in_progress_size();
+        open.rows >= self.options.max_rows
+            || bytes >= self.options.max_bytes
+            || self
+                .options
+                .max_age
+                .is_some_and(|age| open.opened.elapsed() >= age)
+    }
+
+    /// Index of the open file for `dir`, opening one named after `first_position` if needed.
+    async fn file_for(
+        &mut self,
+        dir: &str,
+        first_position: u64,
+    ) -> Result<usize, ParquetSinkError> {
+        if let Some(i) = self.open.iter().position(|f| f.dir == dir) {
+            return Ok(i);
+        }
+        if self.open.len() >= self.options.max_open_files.max(1) {
+            let oldest = (0..self.open.len())
+                .min_by_key(|i| self.open[*i].last_write)
+                .expect("at least one open file");
+            self.close(oldest).await?;
+        }
+        let path = Path::from(format!("{dir}{}-{first_position:012}.parquet", self.stream));
+        let object = BufWriter::new(self.location.store.clone(), path.clone());
+        let writer =
+            AsyncArrowWriter::try_new(object, self.file_schema.clone(), Some(self.props.clone()))?;
+        self.open.push(OpenFile {
+            dir: dir.to_string(),
+            path,
+            writer,
+            rows: 0,
+            first_position,
+            last_position: first_position,
+            opened: Instant::now(),
+            last_write: self.writes,
+        });
+        Ok(self.open.len() - 1)
+    }
+
+    async fn close(&mut self, file: usize) -> Result<(), ParquetSinkError> {
+        let mut open = self.open.swap_remove(file);
+        open.writer.append_key_value_metadata(KeyValue::new(
+            "tributary.source".to_string(),
+            format!(
+                "{}:{}-{}",
+                self.stream, open.first_position, open.last_position
+            ),
+        ));
+        open.writer.finish().await?;
+        let bytes = open.writer.bytes_written();
+        tracing::debug!(path = %open.path, rows = open.rows, "published parquet file");
+        self.published.push(PublishedFile {
+            path: open.path.to_string(),
+            rows: open.rows as u64,
+            bytes: bytes as u64,
+            first_position: open.first_position,
+            last_position: open.last_position,
+        });
+        Ok(())
+    }
+
+    /// Closes files that are older than `max_age` (call on an idle tick for unbounded sources).
+    pub async fn roll_expired(&mut self) -> Result<(), ParquetSinkError> {
+        while let Some(i) = (0..self.open.len()).find(|i| self.should_roll(*i)) {
+            self.close(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes every open file and returns all files published by this writer.
+    pub async fn finish(mut self) -> Result<Vec<PublishedFile>, ParquetSinkError> {
+        while !self.open.is_empty() {
+            self.close(self.open.len() - 1).await?;
+        }
+        self.published.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(self.published)
+    }
+}
+
+/// Escapes characters that would break a Hive path segment, as Hive does.
+fn escape_partition_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '/' | '\\' | '=' | '%' | ':' | '#' | '?' | '*' | '"' | '\'' | '[' | ']' | '^'
+            | '\n' | '\r' | '\t' => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        NULL_PARTITION.to_string()
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Date32Array, Int64Array, StringArray};
+    use arrow::datatypes::Field;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn options(max_rows: usize) -> ParquetOptions {
+        ParquetOptions {
+            partition_by: vec!["day".into()],
+            compression: Codec::Zstd(3),
+            max_rows,
+            max_bytes: usize::MAX,
+            max_age: None,
+            row_group_rows: 1024,
+            max_open_files: 4,
+        }
+    }
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("day", DataType::Date32, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])),
+                Arc::new(Date32Array::from(vec![
+                    Some(0),
+                    Some(1),
+                    Some(0),
+                    None,
+                    Some(0),
+                ])),
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d", "e"])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn rows_land_in_hive_directories_and_files_roll_on_row_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::open(dir.path().to_str().unwrap()).unwrap();
+        let batch = batch();
+        let mut writer =
+            PartitionedParquetWriter::new(location, options(2), &batch.schema(), "in.ndjson")
+                .unwrap();
+        writer.write(&batch, &[10, 11, 12, 13, 14]).await.unwrap();
+        let files = writer.finish().await.unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "day=1970-01-01/in.ndjson-000000000010.parquet",
+                "day=1970-01-01/in.ndjson-000000000014.parquet",
+                "day=1970-01-02/in.ndjson-000000000011.parquet",
+                "day=__HIVE_DEFAULT_PARTITION__/in.ndjson-000000000013.parquet",
+            ]
+        );
+        assert_eq!(files.iter().map(|f| f.rows).sum::<u64>(), 5);
+        let file = std::fs::File::open(dir.path().join(names[0])).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        assert!(
+            reader.schema().field_with_name("day").is_err(),
+            "partition column is in the path only"
+        );
+        let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 2);
+        let leftovers: Vec<_> = walk(dir.path())
+            .into_iter()
+            .filter(|p| !p.ends_with(".parquet"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "no staging files remain: {leftovers:?}"
+        );
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path.display().to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn partition_values_are_escaped() {
+        assert_eq!(escape_partition_value("a/b=c"), "a%2Fb%3Dc");
+        assert_eq!(escape_partition_value(""), NULL_PARTITION);
+    }
+}

@@ -1,0 +1,551 @@
+//! The pipeline file: what data engineers write, as typed Rust.
+//!
+//! Loading is strict: unknown keys, wrong types and malformed values are
+//! refused with `file:line:column` and the key path. String values may
+//! contain `${VAR}` or `${VAR:-default}`, replaced from the environment when
+//! the file is read (after YAML parsing, so a value can never change the
+//! file's structure); `$${` writes a literal `${`.
+
+mod values;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use values::{ByteSize, DurationText, Text};
+
+/// Where a problem in the pipeline file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column.
+    pub column: u64,
+}
+
+/// A pipeline file that cannot be used, with where and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}:{line}:{column}: {key}{message}", file = file.display(), key = key_prefix(key_path))]
+pub struct ConfigError {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// 1-based line (0 when unknown).
+    pub line: u64,
+    /// 1-based column (0 when unknown).
+    pub column: u64,
+    /// Dotted key path, e.g. `stages[1].transform.sql`.
+    pub key_path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn key_prefix(path: &str) -> String {
+    if path.is_empty() || path == "." {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
+impl ConfigError {
+    /// An error at `span` (if known) about the value at `key_path`.
+    pub fn at(
+        file: &Path,
+        span: Option<&Span>,
+        key_path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        let (line, column) = span.map_or((0, 0), |s| (s.line, s.column));
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            key_path: key_path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A whole pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// The pipeline's name, carried into dead letters and logs.
+    pub name: String,
+    /// Where records come from.
+    pub source: SourceConfig,
+    /// How records are grouped into batches.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Stages, applied in order.
+    pub stages: Vec<StageConfig>,
+    /// Where valid records go.
+    pub outputs: Vec<OutputConfig>,
+    /// Where invalid records go.
+    pub dlq: DeadLetterConfig,
+    /// Where ambiguous records go.
+    pub review: DeadLetterConfig,
+    /// Partitions processed at once (default: the number of cores).
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+/// The source, one kind at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// Newline-delimited JSON files.
+    File(FileSourceConfig),
+}
+
+/// NDJSON files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// A path or glob (`data/*.ndjson`), relative to the pipeline file.
+    pub path: Text,
+    /// Large files are cut into partitions of about this size.
+    #[serde(default = "default_chunk")]
+    pub chunk_bytes: ByteSize,
+    /// Lines longer than this stop the partition (they cannot be held in memory).
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: ByteSize,
+}
+
+fn default_chunk() -> ByteSize {
+    ByteSize(32 << 20)
+}
+
+fn default_max_line() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
+/// One value or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list.
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    /// The values as a slice-like vector of references.
+    pub fn iter(&self) -> Vec<&T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(ts) => ts.iter().collect(),
+        }
+    }
+}
+
+/// Batching.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// A batch closes at this many records.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// A batch closes at about this many payload bytes.
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: ByteSize,
+    /// A batch closes this long after its first record (streaming sources).
+    #[serde(default = "default_max_wait")]
+    pub max_wait: DurationText,
+}
+
+fn default_max_records() -> usize {
+    8192
+}
+
+fn default_batch_bytes() -> ByteSize {
+    ByteSize(16 << 20)
+}
+
+fn default_max_wait() -> DurationText {
+    DurationText(std::time::Duration::from_millis(500))
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_max_records(),
+            max_bytes: default_batch_bytes(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+/// A stage: a map with exactly one key naming its kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum StageConfig {
+    /// JSON Schema validation and data-quality rules.
+    Validate(ValidateConfig),
+    /// SQL or mapping.
+    Transform(TransformConfig),
+    /// Lookup join and derived fields.
+    Enrich(EnrichConfig),
+}
+
+impl StageConfig {
+    /// `validate`, `transform` or `enrich`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Validate(_) => "validate",
+            StageConfig::Transform(_) => "transform",
+            StageConfig::Enrich(_) => "enrich",
+        }
+    }
+}
+
+/// The validate stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// JSON Schema (draft 2020-12) file, relative to the pipeline file.
+    pub schema: Text,
+    /// Payloads larger than this go to the DLQ unread.
+    #[serde(default = "default_max_record")]
+    pub max_record_bytes: ByteSize,
+    /// Data-quality rules.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_max_record() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+/// A data-quality rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Reported with each failing record.
+    pub name: String,
+    /// Boolean SQL over the validated columns; records where it is not true fail.
+    pub sql: Text,
+    /// `error` → DLQ, `warn` → review queue.
+    #[serde(default)]
+    pub severity: SeverityConfig,
+}
+
+/// Rule severity.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SeverityConfig {
+    /// To the DLQ.
+    #[default]
+    Error,
+    /// To the review queue.
+    Warn,
+}
+
+/// The transform stage: `sql` or `mapping`, not both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// `SELECT … FROM input`.
+    #[serde(default)]
+    pub sql: Option<Text>,
+    /// Declarative column operations.
+    #[serde(default)]
+    pub mapping: Option<MappingConfig>,
+}
+
+/// Declarative column operations (applied: flatten, defaults, cast, rename, drop).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    /// Struct columns to spread into `<column>_<field>` columns.
+    #[serde(default)]
+    pub flatten: Vec<String>,
+    /// Column → value used where the column is null.
+    #[serde(default)]
+    pub defaults: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Column → SQL type.
+    #[serde(default)]
+    pub cast: std::collections::BTreeMap<String, String>,
+    /// Old name → new name.
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Columns to leave out.
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+/// The enrich stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// The reference table.
+    pub lookup: LookupConfig,
+    /// What to do with records whose key is not in the table.
+    #[serde(default)]
+    pub on_miss: OnMissConfig,
+    /// Derived fields, in order.
+    #[serde(default)]
+    pub derive: Vec<DeriveConfig>,
+}
+
+/// A reference table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupConfig {
+    /// Name used in messages (default: the file name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// File (CSV with header, Parquet or NDJSON), relative to the pipeline file.
+    pub path: Text,
+    /// Format; by default from the extension.
+    #[serde(default)]
+    pub format: Option<LookupFormat>,
+    /// Key columns, present in both the records and the table.
+    pub key: OneOrMany<String>,
+    /// Table columns to add (default: all but the key).
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Reload the table this often, without stopping the pipeline.
+    #[serde(default)]
+    pub refresh_interval: Option<DurationText>,
+}
+
+/// Lookup file formats.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupFormat {
+    /// CSV with a header row.
+    Csv,
+    /// Parquet.
+    Parquet,
+    /// Newline-delimited JSON.
+    Ndjson,
+}
+
+/// Policy for lookup misses.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissConfig {
+    /// Keep the record with nulls.
+    Null,
+    /// Review queue.
+    #[default]
+    Review,
+    /// Dead-letter queue.
+    Dlq,
+}
+
+/// A derived field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveConfig {
+    /// Column name.
+    pub name: String,
+    /// SQL expression over the joined columns.
+    pub sql: Text,
+}
+
+/// An output, one kind per entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum OutputConfig {
+    /// Parquet files.
+    Parquet(ParquetOutputConfig),
+}
+
+impl OutputConfig {
+    /// The output's name (its table name for `tributary query`).
+    pub fn name(&self) -> &str {
+        match self {
+            OutputConfig::Parquet(p) => &p.name,
+        }
+    }
+}
+
+/// Parquet files under a directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetOutputConfig {
+    /// Table name for queries.
+    pub name: String,
+    /// Root directory (or `file://` URL), relative to the pipeline file.
+    pub path: Text,
+    /// Hive partition columns.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// `zstd` (default), `zstd(N)`, `snappy` or `none`.
+    #[serde(default)]
+    pub compression: Option<Text>,
+    /// When files roll.
+    #[serde(default)]
+    pub roll: RollConfig,
+    /// Rows per row group.
+    #[serde(default = "default_row_group")]
+    pub row_group_rows: usize,
+    /// Files open at once per source partition.
+    #[serde(default = "default_open_files")]
+    pub max_open_files: usize,
+}
+
+fn default_row_group() -> usize {
+    128 * 1024
+}
+
+fn default_open_files() -> usize {
+    32
+}
+
+/// File rolling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollConfig {
+    /// Rows per file.
+    #[serde(default = "default_roll_rows")]
+    pub max_rows: usize,
+    /// Bytes per file (approximate).
+    #[serde(default = "default_roll_bytes")]
+    pub max_bytes: ByteSize,
+    /// Age of an open file (streaming sources only; file sources roll deterministically).
+    #[serde(default)]
+    pub max_age: Option<DurationText>,
+}
+
+fn default_roll_rows() -> usize {
+    1_000_000
+}
+
+fn default_roll_bytes() -> ByteSize {
+    ByteSize(128 << 20)
+}
+
+impl Default for RollConfig {
+    fn default() -> Self {
+        RollConfig {
+            max_rows: default_roll_rows(),
+            max_bytes: default_roll_bytes(),
+            max_age: None,
+        }
+    }
+}
+
+/// A DLQ or review destination: NDJSON files under a directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Directory (or `file://` URL), relative to the pipeline file.
+    pub path: Text,
+    /// Files roll at about this size.
+    #[serde(default = "default_dead_letter_bytes")]
+    pub max_file_bytes: ByteSize,
+}
+
+fn default_dead_letter_bytes() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+/// A parsed pipeline file with where it was read from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The pipeline.
+    pub pipeline: PipelineFile,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Its directory, against which relative paths resolve.
+    pub base_dir: PathBuf,
+}
+
+impl Loaded {
+    /// `path` resolved against the pipeline file's directory (URLs and absolute paths unchanged).
+    pub fn resolve(&self, path: &str) -> String {
+        if path.contains("://") || Path::new(path).is_absolute() {
+            return path.to_string();
+        }
+        // Lexically drop `.` and `dir/..` so paths in messages read naturally.
+        let mut parts: Vec<std::path::Component> = Vec::new();
+        for component in self.base_dir.join(path).components() {
+            match component {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir
+                    if matches!(parts.last(), Some(std::path::Component::Normal(_))) =>
+                {
+                    parts.pop();
+                }
+                c => parts.push(c),
+            }
+        }
+        let joined: PathBuf = parts.iter().collect();
+        if joined.as_os_str().is_empty() {
+            ".".into()
+        } else {
+            joined.display().to_string()
+        }
+    }
+}
+
+/// Reads and parses a pipeline file.
+pub fn load(file: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigError::at(
+            file,
+            None,
+            "",
+            format!("cannot read the pipeline file: {e}"),
+        )
+    })?;
+    parse(&text, file)
+}
+
+/// Parses pipeline text; `file` names it in errors and anchors relative paths.
+pub fn parse(text: &str, file: &Path) -> Result<Loaded, ConfigError> {
+    let mut key_path = None;
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, PipelineFile>(de).map_err(|e| {
+            key_path = Some(e.path().to_string());
+            e.into_inner()
+        })
+    });
+    let pipeline = result.map_err(|e| from_yaml(file, key_path, &e))?;
+    let base_dir = file
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    Ok(Loaded {
+        pipeline,
+        file: file.to_path_buf(),
+        base_dir,
+    })
+}
+
+fn from_yaml(file: &Path, key_path: Option<String>, error: &serde_saphyr::Error) -> ConfigError {
+    let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
+    let message = plain_message(error);
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key_path: key_path.unwrap_or_default(),
+        message,
+    }
+}
+
+/// serde-saphyr renders errors with a source snippet; keep the first line, without its own location suffix.
+fn plain_message(error: &serde_saphyr::Error) -> String {
+    let rendered = error.to_string();
+    let first = rendered.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first.find(" at line ") {
+        Some(i) => first[..i].to_string(),
+        None => first.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,14 @@
+//! Tributary's engine: the pipeline file, planning, the runtime, and the
+//! orders workload generator. The `tributary` binary is a thin CLI over it.
+//!
+//! - [`config`]: the pipeline file as typed Rust, with located errors.
+//! - [`plan`]: everything checked before data flows (`tributary check`).
+//! - [`runtime`]: partitions, bounded channels, routing to the three doors.
+//! - [`query`]: SQL over a pipeline's Parquet outputs.
+//! - [`workload`]: the deterministic orders event generator.
+
+pub mod config;
+pub mod plan;
+pub mod query;
+pub mod runtime;
+pub mod workload;

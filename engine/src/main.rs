@@ -1,0 +1,300 @@
+//! The `tributary` command line.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tributary_engine::runtime::{self, StopHandle, Summary};
+use tributary_engine::workload::{self, WorkloadSpec};
+use tributary_engine::{config, plan, query};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Tributary: validate, transform and enrich JSON events into Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "tributary", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate order events, run the bundled orders pipeline on them, and show the result.
+    Demo {
+        /// Number of events.
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// Folder for input and output (replaced on every run).
+        #[arg(long, default_value = "tributary-demo")]
+        dir: PathBuf,
+    },
+    /// Run a pipeline until its source is exhausted (Ctrl-C drains and stops).
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Also write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
+    /// Load and check a pipeline without running it.
+    Check {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Write deterministic orders events (and the customers table beside them).
+    Generate {
+        /// Number of events.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Fraction of invalid events (0–1).
+        #[arg(long, default_value_t = 0.02)]
+        invalid_ratio: f64,
+        /// Seed: the same seed writes the same bytes.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Events file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Customers CSV (default: customers.csv beside --out; none when writing to standard output).
+        #[arg(long)]
+        customers: Option<PathBuf>,
+    },
+    /// Run SQL over a pipeline's Parquet outputs (tables named after the outputs).
+    Query {
+        /// The SQL.
+        sql: String,
+        /// The pipeline whose outputs to query.
+        #[arg(long, default_value = "pipelines/orders.yaml")]
+        pipeline: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Check { pipeline } => check(&pipeline),
+        Command::Run {
+            pipeline,
+            summary_json,
+        } => {
+            let plan = load_plan(&pipeline)?;
+            let summary = runtime_builder()?.block_on(run_until_done(plan))?;
+            print!("{summary}");
+            if let Some(path) = summary_json {
+                let json = serde_json::to_string_pretty(&summary)?;
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(outcome(&summary))
+        }
+        Command::Generate {
+            events,
+            invalid_ratio,
+            seed,
+            out,
+            customers,
+        } => generate(events, invalid_ratio, seed, out, customers),
+        Command::Query { sql, pipeline } => {
+            let plan = load_plan(&pipeline)?;
+            let batches = runtime_builder()?.block_on(query::run(&plan, &sql))?;
+            println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { events, dir } => demo(events, &dir),
+    }
+}
+
+fn runtime_builder() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn load_plan(pipeline: &Path) -> Result<plan::Plan> {
+    let loaded = config::load(pipeline)?;
+    Ok(plan::build(&loaded)?)
+}
+
+fn check(pipeline: &Path) -> Result<ExitCode> {
+    let plan = load_plan(pipeline)?;
+    println!("{}: ok", pipeline.display());
+    println!(
+        "  stages: validate{}",
+        plan.stages
+            .iter()
+            .map(|s| format!(" → {}", s.kind))
+            .collect::<String>()
+    );
+    println!("  output columns:");
+    for field in plan.output_schema.fields() {
+        println!(
+            "    {:<16} {}{}",
+            field.name(),
+            field.data_type(),
+            if field.is_nullable() { "" } else { " not null" }
+        );
+    }
+    for o in &plan.outputs {
+        println!(
+            "  output {} → {} (partitioned by {:?})",
+            o.name, o.path, o.options.partition_by
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the plan; the first Ctrl-C drains in-flight batches and stops.
+async fn run_until_done(plan: plan::Plan) -> Result<Summary> {
+    let stop = StopHandle::default();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping: finishing batches in flight and publishing open files…");
+            on_signal.stop();
+        }
+    });
+    Ok(runtime::run(plan, stop).await?)
+}
+
+fn outcome(summary: &Summary) -> ExitCode {
+    if !summary.failures().is_empty() || !summary.totals.balanced() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn generate(
+    events: u64,
+    invalid_ratio: f64,
+    seed: u64,
+    out: Option<PathBuf>,
+    customers: Option<PathBuf>,
+) -> Result<ExitCode> {
+    if !(0.0..=1.0).contains(&invalid_ratio) {
+        bail!("--invalid-ratio must be between 0 and 1, got {invalid_ratio}");
+    }
+    let spec = WorkloadSpec {
+        events,
+        invalid_ratio,
+        seed,
+    };
+    let customers = customers.or_else(|| out.as_ref().map(|o| o.with_file_name("customers.csv")));
+    match &out {
+        Some(path) => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let mut file = BufWriter::new(
+                File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            );
+            let expected = workload::write_events(spec, &mut file)?;
+            file.flush()?;
+            let invalid = expected
+                .iter()
+                .filter(|e| matches!(e, workload::Expected::Dlq(_)))
+                .count();
+            eprintln!(
+                "wrote {events} events ({invalid} invalid) to {}",
+                path.display()
+            );
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = BufWriter::new(stdout.lock());
+            workload::write_events(spec, &mut lock)?;
+            lock.flush()?;
+        }
+    }
+    if let Some(path) = customers {
+        let mut file = BufWriter::new(
+            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        let rows = workload::write_customers(seed, &mut file)?;
+        file.flush()?;
+        eprintln!("wrote {rows} customers to {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bundled orders pipeline, shipped in the repository.
+fn bundled_pipeline() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/orders.yaml")
+}
+
+fn demo(events: u64, dir: &Path) -> Result<ExitCode> {
+    let input = dir.join("input");
+    let out = dir.join("out");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&input).with_context(|| format!("creating {}", input.display()))?;
+    let events_file = input.join("orders.ndjson");
+    let customers_file = input.join("customers.csv");
+    println!(
+        "generating {events} order events (2 % invalid) in {}",
+        input.display()
+    );
+    generate(
+        events,
+        0.02,
+        42,
+        Some(events_file.clone()),
+        Some(customers_file.clone()),
+    )?;
+    let absolute = |p: &Path| -> Result<String> {
+        Ok(std::fs::canonicalize(p)
+            .or_else(|_| std::env::current_dir().map(|d| d.join(p)))
+            .with_context(|| format!("resolving {}", p.display()))?
+            .display()
+            .to_string())
+    };
+    std::fs::create_dir_all(&out)?;
+    let vars = [
+        ("TRIBUTARY_INPUT", absolute(&events_file)?),
+        ("TRIBUTARY_CUSTOMERS", absolute(&customers_file)?),
+        ("TRIBUTARY_OUT", absolute(&out)?),
+    ];
+    for (name, value) in &vars {
+        // SAFETY: no other thread exists yet; the async runtime starts below.
+        unsafe { std::env::set_var(name, value) };
+    }
+    let pipeline = bundled_pipeline();
+    println!("running {}", pipeline.display());
+    let plan = load_plan(&pipeline)?;
+    let runtime = runtime_builder()?;
+    let summary = runtime.block_on(run_until_done(plan))?;
+    print!("{summary}");
+    let sql = "SELECT event_date, count(*) AS orders, round(sum(total_cents) / 100.0, 2) AS revenue, \
+               count(DISTINCT customer_id) AS customers, sum(CASE WHEN is_high_value THEN 1 ELSE 0 END) AS high_value \
+               FROM orders GROUP BY event_date ORDER BY event_date";
+    println!("\nexample query: tributary query \"{sql}\"");
+    let plan = load_plan(&pipeline)?;
+    let batches = runtime.block_on(query::run(&plan, sql))?;
+    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    Ok(outcome(&summary))
+}

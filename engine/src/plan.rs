@@ -1,0 +1,440 @@
+//! Turns a parsed pipeline file into runnable parts, checking everything that
+//! can be checked before data flows: schema files, SQL against the schema the
+//! previous stage emits, lookup tables, output settings. `tributary check`
+//! is exactly this step.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use tributary_connectors::lookup::{FileFormat, FileLookup, LookupSource};
+use tributary_connectors::parquet::{Codec, ParquetOptions, file_schema};
+use tributary_connectors::source::{BatchLimits, FileSource, Source};
+use tributary_stages::Stage;
+use tributary_stages::enrich::{Enrich, EnrichSpec, LookupTable, OnMiss, SharedTable};
+use tributary_stages::transform::{MappingSpec, Transform, TransformSpec};
+use tributary_stages::validate::{RuleSpec, Severity, Validate, ValidateSpec};
+
+use crate::config::{
+    ConfigError, DeadLetterConfig, EnrichConfig, Loaded, LookupFormat, OnMissConfig, OutputConfig,
+    SeverityConfig, SourceConfig, StageConfig, Text, TransformConfig, ValidateConfig,
+};
+
+/// A stage after validate, ready to run.
+#[derive(Clone)]
+pub struct PlannedStage {
+    /// `transform` or `enrich`.
+    pub kind: &'static str,
+    /// The stage.
+    pub stage: Arc<dyn Stage>,
+}
+
+/// A Parquet output, ready to open.
+#[derive(Debug, Clone)]
+pub struct PlannedOutput {
+    /// Table name.
+    pub name: String,
+    /// Root location.
+    pub path: String,
+    /// File options.
+    pub options: ParquetOptions,
+}
+
+/// A DLQ or review destination.
+#[derive(Debug, Clone)]
+pub struct PlannedDeadLetter {
+    /// Root location.
+    pub path: String,
+    /// Files roll at about this size.
+    pub max_file_bytes: usize,
+}
+
+/// A lookup table with its source and refresh interval.
+#[derive(Clone)]
+pub struct PlannedLookup {
+    /// Name for logs.
+    pub name: String,
+    /// Key columns.
+    pub keys: Vec<String>,
+    /// Where snapshots come from.
+    pub source: Arc<dyn LookupSource>,
+    /// The handle the enrich stage reads.
+    pub table: SharedTable,
+    /// How often to reload, if at all.
+    pub refresh: Option<Duration>,
+}
+
+/// Everything `run` needs.
+pub struct Plan {
+    /// Pipeline name.
+    pub name: String,
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// The source.
+    pub source: Box<dyn Source>,
+    /// Batch limits for readers.
+    pub limits: BatchLimits,
+    /// The first stage.
+    pub validate: Arc<Validate>,
+    /// The stages after validate.
+    pub stages: Vec<PlannedStage>,
+    /// Outputs.
+    pub outputs: Vec<PlannedOutput>,
+    /// Dead-letter destination.
+    pub dlq: PlannedDeadLetter,
+    /// Review destination.
+    pub review: PlannedDeadLetter,
+    /// Lookups to refresh.
+    pub lookups: Vec<PlannedLookup>,
+    /// Partitions processed at once.
+    pub workers: usize,
+    /// Schema of the records reaching the outputs.
+    pub output_schema: SchemaRef,
+}
+
+/// Builds the plan, refusing the pipeline at the first problem.
+pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
+    let p = &loaded.pipeline;
+    let err = |span: Option<&crate::config::Span>, key: String, msg: String| {
+        ConfigError::at(&loaded.file, span, key, msg)
+    };
+
+    let source: Box<dyn Source> = match &p.source {
+        SourceConfig::File(f) => Box::new(FileSource::new(
+            vec![loaded.resolve(f.path.as_str())],
+            f.chunk_bytes.0,
+            f.max_line_bytes.as_usize(),
+        )),
+    };
+    if p.batch.max_records == 0 {
+        return Err(err(
+            None,
+            "batch.max_records".into(),
+            "must be at least 1".into(),
+        ));
+    }
+
+    let Some(StageConfig::Validate(first)) = p.stages.first() else {
+        return Err(err(
+            None,
+            "stages[0]".into(),
+            "the first stage must be `validate`: it turns raw JSON into typed columns".into(),
+        ));
+    };
+    let validate = Arc::new(build_validate(loaded, first)?);
+    let mut schema = validate.output_schema();
+    let mut stages = Vec::new();
+    let mut lookups = Vec::new();
+    for (i, stage) in p.stages.iter().enumerate().skip(1) {
+        let key = format!("stages[{i}].{}", stage.kind());
+        let planned: Arc<dyn Stage> = match stage {
+            StageConfig::Validate(_) => {
+                return Err(err(
+                    None,
+                    key,
+                    "validate may only be the first stage".into(),
+                ));
+            }
+            StageConfig::Transform(t) => Arc::new(build_transform(loaded, t, &schema, &key)?),
+            StageConfig::Enrich(e) => {
+                let (enrich, lookup) = build_enrich(loaded, e, &schema, &key)?;
+                lookups.push(lookup);
+                Arc::new(enrich)
+            }
+        };
+        schema = planned.output_schema();
+        stages.push(PlannedStage {
+            kind: stage.kind(),
+            stage: planned,
+        });
+    }
+
+    let mut outputs = Vec::new();
+    for (i, output) in p.outputs.iter().enumerate() {
+        let OutputConfig::Parquet(o) = output;
+        let key = format!("outputs[{i}].parquet");
+        if outputs.iter().any(|x: &PlannedOutput| x.name == o.name) {
+            return Err(err(
+                None,
+                format!("{key}.name"),
+                format!("output name {:?} is used twice", o.name),
+            ));
+        }
+        file_schema(&schema, &o.partition_by).map_err(|e| {
+            err(
+                None,
+                format!("{key}.partition_by"),
+                format!(
+                    "{e}; the records reaching the output have: {}",
+                    column_names(&schema)
+                ),
+            )
+        })?;
+        let compression = match &o.compression {
+            None => Codec::Zstd(3),
+            Some(text) => parse_codec(text.as_str())
+                .map_err(|m| err(Some(&text.span), format!("{key}.compression"), m))?,
+        };
+        outputs.push(PlannedOutput {
+            name: o.name.clone(),
+            path: loaded.resolve(o.path.as_str()),
+            options: ParquetOptions {
+                partition_by: o.partition_by.clone(),
+                compression,
+                max_rows: o.roll.max_rows.max(1),
+                max_bytes: o.roll.max_bytes.as_usize().max(1),
+                max_age: o.roll.max_age.map(|d| d.0),
+                row_group_rows: o.row_group_rows.max(1),
+                max_open_files: o.max_open_files.max(1),
+            },
+        });
+    }
+    if outputs.is_empty() {
+        return Err(err(
+            None,
+            "outputs".into(),
+            "at least one output is needed".into(),
+        ));
+    }
+    let dead_letter = |c: &DeadLetterConfig| PlannedDeadLetter {
+        path: loaded.resolve(c.path.as_str()),
+        max_file_bytes: c.max_file_bytes.as_usize().max(1),
+    };
+    let workers = match p.workers {
+        Some(0) => return Err(err(None, "workers".into(), "must be at least 1".into())),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    Ok(Plan {
+        name: p.name.clone(),
+        file: loaded.file.clone(),
+        source,
+        limits: BatchLimits {
+            max_records: p.batch.max_records,
+            max_bytes: p.batch.max_bytes.as_usize().max(1),
+        },
+        validate,
+        stages,
+        outputs,
+        dlq: dead_letter(&p.dlq),
+        review: dead_letter(&p.review),
+        lookups,
+        workers,
+        output_schema: schema,
+    })
+}
+
+fn column_names(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_codec(text: &str) -> Result<Codec, String> {
+    let t = text.trim().to_ascii_lowercase();
+    match t.as_str() {
+        "zstd" => Ok(Codec::Zstd(3)),
+        "snappy" => Ok(Codec::Snappy),
+        "none" | "uncompressed" => Ok(Codec::Uncompressed),
+        _ => match t.strip_prefix("zstd(").and_then(|r| r.strip_suffix(')')) {
+            Some(level) => match level.parse::<i32>() {
+                Ok(l) if (1..=22).contains(&l) => Ok(Codec::Zstd(l)),
+                _ => Err(format!("zstd level must be 1 to 22, found {level:?}")),
+            },
+            None => Err(format!(
+                "unknown compression {text:?} (use zstd, zstd(N), snappy or none)"
+            )),
+        },
+    }
+}
+
+fn build_validate(loaded: &Loaded, config: &ValidateConfig) -> Result<Validate, ConfigError> {
+    let key = "stages[0].validate";
+    let schema_path = loaded.resolve(config.schema.as_str());
+    let at = |text: &Text, key: String, message: String| {
+        ConfigError::at(&loaded.file, Some(&text.span), key, message)
+    };
+    let raw = std::fs::read_to_string(&schema_path).map_err(|e| {
+        at(
+            &config.schema,
+            format!("{key}.schema"),
+            format!("cannot read schema file {schema_path}: {e}"),
+        )
+    })?;
+    let document: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
+        at(
+            &config.schema,
+            format!("{key}.schema"),
+            format!("{schema_path}:{}:{}: not JSON: {e}", e.line(), e.column()),
+        )
+    })?;
+    let rules = config
+        .rules
+        .iter()
+        .map(|r| RuleSpec {
+            name: r.name.clone(),
+            sql: r.sql.value.clone(),
+            severity: match r.severity {
+                SeverityConfig::Error => Severity::Error,
+                SeverityConfig::Warn => Severity::Warn,
+            },
+        })
+        .collect();
+    let spec = ValidateSpec {
+        schema: document,
+        max_record_bytes: config.max_record_bytes.as_usize(),
+        rules,
+    };
+    Validate::new(spec).map_err(|e| match &e {
+        tributary_stages::validate::ValidateError::Rule { index, .. } => {
+            let rule = &config.rules[*index];
+            at(
+                &rule.sql,
+                format!("{key}.rules[{index}].sql"),
+                e.to_string(),
+            )
+        }
+        _ => at(
+            &config.schema,
+            format!("{key}.schema"),
+            format!("{schema_path}: {e}"),
+        ),
+    })
+}
+
+fn build_transform(
+    loaded: &Loaded,
+    config: &TransformConfig,
+    input: &SchemaRef,
+    key: &str,
+) -> Result<Transform, ConfigError> {
+    let (spec, span, sub) = match (&config.sql, &config.mapping) {
+        (Some(sql), None) => (
+            TransformSpec::Sql(sql.value.clone()),
+            Some(&sql.span),
+            "sql",
+        ),
+        (None, Some(m)) => (
+            TransformSpec::Mapping(MappingSpec {
+                flatten: m.flatten.clone(),
+                defaults: m.defaults.clone().into_iter().collect(),
+                cast: m.cast.clone().into_iter().collect(),
+                rename: m.rename.clone().into_iter().collect(),
+                drop: m.drop.clone(),
+            }),
+            None,
+            "mapping",
+        ),
+        _ => {
+            return Err(ConfigError::at(
+                &loaded.file,
+                None,
+                key,
+                "give exactly one of `sql` or `mapping`",
+            ));
+        }
+    };
+    Transform::new(&spec, input).map_err(|e| {
+        ConfigError::at(
+            &loaded.file,
+            span,
+            format!("{key}.{sub}"),
+            format!("{e}\n  input columns: {}", describe_schema(input)),
+        )
+    })
+}
+
+fn describe_schema(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn build_enrich(
+    loaded: &Loaded,
+    config: &EnrichConfig,
+    input: &SchemaRef,
+    key: &str,
+) -> Result<(Enrich, PlannedLookup), ConfigError> {
+    let l = &config.lookup;
+    let path = PathBuf::from(loaded.resolve(l.path.as_str()));
+    let at_path = |message: String| {
+        ConfigError::at(
+            &loaded.file,
+            Some(&l.path.span),
+            format!("{key}.lookup.path"),
+            message,
+        )
+    };
+    let format = l.format.map(|f| match f {
+        LookupFormat::Csv => FileFormat::Csv,
+        LookupFormat::Parquet => FileFormat::Parquet,
+        LookupFormat::Ndjson => FileFormat::Ndjson,
+    });
+    let source = FileLookup::new(path.clone(), format).map_err(|e| at_path(e.to_string()))?;
+    let batch = source
+        .load_blocking()
+        .map_err(|e| at_path(format!("lookup table cannot be read: {e}")))?;
+    let keys: Vec<String> = l.key.iter().into_iter().cloned().collect();
+    let table = LookupTable::new(batch, &keys).map_err(|e| at_path(e.to_string()))?;
+    let table = SharedTable::new(table);
+    let name = l.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "lookup".into())
+    });
+    let spec = EnrichSpec {
+        name: name.clone(),
+        keys: keys.iter().map(|k| (k.clone(), k.clone())).collect(),
+        columns: l.columns.clone(),
+        on_miss: match config.on_miss {
+            OnMissConfig::Null => OnMiss::Null,
+            OnMissConfig::Review => OnMiss::Review,
+            OnMissConfig::Dlq => OnMiss::Dlq,
+        },
+        derive: config
+            .derive
+            .iter()
+            .map(|d| (d.name.clone(), d.sql.value.clone()))
+            .collect(),
+    };
+    let enrich = Enrich::new(spec, table.clone(), input).map_err(|e| {
+        let (span, sub) = match &e {
+            tributary_stages::enrich::EnrichError::Derive { name, .. } => {
+                let i = config
+                    .derive
+                    .iter()
+                    .position(|d| &d.name == name)
+                    .unwrap_or(0);
+                (
+                    config.derive.get(i).map(|d| &d.sql.span),
+                    format!("derive[{i}].sql"),
+                )
+            }
+            _ => (Some(&l.path.span), "lookup".to_string()),
+        };
+        ConfigError::at(
+            &loaded.file,
+            span,
+            format!("{key}.{sub}"),
+            format!("{e}\n  input columns: {}", describe_schema(input)),
+        )
+    })?;
+    Ok((
+        enrich,
+        PlannedLookup {
+            name,
+            keys,
+            source: Arc::new(source),
+            table,
+            refresh: l.refresh_interval.map(|d| d.0),
+        },
+    ))
+}

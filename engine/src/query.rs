@@ -1,0 +1,45 @@
+//! SQL over a pipeline's Parquet outputs, with DataFusion.
+//!
+//! Each output is registered as a table under its name, its Hive partition
+//! columns typed as in the pipeline's output schema.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+
+use crate::plan::Plan;
+
+/// A session with every output of `plan` registered as a table.
+pub async fn session(plan: &Plan) -> Result<SessionContext, DataFusionError> {
+    let ctx = SessionContext::new();
+    for output in &plan.outputs {
+        let partition_cols = output
+            .options
+            .partition_by
+            .iter()
+            .map(|c| {
+                let field = plan.output_schema.field_with_name(c)?;
+                Ok((c.clone(), field.data_type().clone()))
+            })
+            .collect::<Result<Vec<_>, DataFusionError>>()?;
+        std::fs::create_dir_all(&output.path)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let url = format!("{}/", output.path.trim_end_matches('/'));
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(partition_cols);
+        ctx.register_listing_table(&output.name, &url, options, None, None)
+            .await?;
+    }
+    Ok(ctx)
+}
+
+/// Runs `sql` over the outputs of `plan`.
+pub async fn run(plan: &Plan, sql: &str) -> Result<Vec<RecordBatch>, DataFusionError> {
+    let ctx = session(plan).await?;
+    ctx.sql(sql).await?.collect().await
+}

@@ -1,0 +1,183 @@
+//! Runs a [`Plan`]: partitions in parallel over a bounded pool, each read,
+//! processed and written in order, every record routed through exactly one
+//! door (output, DLQ or review).
+//!
+//! Per partition, a reader on a blocking thread feeds a bounded channel
+//! (two batches) to the task that runs the stages and writes; a slow output
+//! therefore slows reading, and memory stays flat whatever the input size.
+//! At most `workers` partitions are open at once. Stopping (Ctrl-C) ends
+//! reading; batches already read go through the stages and every open file
+//! is published before `run` returns.
+
+mod partition;
+mod summary;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tributary_connectors::store::Location;
+use tributary_stages::enrich::LookupTable;
+
+use crate::plan::{Plan, PlannedLookup};
+pub use partition::PartitionError;
+pub use summary::{Counts, PartitionSummary, StageCounts, Summary};
+
+/// Failures that stop a run before or outside any partition.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// An output location cannot be opened.
+    #[error("opening {what} at {path}: {source}")]
+    Open {
+        /// Which destination.
+        what: String,
+        /// Its path.
+        path: String,
+        /// The cause.
+        source: tributary_connectors::store::StoreError,
+    },
+    /// The source cannot list its partitions.
+    #[error(transparent)]
+    Source(#[from] tributary_connectors::source::SourceError),
+}
+
+/// A flag to stop a run; cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// Asks the run to stop after the batches in flight.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Open destinations shared by all partitions.
+#[derive(Debug, Clone)]
+pub(crate) struct Destinations {
+    pub(crate) outputs: Vec<Location>,
+    pub(crate) dlq: Location,
+    pub(crate) review: Location,
+}
+
+fn open(what: &str, path: &str) -> Result<Location, RunError> {
+    Location::open(path).map_err(|source| RunError::Open {
+        what: what.to_string(),
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Runs `plan` until its source is exhausted or `stop` is set.
+pub async fn run(plan: Plan, stop: StopHandle) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let destinations = Destinations {
+        outputs: plan
+            .outputs
+            .iter()
+            .map(|o| open(&format!("output {}", o.name), &o.path))
+            .collect::<Result<_, _>>()?,
+        dlq: open("dlq", &plan.dlq.path)?,
+        review: open("review", &plan.review.path)?,
+    };
+    let refreshers: Vec<_> = plan.lookups.iter().filter_map(spawn_refresher).collect();
+    let partitions = plan.source.partitions()?;
+    tracing::info!(
+        pipeline = %plan.name,
+        partitions = partitions.len(),
+        workers = plan.workers,
+        "run started"
+    );
+    let plan = Arc::new(plan);
+    let pool = Arc::new(Semaphore::new(plan.workers));
+    let mut tasks = Vec::with_capacity(partitions.len());
+    for reader in partitions {
+        let (plan, pool, stop, destinations) = (
+            plan.clone(),
+            pool.clone(),
+            stop.clone(),
+            destinations.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let label = reader.info().label.clone();
+            let Ok(_permit) = pool.acquire_owned().await else {
+                return PartitionSummary::not_started(label);
+            };
+            if stop.is_stopped() {
+                return PartitionSummary::not_started(label);
+            }
+            partition::run(&plan, &destinations, reader, &stop).await
+        }));
+    }
+    let mut partitions = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        partitions.push(match task.await {
+            Ok(summary) => summary,
+            Err(join) => {
+                PartitionSummary::failed("?".into(), format!("partition task panicked: {join}"))
+            }
+        });
+    }
+    for r in refreshers {
+        r.abort();
+    }
+    let summary = Summary::collect(
+        &plan,
+        &destinations,
+        partitions,
+        started.elapsed(),
+        stop.is_stopped(),
+    );
+    tracing::info!(
+        pipeline = %plan.name,
+        records_in = summary.totals.records_in,
+        records_out = summary.totals.records_out,
+        dlq = summary.totals.dlq,
+        review = summary.totals.review,
+        seconds = summary.elapsed.as_secs_f64(),
+        "run finished"
+    );
+    Ok(summary)
+}
+
+/// Reloads a lookup table on its interval; a failed reload keeps the old snapshot.
+fn spawn_refresher(lookup: &PlannedLookup) -> Option<tokio::task::JoinHandle<()>> {
+    let interval = lookup.refresh?;
+    let lookup = lookup.clone();
+    Some(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let loaded = lookup
+                .source
+                .load()
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|batch| LookupTable::new(batch, &lookup.keys).map_err(|e| e.to_string()))
+                .and_then(|table| {
+                    let rows = table.len();
+                    lookup
+                        .table
+                        .replace(table)
+                        .map(|()| rows)
+                        .map_err(|e| e.to_string())
+                });
+            match loaded {
+                Ok(rows) => tracing::info!(lookup = %lookup.name, rows, "lookup table refreshed"),
+                Err(error) => tracing::warn!(
+                    lookup = %lookup.name,
+                    source = %lookup.source.describe(),
+                    %error,
+                    "lookup refresh failed; keeping the previous snapshot"
+                ),
+            }
+        }
+    }))
+}

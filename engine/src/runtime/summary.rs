@@ -1,0 +1,298 @@
+//! What a run did, added up per stage and per partition.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use tributary_connectors::parquet::PublishedFile;
+
+use super::Destinations;
+use crate::plan::Plan;
+
+/// Records through one stage.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct StageCounts {
+    /// Records that entered the stage.
+    pub records_in: u64,
+    /// Records that went on.
+    pub records_out: u64,
+    /// Records the stage sent to the DLQ.
+    pub dlq: u64,
+    /// Records the stage sent to review.
+    pub review: u64,
+}
+
+/// Counters of one partition, or of the whole run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Records read.
+    pub records_in: u64,
+    /// Payload bytes read.
+    pub bytes_in: u64,
+    /// Records written to the outputs.
+    pub records_out: u64,
+    /// Records sent to the DLQ.
+    pub dlq: u64,
+    /// Records sent to review.
+    pub review: u64,
+    /// Per stage, in pipeline order (validate first).
+    pub stages: Vec<StageCounts>,
+    /// DLQ records by `stage/rule`.
+    pub dlq_by_rule: BTreeMap<String, u64>,
+    /// Review records by `stage/rule`.
+    pub review_by_rule: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    pub(crate) fn new(stages: usize) -> Self {
+        Counts {
+            stages: vec![StageCounts::default(); stages],
+            ..Counts::default()
+        }
+    }
+
+    fn add(&mut self, other: &Counts) {
+        self.records_in += other.records_in;
+        self.bytes_in += other.bytes_in;
+        self.records_out += other.records_out;
+        self.dlq += other.dlq;
+        self.review += other.review;
+        if self.stages.len() < other.stages.len() {
+            self.stages
+                .resize(other.stages.len(), StageCounts::default());
+        }
+        for (a, b) in self.stages.iter_mut().zip(&other.stages) {
+            a.records_in += b.records_in;
+            a.records_out += b.records_out;
+            a.dlq += b.dlq;
+            a.review += b.review;
+        }
+        for (k, v) in &other.dlq_by_rule {
+            *self.dlq_by_rule.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.review_by_rule {
+            *self.review_by_rule.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// Whether every record read left through exactly one door.
+    pub fn balanced(&self) -> bool {
+        self.records_in == self.records_out + self.dlq + self.review
+    }
+}
+
+/// One partition's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionSummary {
+    /// Which partition.
+    pub label: String,
+    /// Its counters.
+    pub counts: Counts,
+    /// Parquet files published, by output name.
+    #[serde(skip)]
+    pub files: Vec<(String, PublishedFile)>,
+    /// Dead-letter files published, by destination (`dlq`/`review`).
+    pub dead_letter_files: Vec<(&'static str, String)>,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+    /// False when the run stopped before the partition began.
+    pub started: bool,
+}
+
+impl PartitionSummary {
+    pub(crate) fn not_started(label: String) -> Self {
+        PartitionSummary {
+            label,
+            counts: Counts::default(),
+            files: Vec::new(),
+            dead_letter_files: Vec::new(),
+            error: None,
+            started: false,
+        }
+    }
+
+    pub(crate) fn failed(label: String, error: String) -> Self {
+        PartitionSummary {
+            error: Some(error),
+            started: true,
+            ..PartitionSummary::not_started(label)
+        }
+    }
+}
+
+/// Files written to one output.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputSummary {
+    /// Output (table) name.
+    pub name: String,
+    /// Root directory.
+    pub root: String,
+    /// Files published.
+    pub files: usize,
+    /// Rows in them.
+    pub rows: u64,
+    /// Bytes in them.
+    pub bytes: u64,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage kinds in order.
+    pub stage_names: Vec<String>,
+    /// Totals over all partitions.
+    pub totals: Counts,
+    /// Per partition.
+    pub partitions: Vec<PartitionSummary>,
+    /// Per output.
+    pub outputs: Vec<OutputSummary>,
+    /// DLQ root.
+    pub dlq_root: String,
+    /// Review root.
+    pub review_root: String,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Whether the run was stopped before its source was exhausted.
+    pub interrupted: bool,
+}
+
+impl Summary {
+    pub(crate) fn collect(
+        plan: &Plan,
+        destinations: &Destinations,
+        partitions: Vec<PartitionSummary>,
+        elapsed: Duration,
+        interrupted: bool,
+    ) -> Self {
+        let mut totals = Counts::new(1 + plan.stages.len());
+        for p in &partitions {
+            totals.add(&p.counts);
+        }
+        let outputs = plan
+            .outputs
+            .iter()
+            .zip(&destinations.outputs)
+            .map(|(o, location)| {
+                let files: Vec<&PublishedFile> = partitions
+                    .iter()
+                    .flat_map(|p| p.files.iter())
+                    .filter(|(name, _)| *name == o.name)
+                    .map(|(_, f)| f)
+                    .collect();
+                OutputSummary {
+                    name: o.name.clone(),
+                    root: location.display.clone(),
+                    files: files.len(),
+                    rows: files.iter().map(|f| f.rows).sum(),
+                    bytes: files.iter().map(|f| f.bytes).sum(),
+                }
+            })
+            .collect();
+        let mut stage_names = vec!["validate".to_string()];
+        stage_names.extend(plan.stages.iter().map(|s| s.kind.to_string()));
+        Summary {
+            pipeline: plan.name.clone(),
+            stage_names,
+            totals,
+            partitions,
+            outputs,
+            dlq_root: destinations.dlq.display.clone(),
+            review_root: destinations.review.display.clone(),
+            elapsed,
+            interrupted,
+        }
+    }
+
+    /// Partitions that failed, with their errors.
+    pub fn failures(&self) -> Vec<(&str, &str)> {
+        self.partitions
+            .iter()
+            .filter_map(|p| p.error.as_deref().map(|e| (p.label.as_str(), e)))
+            .collect()
+    }
+
+    /// Records per second over the wall time.
+    pub fn records_per_second(&self) -> f64 {
+        self.totals.records_in as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.totals;
+        let secs = self.elapsed.as_secs_f64();
+        writeln!(
+            f,
+            "pipeline {}{}",
+            self.pipeline,
+            if self.interrupted {
+                " (stopped early)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            f,
+            "  records in {:>12}   out {:>12}   dlq {:>9}   review {:>9}   {}",
+            t.records_in,
+            t.records_out,
+            t.dlq,
+            t.review,
+            if t.balanced() {
+                "(adds up)"
+            } else {
+                "(DOES NOT ADD UP)"
+            }
+        )?;
+        writeln!(
+            f,
+            "  {:.2} s, {:.0} records/s, {:.1} MB/s of input",
+            secs,
+            self.records_per_second(),
+            t.bytes_in as f64 / 1e6 / secs.max(1e-9)
+        )?;
+        writeln!(
+            f,
+            "  per stage:              in          out          dlq       review"
+        )?;
+        for (name, s) in self.stage_names.iter().zip(&t.stages) {
+            writeln!(
+                f,
+                "    {name:<12} {:>12} {:>12} {:>12} {:>12}",
+                s.records_in, s.records_out, s.dlq, s.review
+            )?;
+        }
+        if !t.dlq_by_rule.is_empty() {
+            writeln!(f, "  dlq by rule:")?;
+            for (rule, n) in &t.dlq_by_rule {
+                writeln!(f, "    {rule:<40} {n:>9}")?;
+            }
+        }
+        if !t.review_by_rule.is_empty() {
+            writeln!(f, "  review by rule:")?;
+            for (rule, n) in &t.review_by_rule {
+                writeln!(f, "    {rule:<40} {n:>9}")?;
+            }
+        }
+        for o in &self.outputs {
+            writeln!(
+                f,
+                "  output {}: {} rows in {} files ({:.1} MB) under {}",
+                o.name,
+                o.rows,
+                o.files,
+                o.bytes as f64 / 1e6,
+                o.root
+            )?;
+        }
+        writeln!(f, "  dlq files under    {}", self.dlq_root)?;
+        writeln!(f, "  review files under {}", self.review_root)?;
+        for (label, error) in self.failures() {
+            writeln!(f, "  FAILED {label}: {error}")?;
+        }
+        Ok(())
+    }
+}
