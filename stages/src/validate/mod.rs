@@ -295,3 +295,6 @@ impl Validate {
         Ok(filter_record_batch(&batch, &BooleanArray::from(keep))?)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,0 @@
-//! Black-box integration tests live in `it/`; this library is empty.
