@@ -10,6 +10,7 @@
 //! `object_store` multipart uploads, which publish the object under its
 //! final name only when complete: readers never see a half-written file.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -189,10 +190,13 @@ impl PartitionedParquetWriter {
         })
     }
 
-    /// Hive directory (`col=value/…`) of every row.
-    fn directories(&self, batch: &RecordBatch) -> Result<Vec<String>, ParquetSinkError> {
+    /// Rows grouped by Hive directory (`col=value/…`), in order of first appearance.
+    fn groups(&self, batch: &RecordBatch) -> Result<Vec<(String, Vec<u32>)>, ParquetSinkError> {
         if self.partition_columns.is_empty() {
-            return Ok(vec![String::new(); batch.num_rows()]);
+            return Ok(vec![(
+                String::new(),
+                (0..batch.num_rows() as u32).collect(),
+            )]);
         }
         let rendered: Vec<ArrayRef> = self
             .partition_columns
@@ -207,22 +211,33 @@ impl PartitionedParquetWriter {
                     .expect("cast to Utf8 yields a StringArray")
             })
             .collect();
+        let mut index: HashMap<Vec<Option<&str>>, usize> = HashMap::new();
+        let mut groups: Vec<(Vec<Option<&str>>, Vec<u32>)> = Vec::new();
+        for row in 0..batch.num_rows() {
+            let key: Vec<Option<&str>> = rendered
+                .iter()
+                .map(|values| values.is_valid(row).then(|| values.value(row)))
+                .collect();
+            let group = *index.entry(key.clone()).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[group].1.push(row as u32);
+        }
         let names = &self.options.partition_by;
-        Ok((0..batch.num_rows())
-            .map(|row| {
+        Ok(groups
+            .into_iter()
+            .map(|(key, rows)| {
                 let mut dir = String::new();
-                for (name, values) in names.iter().zip(&rendered) {
-                    let value = if values.is_null(row) {
-                        NULL_PARTITION.to_string()
-                    } else {
-                        escape_partition_value(values.value(row))
-                    };
+                for (name, value) in names.iter().zip(key) {
                     dir.push_str(name);
                     dir.push('=');
-                    dir.push_str(&value);
+                    dir.push_str(
+                        &value.map_or_else(|| NULL_PARTITION.to_string(), escape_partition_value),
+                    );
                     dir.push('/');
                 }
-                dir
+                (dir, rows)
             })
             .collect())
     }
@@ -236,16 +251,7 @@ impl PartitionedParquetWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let dirs = self.directories(batch)?;
-        // Group rows by directory, in order of first appearance.
-        let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
-        for (row, dir) in dirs.into_iter().enumerate() {
-            match groups.iter_mut().find(|(d, _)| *d == dir) {
-                Some((_, rows)) => rows.push(row as u32),
-                None => groups.push((dir, vec![row as u32])),
-            }
-        }
-        for (dir, rows) in groups {
+        for (dir, rows) in self.groups(batch)? {
             let mut rows = rows.as_slice();
             while !rows.is_empty() {
                 let file = self.file_for(&dir, positions[rows[0] as usize]).await?;

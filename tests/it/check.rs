@@ -9,9 +9,9 @@ fn check_edited(ws: &Workspace, edit: impl Fn(String) -> String) -> (bool, Strin
     let original = std::fs::read_to_string(orders_pipeline()).unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let schemas = repo.join("schemas").canonicalize().unwrap();
-    let text = edit(original.replace("../schemas/", &format!("{}/", schemas.display())));
+    let edited = edit(original.replace("../schemas/", &format!("{}/", schemas.display())));
     let path = ws.path("pipeline.yaml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, edited).unwrap();
     let out = ws.tributary(&["check", path.to_str().unwrap()]);
     (out.status.success(), text(&out.stderr))
 }
@@ -19,7 +19,10 @@ fn check_edited(ws: &Workspace, edit: impl Fn(String) -> String) -> (bool, Strin
 fn refused(ws: &Workspace, edit: impl Fn(String) -> String) -> String {
     let (ok, stderr) = check_edited(ws, edit);
     assert!(!ok, "expected check to fail");
-    assert!(stderr.contains("pipeline.yaml:"), "names the file: {stderr}");
+    assert!(
+        stderr.contains("pipeline.yaml:"),
+        "names the file: {stderr}"
+    );
     stderr
 }
 
@@ -37,24 +40,39 @@ fn the_bundled_pipeline_checks_and_shows_its_output_schema() {
 #[test]
 fn yaml_syntax_errors_are_located() {
     let ws = Workspace::generate(10, 0.0, 1);
-    let err = refused(&ws, |t| t.replace("  max_records: 8192", "  max_records: [8192"));
-    assert!(err.contains("pipeline.yaml:1") || err.contains("pipeline.yaml:2"), "{err}");
+    let err = refused(&ws, |t| {
+        t.replace("  max_records: 8192", "  max_records: [8192")
+    });
+    assert!(
+        err.contains("pipeline.yaml:1") || err.contains("pipeline.yaml:2"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_keys_are_located_with_their_key_path() {
     let ws = Workspace::generate(10, 0.0, 1);
-    let err = refused(&ws, |t| t.replace("      on_miss: review", "      on_mis: review"));
+    let err = refused(&ws, |t| {
+        t.replace("      on_miss: review", "      on_mis: review")
+    });
     assert!(err.contains("on_mis"), "{err}");
     assert!(err.contains("stages[2]"), "{err}");
-    let line = err.split("pipeline.yaml:").nth(1).unwrap().split(':').next().unwrap();
+    let line = err
+        .split("pipeline.yaml:")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap();
     assert!(line.parse::<u32>().unwrap() > 50, "{err}");
 }
 
 #[test]
 fn a_missing_schema_file_is_refused() {
     let ws = Workspace::generate(10, 0.0, 1);
-    let err = refused(&ws, |t| t.replace("order_created.v1.schema.json", "nope.json"));
+    let err = refused(&ws, |t| {
+        t.replace("order_created.v1.schema.json", "nope.json")
+    });
     assert!(err.contains("stages[0].validate.schema"), "{err}");
     assert!(err.contains("nope.json"), "{err}");
 }
@@ -65,10 +83,17 @@ fn sql_that_does_not_compile_against_the_previous_stage_is_refused() {
     let err = refused(&ws, |t| t.replace("upper(currency)", "upper(curency)"));
     assert!(err.contains("stages[1].transform.sql"), "{err}");
     assert!(err.contains("curency"), "{err}");
-    let err = refused(&ws, |t| t.replace("sql: total > 500", "sql: total_cent > 500"));
+    let err = refused(&ws, |t| {
+        t.replace("sql: total > 500", "sql: total_cent > 500")
+    });
     assert!(err.contains("stages[2].enrich.derive[0].sql"), "{err}");
-    let err = refused(&ws, |t| t.replace("sql: total < 50000", "sql: item_count < 50000"));
-    assert!(err.contains("rules[1].sql"), "the rule sees validate's columns, not the transform's: {err}");
+    let err = refused(&ws, |t| {
+        t.replace("sql: total < 50000", "sql: item_count < 50000")
+    });
+    assert!(
+        err.contains("rules[1].sql"),
+        "the rule sees validate's columns, not the transform's: {err}"
+    );
 }
 
 #[test]
@@ -83,7 +108,9 @@ fn a_lookup_table_that_cannot_be_read_is_refused() {
 #[test]
 fn a_partition_column_the_output_lacks_is_refused() {
     let ws = Workspace::generate(10, 0.0, 1);
-    let err = refused(&ws, |t| t.replace("partition_by: [event_date]", "partition_by: [event_day]"));
+    let err = refused(&ws, |t| {
+        t.replace("partition_by: [event_date]", "partition_by: [event_day]")
+    });
     assert!(err.contains("outputs[0].parquet.partition_by"), "{err}");
 }
 
@@ -94,6 +121,10 @@ fn run_refuses_a_bad_pipeline_before_reading_anything() {
     std::fs::write(&path, "name: x\nsource: {}\n").unwrap();
     let out = ws.tributary(&["run", path.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("bad.yaml:"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("bad.yaml:"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!ws.path("out").exists(), "nothing was written");
 }

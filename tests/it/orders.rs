@@ -21,7 +21,9 @@ fn every_record_leaves_through_exactly_one_door_and_reruns_are_idempotent() {
     let mut want_dlq: BTreeMap<u64, InvalidClass> = BTreeMap::new();
     for (i, e) in ws.expected.iter().enumerate() {
         match e {
-            Expected::Output { event_id } => assert!(want_out.insert(event_id.clone()), "generator repeats ids"),
+            Expected::Output { event_id } => {
+                assert!(want_out.insert(event_id.clone()), "generator repeats ids")
+            }
             Expected::Review { event_id, .. } => assert!(want_review.insert(event_id.clone())),
             Expected::Dlq(class) => {
                 want_dlq.insert(i as u64 + 1, *class);
@@ -29,7 +31,11 @@ fn every_record_leaves_through_exactly_one_door_and_reruns_are_idempotent() {
         }
     }
     let classes: BTreeSet<InvalidClass> = want_dlq.values().copied().collect();
-    assert_eq!(classes.len(), InvalidClass::COMMON.len() + 2, "every bad-input class is exercised");
+    assert_eq!(
+        classes.len(),
+        InvalidClass::COMMON.len() + 2,
+        "every bad-input class is exercised"
+    );
 
     // Output: exactly the valid events, once each.
     let out_ids = parquet_strings(&ws.path("out/orders"), "event_id");
@@ -42,7 +48,8 @@ fn every_record_leaves_through_exactly_one_door_and_reruns_are_idempotent() {
     let review_ids: BTreeSet<String> = review
         .iter()
         .map(|l| {
-            let original: serde_json::Value = serde_json::from_str(l["original"].as_str().unwrap()).unwrap();
+            let original: serde_json::Value =
+                serde_json::from_str(l["original"].as_str().unwrap()).unwrap();
             original["event_id"].as_str().unwrap().to_string()
         })
         .collect();
@@ -57,11 +64,22 @@ fn every_record_leaves_through_exactly_one_door_and_reruns_are_idempotent() {
     for letter in &dlq {
         let line = letter["position"].as_u64().unwrap();
         assert!(seen.insert(line), "line {line} is in the DLQ twice");
-        let class = want_dlq.get(&line).unwrap_or_else(|| panic!("valid line {line} in the DLQ: {letter}"));
-        assert_eq!(letter["rule"], class.expected_rule(), "line {line}: {letter}");
+        let class = want_dlq
+            .get(&line)
+            .unwrap_or_else(|| panic!("valid line {line} in the DLQ: {letter}"));
+        assert_eq!(
+            letter["rule"],
+            class.expected_rule(),
+            "line {line}: {letter}"
+        );
         assert_eq!(letter["stage"], "validate");
         assert_eq!(letter["pipeline"], "orders");
-        assert!(letter["source"].as_str().unwrap().ends_with(&format!("orders.ndjson:{line}")));
+        assert!(
+            letter["source"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("orders.ndjson:{line}"))
+        );
         assert!(!letter["reason"].as_str().unwrap().is_empty());
         let original = match letter["original"].as_str() {
             Some(text) => text.as_bytes().to_vec(),
@@ -69,7 +87,11 @@ fn every_record_leaves_through_exactly_one_door_and_reruns_are_idempotent() {
                 .decode(letter["original_base64"].as_str().unwrap())
                 .unwrap(),
         };
-        assert_eq!(original, lines[line as usize - 1], "line {line}: original bytes kept exactly");
+        assert_eq!(
+            original,
+            lines[line as usize - 1],
+            "line {line}: original bytes kept exactly"
+        );
     }
     assert_eq!(seen.len(), want_dlq.len());
 
@@ -91,20 +113,34 @@ fn every_record_leaves_through_exactly_one_door_and_reruns_are_idempotent() {
 
     // Column types are as declared.
     let files = files_under(&ws.path("out/orders"));
-    assert!(files.iter().all(|f| f.to_str().unwrap().starts_with("event_date=2026-11-")));
+    assert!(
+        files
+            .iter()
+            .all(|f| f.to_str().unwrap().starts_with("event_date=2026-11-"))
+    );
     let batch = &read_parquet(&ws.path("out/orders").join(&files[0]))[0];
     let schema = batch.schema();
     let ty = |name: &str| schema.field_with_name(name).unwrap().data_type().clone();
-    assert_eq!(ty("occurred_at"), DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())));
+    assert_eq!(
+        ty("occurred_at"),
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
     assert_eq!(ty("total_cents"), DataType::Int64);
     assert_eq!(ty("item_count"), DataType::Int64);
     assert_eq!(ty("total"), DataType::Float64);
     assert_eq!(ty("is_high_value"), DataType::Boolean);
     assert_eq!(ty("segment"), DataType::Utf8);
     assert!(schema.field_with_name("items").is_err(), "items is dropped");
-    assert!(schema.field_with_name("event_date").is_err(), "event_date lives in the path");
+    assert!(
+        schema.field_with_name("event_date").is_err(),
+        "event_date lives in the path"
+    );
     let currency = parquet_strings(&ws.path("out/orders"), "currency");
-    assert!(currency.iter().all(|c| c.chars().all(|ch| ch.is_ascii_uppercase())));
+    assert!(
+        currency
+            .iter()
+            .all(|c| c.chars().all(|ch| ch.is_ascii_uppercase()))
+    );
 
     // A second run writes the same files with the same rows.
     let first: Vec<_> = files
@@ -117,7 +153,10 @@ fn every_record_leaves_through_exactly_one_door_and_reruns_are_idempotent() {
         .into_iter()
         .map(|f| (f.clone(), read_parquet(&ws.path("out/orders").join(&f))))
         .collect();
-    assert_eq!(first, second, "a rerun overwrites the same files with the same rows");
+    assert_eq!(
+        first, second,
+        "a rerun overwrites the same files with the same rows"
+    );
     assert_eq!(first_dlq, files_under(&ws.path("out/dlq")));
 }
 
@@ -149,7 +188,12 @@ fn ctrl_c_drains_in_flight_batches_and_exits_cleanly() {
     let summary_path = ws.path("summary.json");
     let pipeline = orders_pipeline();
     let mut child = ws
-        .command(&["run", pipeline.to_str().unwrap(), "--summary-json", summary_path.to_str().unwrap()])
+        .command(&[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--summary-json",
+            summary_path.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -160,15 +204,29 @@ fn ctrl_c_drains_in_flight_batches_and_exits_cleanly() {
         .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(summary_path).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary_path).unwrap()).unwrap();
     let t = &summary["totals"];
-    let sum = t["records_out"].as_u64().unwrap() + t["dlq"].as_u64().unwrap() + t["review"].as_u64().unwrap();
-    assert_eq!(t["records_in"].as_u64().unwrap(), sum, "what was read left through a door");
+    let sum = t["records_out"].as_u64().unwrap()
+        + t["dlq"].as_u64().unwrap()
+        + t["review"].as_u64().unwrap();
+    assert_eq!(
+        t["records_in"].as_u64().unwrap(),
+        sum,
+        "what was read left through a door"
+    );
     let written = parquet_strings(&ws.path("out/orders"), "event_id").len() as u64;
-    assert_eq!(written, t["records_out"].as_u64().unwrap(), "every open file was published");
+    assert_eq!(
+        written,
+        t["records_out"].as_u64().unwrap(),
+        "every open file was published"
+    );
     let leftovers: Vec<_> = files_under(&ws.path("out"))
         .into_iter()
-        .filter(|f| !(f.extension().is_some_and(|e| e == "parquet" || e == "ndjson")))
+        .filter(|f| {
+            !(f.extension()
+                .is_some_and(|e| e == "parquet" || e == "ndjson"))
+        })
         .collect();
     assert!(leftovers.is_empty(), "no half-written files: {leftovers:?}");
 }

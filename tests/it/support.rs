@@ -1,7 +1,6 @@
 //! Helpers shared by the black-box tests: a scratch folder with generated
 //! input, the real `tributary` binary, and readers for what it writes.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -38,7 +37,8 @@ impl Workspace {
         )
         .unwrap();
         out.flush().unwrap();
-        let mut customers = BufWriter::new(File::create(dir.path().join("input/customers.csv")).unwrap());
+        let mut customers =
+            BufWriter::new(File::create(dir.path().join("input/customers.csv")).unwrap());
         workload::write_customers(seed, &mut customers).unwrap();
         customers.flush().unwrap();
         Workspace { dir, expected }
@@ -66,8 +66,18 @@ impl Workspace {
     pub fn run_orders(&self) -> serde_json::Value {
         let summary = self.path("summary.json");
         let pipeline = orders_pipeline();
-        let out = self.tributary(&["run", pipeline.to_str().unwrap(), "--summary-json", summary.to_str().unwrap()]);
-        assert!(out.status.success(), "run failed: {}\n{}", text(&out.stdout), text(&out.stderr));
+        let out = self.tributary(&[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "run failed: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
         serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap()
     }
 }
@@ -85,7 +95,11 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     for entry in entries {
         let path = entry.unwrap().path();
         if path.is_dir() {
-            out.extend(files_under(&path).into_iter().map(|p| path.strip_prefix(dir).unwrap().join(p)));
+            out.extend(
+                files_under(&path)
+                    .into_iter()
+                    .map(|p| path.strip_prefix(dir).unwrap().join(p)),
+            );
         } else {
             out.push(path.strip_prefix(dir).unwrap().to_path_buf());
         }
@@ -126,16 +140,10 @@ pub fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for file in files_under(dir) {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        out.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
+        out.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
     }
     out
-}
-
-/// Counts of a string list.
-pub fn tally<'a>(items: impl IntoIterator<Item = &'a str>) -> BTreeMap<&'a str, usize> {
-    let mut map = BTreeMap::new();
-    for i in items {
-        *map.entry(i).or_default() += 1;
-    }
-    map
 }

@@ -463,7 +463,8 @@ impl Loaded {
         }
         // Lexically drop `.` and `dir/..` so paths in messages read naturally.
         let mut parts: Vec<std::path::Component> = Vec::new();
-        for component in self.base_dir.join(path).components() {
+        let full = self.base_dir.join(path);
+        for component in full.components() {
             match component {
                 std::path::Component::CurDir => {}
                 std::path::Component::ParentDir

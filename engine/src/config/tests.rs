@@ -36,12 +36,18 @@ fn a_minimal_file_parses_with_defaults() {
 
 #[test]
 fn unknown_keys_are_refused_with_line_column_and_key_path() {
-    let text = MINIMAL.replace("      schema: s.json", "      schema: s.json\n      shema_typo: 1");
+    let text = MINIMAL.replace(
+        "      schema: s.json",
+        "      schema: s.json\n      shema_typo: 1",
+    );
     let err = parse_text(&text).unwrap_err();
     assert_eq!((err.line, err.column), (8, 7), "{err}");
     assert!(err.message.contains("shema_typo"), "{err}");
     assert!(err.key_path.starts_with("stages[0]"), "{err}");
-    assert!(err.to_string().starts_with("/pipelines/p.yaml:8:7: "), "{err}");
+    assert!(
+        err.to_string().starts_with("/pipelines/p.yaml:8:7: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -60,7 +66,10 @@ fn wrong_types_are_refused() {
 
 #[test]
 fn env_variables_are_interpolated_in_values() {
-    let text = MINIMAL.replace("path: out/t", "path: ${TRIBUTARY_TEST_UNSET_VAR:-elsewhere}/t");
+    let text = MINIMAL.replace(
+        "path: out/t",
+        "path: ${TRIBUTARY_TEST_UNSET_VAR:-elsewhere}/t",
+    );
     let loaded = parse_text(&text).unwrap();
     let OutputConfig::Parquet(out) = &loaded.pipeline.outputs[0];
     assert_eq!(out.path.as_str(), "elsewhere/t");
@@ -71,7 +80,11 @@ fn env_variables_are_interpolated_in_values() {
 fn a_missing_env_variable_is_refused_with_its_name() {
     let text = MINIMAL.replace("path: out/t", "path: ${TRIBUTARY_TEST_UNSET_VAR}/t");
     let err = parse_text(&text).unwrap_err();
-    assert!(err.to_string().contains("TRIBUTARY_TEST_UNSET_VAR is not set"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("TRIBUTARY_TEST_UNSET_VAR is not set"),
+        "{err}"
+    );
     assert_eq!(err.line, 11, "{err}");
 }
 
@@ -98,17 +111,23 @@ fn sizes_and_durations_are_checked() {
 #[test]
 fn the_pipeline_json_schema_matches_the_shipped_pipelines() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("schemas/pipeline.schema.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("schemas/pipeline.schema.json")).unwrap(),
+    )
+    .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     for entry in std::fs::read_dir(root.join("pipelines")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         let value: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "{}: {errors:?}", path.display());
         load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let typo: serde_json::Value = serde_saphyr::from_str(&text.replace("on_miss:", "on_mis:")).unwrap();
+        let typo: serde_json::Value =
+            serde_saphyr::from_str(&text.replace("on_miss:", "on_mis:")).unwrap();
         assert!(!validator.is_valid(&typo));
     }
 }

@@ -31,7 +31,12 @@ fn orders() -> RecordBatch {
     RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(StringArray::from(vec![Some("C2"), Some("C9"), None, Some("C1")])),
+            Arc::new(StringArray::from(vec![
+                Some("C2"),
+                Some("C9"),
+                None,
+                Some("C1"),
+            ])),
             Arc::new(Int64Array::from(vec![10, 20, 30, 900])),
         ],
     )
@@ -57,16 +62,52 @@ fn matches_are_joined_and_misses_follow_the_policy() {
     assert_eq!(out.batch.num_rows(), 2);
     let rows: Vec<(usize, Route)> = out.rejects.iter().map(|r| (r.row, r.route)).collect();
     assert_eq!(rows, vec![(1, Route::Review), (2, Route::Review)]);
-    assert!(out.rejects[0].reason.contains("customer_id=\"C9\""), "{}", out.rejects[0].reason);
-    let segment = out.batch.column(2).as_any().downcast_ref::<StringArray>().unwrap();
-    assert_eq!(segment.iter().collect::<Vec<_>>(), vec![Some("smb"), Some("vip")]);
-    let big = out.batch.column(3).as_any().downcast_ref::<BooleanArray>().unwrap();
-    assert_eq!(big.iter().collect::<Vec<_>>(), vec![Some(false), Some(true)]);
+    assert!(
+        out.rejects[0].reason.contains("customer_id=\"C9\""),
+        "{}",
+        out.rejects[0].reason
+    );
+    let segment = out
+        .batch
+        .column(2)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!(
+        segment.iter().collect::<Vec<_>>(),
+        vec![Some("smb"), Some("vip")]
+    );
+    let big = out
+        .batch
+        .column(3)
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .unwrap();
+    assert_eq!(
+        big.iter().collect::<Vec<_>>(),
+        vec![Some(false), Some(true)]
+    );
 
-    let dlq = Enrich::new(spec(OnMiss::Dlq), SharedTable::new(customers("vip")), &batch.schema()).unwrap();
-    assert!(dlq.apply(&batch).unwrap().rejects.iter().all(|r| r.route == Route::Dlq));
+    let dlq = Enrich::new(
+        spec(OnMiss::Dlq),
+        SharedTable::new(customers("vip")),
+        &batch.schema(),
+    )
+    .unwrap();
+    assert!(
+        dlq.apply(&batch)
+            .unwrap()
+            .rejects
+            .iter()
+            .all(|r| r.route == Route::Dlq)
+    );
 
-    let keep = Enrich::new(spec(OnMiss::Null), SharedTable::new(customers("vip")), &batch.schema()).unwrap();
+    let keep = Enrich::new(
+        spec(OnMiss::Null),
+        SharedTable::new(customers("vip")),
+        &batch.schema(),
+    )
+    .unwrap();
     let out = keep.apply(&batch).unwrap();
     assert_eq!((out.batch.num_rows(), out.rejects.len()), (4, 0));
     assert!(out.batch.column(2).is_null(1));
@@ -79,7 +120,12 @@ fn a_refreshed_snapshot_is_used_by_the_next_batch() {
     let stage = Enrich::new(spec(OnMiss::Null), table.clone(), &batch.schema()).unwrap();
     table.replace(customers("gold")).unwrap();
     let out = stage.apply(&batch).unwrap();
-    let segment = out.batch.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+    let segment = out
+        .batch
+        .column(2)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
     assert_eq!(segment.value(3), "gold");
 }
 
@@ -87,12 +133,19 @@ fn a_refreshed_snapshot_is_used_by_the_next_batch() {
 fn a_snapshot_with_another_schema_is_refused() {
     let table = SharedTable::new(customers("vip"));
     let other = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new("customer_id", DataType::Utf8, false)])),
+        Arc::new(Schema::new(vec![Field::new(
+            "customer_id",
+            DataType::Utf8,
+            false,
+        )])),
         vec![Arc::new(StringArray::from(vec!["C1"]))],
     )
     .unwrap();
     let other = LookupTable::new(other, &["customer_id".to_string()]).unwrap();
-    assert!(matches!(table.replace(other), Err(TableError::SchemaChanged { .. })));
+    assert!(matches!(
+        table.replace(other),
+        Err(TableError::SchemaChanged { .. })
+    ));
 }
 
 #[test]
@@ -104,7 +157,11 @@ fn duplicate_keys_and_missing_columns_are_refused() {
     .unwrap();
     assert!(matches!(
         LookupTable::new(batch, &["k".to_string()]),
-        Err(TableError::DuplicateKey { first: 0, second: 1, .. })
+        Err(TableError::DuplicateKey {
+            first: 0,
+            second: 1,
+            ..
+        })
     ));
     let orders = orders();
     let mut bad = spec(OnMiss::Null);

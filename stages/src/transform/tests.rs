@@ -15,7 +15,11 @@ fn input() -> RecordBatch {
     ]));
     let ship = StructArray::new(
         ship_fields,
-        vec![Arc::new(StringArray::from(vec![Some("DE"), None, Some("US")]))],
+        vec![Arc::new(StringArray::from(vec![
+            Some("DE"),
+            None,
+            Some("US"),
+        ]))],
         None,
     );
     RecordBatch::try_new(
@@ -44,21 +48,45 @@ fn sql_transforms_each_row_and_knows_its_schema_up_front() {
     assert_eq!(schema.field(1).data_type(), &DataType::Int64);
     let out = t.apply(&batch).unwrap();
     assert!(out.rejects.is_empty());
-    let cur = out.batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-    assert_eq!(cur.iter().collect::<Vec<_>>(), vec![Some("EUR"), Some("USD"), Some("GBP")]);
-    let cents = out.batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
-    assert_eq!(cents.iter().collect::<Vec<_>>(), vec![Some(1235), None, Some(100)]);
+    let cur = out
+        .batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!(
+        cur.iter().collect::<Vec<_>>(),
+        vec![Some("EUR"), Some("USD"), Some("GBP")]
+    );
+    let cents = out
+        .batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(
+        cents.iter().collect::<Vec<_>>(),
+        vec![Some(1235), None, Some(100)]
+    );
 }
 
 #[test]
 fn a_row_that_fails_is_rejected_alone() {
     let batch = input();
-    let t = Transform::new(&TransformSpec::Sql("SELECT CAST(code AS BIGINT) AS code FROM input".into()), &batch.schema()).unwrap();
+    let t = Transform::new(
+        &TransformSpec::Sql("SELECT CAST(code AS BIGINT) AS code FROM input".into()),
+        &batch.schema(),
+    )
+    .unwrap();
     let out = t.apply(&batch).unwrap();
     assert_eq!(out.batch.num_rows(), 2);
     assert_eq!(out.rejects.len(), 1);
     assert_eq!((out.rejects[0].row, out.rejects[0].route), (2, Route::Dlq));
-    assert!(out.rejects[0].reason.contains('x'), "{}", out.rejects[0].reason);
+    assert!(
+        out.rejects[0].reason.contains('x'),
+        "{}",
+        out.rejects[0].reason
+    );
 }
 
 #[test]
@@ -71,9 +99,16 @@ fn statements_that_drop_or_merge_rows_are_refused() {
         "SELECT currency FROM input LIMIT 1",
     ] {
         let err = Transform::new(&TransformSpec::Sql(sql.into()), &schema).unwrap_err();
-        assert!(matches!(err, TransformError::Sql(SqlError::NotRowWise(_))), "{sql}: {err}");
+        assert!(
+            matches!(err, TransformError::Sql(SqlError::NotRowWise(_))),
+            "{sql}: {err}"
+        );
     }
-    let err = Transform::new(&TransformSpec::Sql("SELECT nope FROM input".into()), &schema).unwrap_err();
+    let err = Transform::new(
+        &TransformSpec::Sql("SELECT nope FROM input".into()),
+        &schema,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
 }
 
@@ -88,12 +123,30 @@ fn mappings_rename_cast_default_drop_and_flatten() {
         drop: vec!["code".into()],
     };
     let t = Transform::new(&TransformSpec::Mapping(mapping), &batch.schema()).unwrap();
-    let names: Vec<String> = t.output_schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<String> = t
+        .output_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     assert_eq!(names, vec!["currency", "total", "country"]);
     let out = t.apply(&batch).unwrap();
-    let total = out.batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
-    assert_eq!(total.iter().collect::<Vec<_>>(), vec![Some(12), Some(0), Some(1)]);
-    let country = out.batch.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+    let total = out
+        .batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(
+        total.iter().collect::<Vec<_>>(),
+        vec![Some(12), Some(0), Some(1)]
+    );
+    let country = out
+        .batch
+        .column(2)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
     assert!(country.is_null(1));
 }
 
@@ -105,7 +158,10 @@ fn mappings_naming_unknown_columns_are_refused() {
         ..MappingSpec::default()
     };
     let err = Transform::new(&TransformSpec::Mapping(mapping), &schema).unwrap_err();
-    assert!(err.to_string().contains("rename: no column \"nope\""), "{err}");
+    assert!(
+        err.to_string().contains("rename: no column \"nope\""),
+        "{err}"
+    );
     let mapping = MappingSpec {
         flatten: vec!["currency".into()],
         ..MappingSpec::default()
