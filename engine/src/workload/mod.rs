@@ -174,7 +174,7 @@ impl Generator {
     pub fn new(spec: WorkloadSpec) -> Self {
         Generator {
             spec,
-            rng: Rng(spec.seed ^ 0x5eed_0f0d_e75_u64),
+            rng: Rng(spec.seed ^ 0x05ee_d0f0_de75_u64),
             index: 0,
         }
     }
@@ -255,7 +255,7 @@ impl Generator {
         };
         let suspicious = class.is_none() && self.rng.chance(0.002);
         if suspicious {
-            order.total = 75_000.0 + order.total;
+            order.total += 75_000.0;
         }
         let mut extra = String::new();
         match class {
