@@ -1,7 +1,9 @@
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+
+use arrow::array::AsArray;
 
 use super::*;
 
@@ -67,22 +69,12 @@ fn matches_are_joined_and_misses_follow_the_policy() {
         "{}",
         out.rejects[0].reason
     );
-    let segment = out
-        .batch
-        .column(2)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let segment = out.batch.column(2).as_string::<i32>();
     assert_eq!(
         segment.iter().collect::<Vec<_>>(),
         vec![Some("smb"), Some("vip")]
     );
-    let big = out
-        .batch
-        .column(3)
-        .as_any()
-        .downcast_ref::<BooleanArray>()
-        .unwrap();
+    let big = out.batch.column(3).as_boolean();
     assert_eq!(
         big.iter().collect::<Vec<_>>(),
         vec![Some(false), Some(true)]
@@ -120,12 +112,7 @@ fn a_refreshed_snapshot_is_used_by_the_next_batch() {
     let stage = Enrich::new(spec(OnMiss::Null), table.clone(), &batch.schema()).unwrap();
     table.replace(customers("gold")).unwrap();
     let out = stage.apply(&batch).unwrap();
-    let segment = out
-        .batch
-        .column(2)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let segment = out.batch.column(2).as_string::<i32>();
     assert_eq!(segment.value(3), "gold");
 }
 

@@ -1,7 +1,10 @@
 use std::sync::Arc;
 
-use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray, StructArray};
+use arrow::array::{Array, Float64Array, RecordBatch, StringArray, StructArray};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
 
 use super::*;
 
@@ -48,22 +51,12 @@ fn sql_transforms_each_row_and_knows_its_schema_up_front() {
     assert_eq!(schema.field(1).data_type(), &DataType::Int64);
     let out = t.apply(&batch).unwrap();
     assert!(out.rejects.is_empty());
-    let cur = out
-        .batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let cur = out.batch.column(0).as_string::<i32>();
     assert_eq!(
         cur.iter().collect::<Vec<_>>(),
         vec![Some("EUR"), Some("USD"), Some("GBP")]
     );
-    let cents = out
-        .batch
-        .column(1)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap();
+    let cents = out.batch.column(1).as_primitive::<Int64Type>();
     assert_eq!(
         cents.iter().collect::<Vec<_>>(),
         vec![Some(1235), None, Some(100)]
@@ -131,22 +124,12 @@ fn mappings_rename_cast_default_drop_and_flatten() {
         .collect();
     assert_eq!(names, vec!["currency", "total", "country"]);
     let out = t.apply(&batch).unwrap();
-    let total = out
-        .batch
-        .column(1)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap();
+    let total = out.batch.column(1).as_primitive::<Int64Type>();
     assert_eq!(
         total.iter().collect::<Vec<_>>(),
         vec![Some(12), Some(0), Some(1)]
     );
-    let country = out
-        .batch
-        .column(2)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let country = out.batch.column(2).as_string::<i32>();
     assert!(country.is_null(1));
 }
 

@@ -1,8 +1,9 @@
-use arrow::array::{
-    Array, BinaryArray, Int64Array, ListArray, StringArray, StructArray, TimestampMicrosecondArray,
-};
+use arrow::array::{Array, BinaryArray, ListArray, StructArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, TimeUnit};
 use serde_json::json;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
 
 use super::*;
 
@@ -115,7 +116,7 @@ fn good_records_decode_into_typed_columns() {
         1_795_474_800_000_000,
         "offsets are converted to UTC"
     );
-    let n = b.column(3).as_any().downcast_ref::<Int64Array>().unwrap();
+    let n = b.column(3).as_primitive::<Int64Type>();
     assert_eq!((n.value(0), n.is_null(1)), (3, true));
     let items = b.column(4).as_any().downcast_ref::<ListArray>().unwrap();
     assert_eq!(items.value_length(1), 2);
@@ -126,15 +127,11 @@ fn good_records_decode_into_typed_columns() {
         .unwrap()
         .column(0)
         .clone();
-    let qty = qty.as_any().downcast_ref::<Int64Array>().unwrap();
+    let qty = qty.as_primitive::<Int64Type>();
     assert_eq!(qty.values().to_vec(), vec![2, 1, 4]);
     let ship = b.column(5).as_any().downcast_ref::<StructArray>().unwrap();
     assert!(ship.is_valid(0) && ship.is_null(1));
-    let country = ship
-        .column(0)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let country = ship.column(0).as_string::<i32>();
     assert_eq!(country.value(0), "DE");
 }
 
@@ -297,12 +294,7 @@ fn a_bad_record_leaves_no_trace_in_the_columns() {
         .unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items.value(0).len(), 1, "the rolled-back items are gone");
-    let ids = out
-        .batch
-        .column(0)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let ids = out.batch.column(0).as_string::<i32>();
     assert_eq!(ids.value(0), "C001");
 }
 
