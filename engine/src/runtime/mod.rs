@@ -181,3 +181,59 @@ fn spawn_refresher(lookup: &PlannedLookup) -> Option<tokio::task::JoinHandle<()>
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tributary_connectors::lookup::FileLookup;
+    use tributary_stages::enrich::{LookupTable, SharedTable};
+
+    use super::*;
+
+    fn write(path: &std::path::Path, segment: &str) {
+        std::fs::write(path, format!("customer_id,segment\nC000001,{segment}\n")).unwrap();
+    }
+
+    fn segment(table: &SharedTable) -> String {
+        let snapshot = table.current();
+        let column = snapshot.column("segment").unwrap();
+        arrow::util::display::array_value_to_string(column, 0).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_refresh_on_their_interval_and_survive_a_bad_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("customers.csv");
+        write(&path, "smb");
+        let source = FileLookup::new(path.clone(), None).unwrap();
+        let keys = vec!["customer_id".to_string()];
+        let table =
+            SharedTable::new(LookupTable::new(source.load_blocking().unwrap(), &keys).unwrap());
+        let lookup = PlannedLookup {
+            name: "customers".into(),
+            keys,
+            source: Arc::new(source),
+            table: table.clone(),
+            refresh: Some(Duration::from_millis(50)),
+        };
+        let task = spawn_refresher(&lookup).unwrap();
+
+        write(&path, "vip");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while segment(&table) != "vip" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new snapshot never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // A reload that fails (file gone) keeps serving the last good snapshot.
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(segment(&table), "vip");
+        task.abort();
+    }
+}
