@@ -241,9 +241,22 @@ fn generate(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The bundled orders pipeline, shipped in the repository.
-fn bundled_pipeline() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/orders.yaml")
+/// The bundled orders pipeline and its schema, compiled in so the demo runs from any directory.
+const ORDERS_PIPELINE: &str = include_str!("../../pipelines/orders.yaml");
+const ORDERS_SCHEMA: &str = include_str!("../../schemas/events/order_created.v1.schema.json");
+
+/// Writes the bundled pipeline (and the schema it names, at the same relative path) under `dir`.
+fn bundled_pipeline(dir: &Path) -> Result<PathBuf> {
+    let pipeline = dir.join("pipelines/orders.yaml");
+    let schema = dir.join("schemas/events/order_created.v1.schema.json");
+    for (path, text) in [(&pipeline, ORDERS_PIPELINE), (&schema, ORDERS_SCHEMA)] {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(pipeline)
 }
 
 fn demo(events: u64, dir: &Path) -> Result<ExitCode> {
@@ -283,8 +296,11 @@ fn demo(events: u64, dir: &Path) -> Result<ExitCode> {
         // SAFETY: no other thread exists yet; the async runtime starts below.
         unsafe { std::env::set_var(name, value) };
     }
-    let pipeline = bundled_pipeline();
-    println!("running {}", pipeline.display());
+    let pipeline = bundled_pipeline(dir)?;
+    println!(
+        "running {} (the bundled pipelines/orders.yaml)",
+        pipeline.display()
+    );
     let plan = load_plan(&pipeline)?;
     let runtime = runtime_builder()?;
     let summary = runtime.block_on(run_until_done(plan))?;

@@ -115,9 +115,9 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
         ));
     }
 
-    let Some(StageConfig::Validate(first)) = p.stages.first() else {
+    let Some(StageConfig::Validate(first)) = p.stages.first().map(|s| &s.value) else {
         return Err(err(
-            None,
+            p.stages.first().map(|s| &s.span),
             "stages[0]".into(),
             "the first stage must be `validate`: it turns raw JSON into typed columns".into(),
         ));
@@ -126,17 +126,20 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
     let mut schema = validate.output_schema();
     let mut stages = Vec::new();
     let mut lookups = Vec::new();
-    for (i, stage) in p.stages.iter().enumerate().skip(1) {
+    for (i, located) in p.stages.iter().enumerate().skip(1) {
+        let stage = &located.value;
         let key = format!("stages[{i}].{}", stage.kind());
         let planned: Arc<dyn Stage> = match stage {
             StageConfig::Validate(_) => {
                 return Err(err(
-                    None,
+                    Some(&located.span),
                     key,
                     "validate may only be the first stage".into(),
                 ));
             }
-            StageConfig::Transform(t) => Arc::new(build_transform(loaded, t, &schema, &key)?),
+            StageConfig::Transform(t) => {
+                Arc::new(build_transform(loaded, t, &schema, &key, &located.span)?)
+            }
             StageConfig::Enrich(e) => {
                 let (enrich, lookup) = build_enrich(loaded, e, &schema, &key)?;
                 lookups.push(lookup);
@@ -152,18 +155,19 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
 
     let mut outputs = Vec::new();
     for (i, output) in p.outputs.iter().enumerate() {
-        let OutputConfig::Parquet(o) = output;
+        let OutputConfig::Parquet(o) = &output.value;
+        let at = Some(&output.span);
         let key = format!("outputs[{i}].parquet");
         if outputs.iter().any(|x: &PlannedOutput| x.name == o.name) {
             return Err(err(
-                None,
+                at,
                 format!("{key}.name"),
                 format!("output name {:?} is used twice", o.name),
             ));
         }
         file_schema(&schema, &o.partition_by).map_err(|e| {
             err(
-                None,
+                at,
                 format!("{key}.partition_by"),
                 format!(
                     "{e}; the records reaching the output have: {}",
@@ -311,6 +315,7 @@ fn build_transform(
     config: &TransformConfig,
     input: &SchemaRef,
     key: &str,
+    stage_span: &crate::config::Span,
 ) -> Result<Transform, ConfigError> {
     let (spec, span, sub) = match (&config.sql, &config.mapping) {
         (Some(sql), None) => (
@@ -326,13 +331,13 @@ fn build_transform(
                 rename: m.rename.clone().into_iter().collect(),
                 drop: m.drop.clone(),
             }),
-            None,
+            Some(stage_span),
             "mapping",
         ),
         _ => {
             return Err(ConfigError::at(
                 &loaded.file,
-                None,
+                Some(stage_span),
                 key,
                 "give exactly one of `sql` or `mapping`",
             ));

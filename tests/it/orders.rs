@@ -230,3 +230,22 @@ fn ctrl_c_drains_in_flight_batches_and_exits_cleanly() {
         .collect();
     assert!(leftovers.is_empty(), "no half-written files: {leftovers:?}");
 }
+
+#[test]
+fn the_demo_runs_from_any_directory_and_prints_a_summary_and_a_query() {
+    let ws = Workspace::generate(1, 0.0, 1);
+    let dir = ws.path("demo");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["demo", "--events", "5000", "--dir", dir.to_str().unwrap()])
+        .current_dir(ws.path("input"))
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("records in         5000"), "{stdout}");
+    assert!(stdout.contains("(adds up)"), "{stdout}");
+    assert!(stdout.contains("| event_date | orders |"), "{stdout}");
+    assert!(!files_under(&dir.join("out/orders")).is_empty());
+    assert!(!files_under(&dir.join("out/dlq")).is_empty());
+    assert!(!files_under(&dir.join("out/review")).is_empty());
+}

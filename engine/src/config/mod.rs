@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use values::{ByteSize, DurationText, Text};
+pub use values::{ByteSize, DurationText, Located, Text};
 
 /// Where a problem in the pipeline file is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct Span {
 
 /// A pipeline file that cannot be used, with where and why.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{file}:{line}:{column}: {key}{message}", file = file.display(), key = key_prefix(key_path))]
+#[error("{}{}: {}{message}", file.display(), position(*line, *column), key_prefix(key_path))]
 pub struct ConfigError {
     /// The pipeline file.
     pub file: PathBuf,
@@ -37,6 +37,15 @@ pub struct ConfigError {
     pub key_path: String,
     /// What is wrong.
     pub message: String,
+}
+
+/// `:line:column`, or nothing when the position is unknown.
+fn position(line: u64, column: u64) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}:{column}")
+    }
 }
 
 fn key_prefix(path: &str) -> String {
@@ -78,9 +87,9 @@ pub struct PipelineFile {
     #[serde(default)]
     pub batch: BatchConfig,
     /// Stages, applied in order.
-    pub stages: Vec<StageConfig>,
+    pub stages: Vec<Located<StageConfig>>,
     /// Where valid records go.
-    pub outputs: Vec<OutputConfig>,
+    pub outputs: Vec<Located<OutputConfig>>,
     /// Where invalid records go.
     pub dlq: DeadLetterConfig,
     /// Where ambiguous records go.
