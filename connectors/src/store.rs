@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path;
 
 /// A store location that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +61,5 @@ impl Location {
             display: dir.display().to_string(),
             local_root: Some(dir),
         })
-    }
-
-    /// The object path for `relative` (slash-separated) under this root.
-    pub fn path(relative: &str) -> Path {
-        Path::from(relative)
     }
 }
