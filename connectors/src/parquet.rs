@@ -218,10 +218,14 @@ impl PartitionedParquetWriter {
                 .iter()
                 .map(|values| values.is_valid(row).then(|| values.value(row)))
                 .collect();
-            let group = *index.entry(key.clone()).or_insert_with(|| {
-                groups.push((key, Vec::new()));
-                groups.len() - 1
-            });
+            let group = match index.get(&key) {
+                Some(group) => *group,
+                None => {
+                    groups.push((key.clone(), Vec::new()));
+                    index.insert(key, groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
             groups[group].1.push(row as u32);
         }
         let names = &self.options.partition_by;

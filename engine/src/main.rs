@@ -118,7 +118,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         } => generate(events, invalid_ratio, seed, out, customers),
         Command::Query { sql, pipeline } => {
             let plan = load_plan(&pipeline)?;
-            let batches = runtime_builder()?.block_on(query::run(&plan, &sql))?;
+            let batches = runtime_builder()?.block_on(query::run(
+                &plan.outputs,
+                &plan.output_schema,
+                &sql,
+            ))?;
             println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -302,6 +306,8 @@ fn demo(events: u64, dir: &Path) -> Result<ExitCode> {
         pipeline.display()
     );
     let plan = load_plan(&pipeline)?;
+    // The run consumes the plan; keep what the example query needs.
+    let (outputs, schema) = (plan.outputs.clone(), plan.output_schema.clone());
     let runtime = runtime_builder()?;
     let summary = runtime.block_on(run_until_done(plan))?;
     print!("{summary}");
@@ -309,8 +315,7 @@ fn demo(events: u64, dir: &Path) -> Result<ExitCode> {
                count(DISTINCT customer_id) AS customers, sum(CASE WHEN is_high_value THEN 1 ELSE 0 END) AS high_value \
                FROM orders GROUP BY event_date ORDER BY event_date";
     println!("\nexample query: tributary query \"{sql}\"");
-    let plan = load_plan(&pipeline)?;
-    let batches = runtime.block_on(query::run(&plan, sql))?;
+    let batches = runtime.block_on(query::run(&outputs, &schema, sql))?;
     println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
     Ok(outcome(&summary))
 }

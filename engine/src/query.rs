@@ -11,18 +11,24 @@ use datafusion::datasource::listing::ListingOptions;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use crate::plan::Plan;
+use arrow::datatypes::Schema;
 
-/// A session with every output of `plan` registered as a table.
-pub async fn session(plan: &Plan) -> Result<SessionContext, DataFusionError> {
+use crate::plan::PlannedOutput;
+
+/// A session with every output registered as a table; `schema` is the
+/// schema of the records reaching the outputs (`Plan::output_schema`).
+pub async fn session(
+    outputs: &[PlannedOutput],
+    schema: &Schema,
+) -> Result<SessionContext, DataFusionError> {
     let ctx = SessionContext::new();
-    for output in &plan.outputs {
+    for output in outputs {
         let partition_cols = output
             .options
             .partition_by
             .iter()
             .map(|c| {
-                let field = plan.output_schema.field_with_name(c)?;
+                let field = schema.field_with_name(c)?;
                 Ok((c.clone(), field.data_type().clone()))
             })
             .collect::<Result<Vec<_>, DataFusionError>>()?;
@@ -38,8 +44,12 @@ pub async fn session(plan: &Plan) -> Result<SessionContext, DataFusionError> {
     Ok(ctx)
 }
 
-/// Runs `sql` over the outputs of `plan`.
-pub async fn run(plan: &Plan, sql: &str) -> Result<Vec<RecordBatch>, DataFusionError> {
-    let ctx = session(plan).await?;
+/// Runs `sql` over `outputs` (see [`session`]).
+pub async fn run(
+    outputs: &[PlannedOutput],
+    schema: &Schema,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, DataFusionError> {
+    let ctx = session(outputs, schema).await?;
     ctx.sql(sql).await?.collect().await
 }

@@ -269,13 +269,12 @@ impl Column {
                 let offsets =
                     OffsetBuffer::new(ScalarBuffer::from(std::mem::replace(offsets, vec![0])));
                 let nulls = nulls(std::mem::take(valid));
-                // SAFETY-free path: the decoder only ever appends `&str`, so the bytes are UTF-8;
-                // `new` re-checks offsets and UTF-8 cheaply relative to decoding.
-                Arc::new(StringArray::new(
-                    offsets,
-                    std::mem::take(data).into(),
-                    nulls,
-                ))
+                let values = std::mem::take(data).into();
+                // SAFETY: bytes only enter through `push_str` (whole `&str`s) and leave through
+                // `truncate` at an offset, i.e. at a string boundary, so `data` is valid UTF-8 and
+                // every offset is in bounds and on a char boundary. The decoder already checked
+                // each record's UTF-8; checking again here was a second pass over every string.
+                Arc::new(unsafe { StringArray::new_unchecked(offsets, values, nulls) })
             }
             (column, other) => {
                 // The schema compiler pairs columns with their types; a mismatch is a bug.
