@@ -11,6 +11,7 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use crate::parquet::Placement;
 use crate::store::Location;
 
 /// One rejected record, as written to (and read back from) a dead-letter file.
@@ -81,7 +82,21 @@ pub struct DeadLetterWriter {
     buffer: Vec<u8>,
     first_position: Option<u64>,
     records: u64,
-    published: Vec<String>,
+    published: Vec<StagedLetters>,
+    placement: Placement,
+    files: u64,
+    pending: u64,
+}
+
+/// A dead-letter file written: at its final `path`, or staged for a commit to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedLetters {
+    /// Final path, relative to the destination root.
+    pub path: String,
+    /// Where it was written when staged.
+    pub staged: Option<String>,
+    /// Records in it.
+    pub records: u64,
 }
 
 impl DeadLetterWriter {
@@ -95,7 +110,16 @@ impl DeadLetterWriter {
             first_position: None,
             records: 0,
             published: Vec::new(),
+            placement: Placement::Direct,
+            files: 0,
+            pending: 0,
         }
+    }
+
+    /// Sets how files reach their final names (default: [`Placement::Direct`]).
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
     }
 
     /// Appends one record.
@@ -104,6 +128,7 @@ impl DeadLetterWriter {
         serde_json::to_writer(&mut self.buffer, record)?;
         self.buffer.push(b'\n');
         self.records += 1;
+        self.pending += 1;
         if self.buffer.len() >= self.max_bytes {
             self.flush().await?;
         }
@@ -114,24 +139,50 @@ impl DeadLetterWriter {
         let Some(first) = self.first_position.take() else {
             return Ok(());
         };
-        let path = Path::from(format!("{}-{first:012}.ndjson", self.stream));
+        self.files += 1;
+        let (path, staged) = match self.placement {
+            Placement::Direct => (
+                Path::from(format!("{}-{first:012}.ndjson", self.stream)),
+                None,
+            ),
+            Placement::Staged { epoch } => (
+                Path::from(format!("{}-{first:012}-e{epoch}.ndjson", self.stream)),
+                Some(
+                    crate::commit_log::staging_prefix(&self.stream)
+                        .join(format!("e{epoch}-{:06}.ndjson.staged", self.files)),
+                ),
+            ),
+        };
+        let records = std::mem::take(&mut self.pending);
+        let target = staged.clone().unwrap_or_else(|| path.clone());
         let payload = PutPayload::from(Bytes::from(std::mem::take(&mut self.buffer)));
         self.location
             .store
-            .put(&path, payload)
+            .put(&target, payload)
             .await
             .map_err(|source| DeadLetterError::Store {
-                path: path.to_string(),
+                path: target.to_string(),
                 source,
             })?;
-        self.published.push(path.to_string());
+        self.published.push(StagedLetters {
+            path: path.to_string(),
+            staged: staged.map(|p| p.to_string()),
+            records,
+        });
         Ok(())
     }
 
-    /// Publishes what is buffered; returns the files written and the record count.
-    pub async fn finish(mut self) -> Result<(Vec<String>, u64), DeadLetterError> {
+    /// Writes what is buffered; returns the files written since the last call.
+    pub async fn close_all(&mut self) -> Result<Vec<StagedLetters>, DeadLetterError> {
         self.flush().await?;
-        Ok((self.published, self.records))
+        Ok(std::mem::take(&mut self.published))
+    }
+
+    /// Writes what is buffered; returns the files written since the last
+    /// [`close_all`](Self::close_all) and the record count of the writer's life.
+    pub async fn finish(mut self) -> Result<(Vec<String>, u64), DeadLetterError> {
+        let files = self.close_all().await?;
+        Ok((files.into_iter().map(|f| f.path).collect(), self.records))
     }
 }
 

@@ -4,9 +4,14 @@
 //! - [`parquet`]: the partitioned, rolling Parquet sink over `object_store`.
 //! - [`dead_letter`]: the NDJSON sink for DLQ and review records.
 //! - [`lookup`]: loaders for enrich reference tables (CSV, Parquet, NDJSON).
+//! - [`kafka`]: the Kafka consumer-group source and the Kafka producers.
+//! - [`commit_log`]: the per-partition manifests behind exactly-once output.
 //! - [`store`]: resolving a path or URL to an object store.
 
+pub mod commit_log;
 pub mod dead_letter;
+pub mod fault;
+pub mod kafka;
 pub mod lookup;
 pub mod parquet;
 pub mod source;

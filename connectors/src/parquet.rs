@@ -56,11 +56,26 @@ pub enum Codec {
     Uncompressed,
 }
 
-/// A file that reached its final name.
+/// How closed files reach their final names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Published under the final name when closed (file sources, whose names are deterministic).
+    Direct,
+    /// Written under the hidden staging prefix; a commit publishes them (Kafka sources).
+    /// The owner's epoch is part of the final name.
+    Staged {
+        /// The partition owner's epoch.
+        epoch: u64,
+    },
+}
+
+/// A closed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedFile {
-    /// Path relative to the output root.
+    /// Final path relative to the output root.
     pub path: String,
+    /// Where it was written, when staged (it reaches `path` at the next commit).
+    pub staged: Option<String>,
     /// Rows in the file.
     pub rows: u64,
     /// Size in bytes.
@@ -94,6 +109,7 @@ const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 struct OpenFile {
     dir: String,
     path: Path,
+    staged: Option<Path>,
     writer: AsyncArrowWriter<BufWriter>,
     rows: usize,
     first_position: u64,
@@ -116,6 +132,8 @@ pub struct PartitionedParquetWriter {
     open: Vec<OpenFile>,
     published: Vec<PublishedFile>,
     writes: u64,
+    placement: Placement,
+    files_opened: u64,
 }
 
 impl std::fmt::Debug for PartitionedParquetWriter {
@@ -187,7 +205,15 @@ impl PartitionedParquetWriter {
             open: Vec::new(),
             published: Vec::new(),
             writes: 0,
+            placement: Placement::Direct,
+            files_opened: 0,
         })
+    }
+
+    /// Sets how closed files reach their final names (default: [`Placement::Direct`]).
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
     }
 
     /// Rows grouped by Hive directory (`col=value/…`), in order of first appearance.
@@ -275,6 +301,10 @@ impl PartitionedParquetWriter {
                 self.writes += 1;
                 let open = &mut self.open[file];
                 open.writer.write(&part).await?;
+                if open.writer.bytes_written() > 0 {
+                    // Some of the file is uploaded, not all.
+                    crate::fault::crash_point("mid_upload");
+                }
                 open.rows += now.len();
                 open.last_position = positions[*now.last().expect("non-empty split") as usize];
                 open.last_write = self.writes;
@@ -313,13 +343,31 @@ impl PartitionedParquetWriter {
                 .expect("at least one open file");
             self.close(oldest).await?;
         }
-        let path = Path::from(format!("{dir}{}-{first_position:012}.parquet", self.stream));
-        let object = BufWriter::new(self.location.store.clone(), path.clone());
+        self.files_opened += 1;
+        let (path, staged) = match self.placement {
+            Placement::Direct => (
+                Path::from(format!("{dir}{}-{first_position:012}.parquet", self.stream)),
+                None,
+            ),
+            Placement::Staged { epoch } => (
+                Path::from(format!(
+                    "{dir}{}-{first_position:012}-e{epoch}.parquet",
+                    self.stream
+                )),
+                Some(
+                    crate::commit_log::staging_prefix(&self.stream)
+                        .join(format!("e{epoch}-{:06}.parquet.staged", self.files_opened)),
+                ),
+            ),
+        };
+        let target = staged.clone().unwrap_or_else(|| path.clone());
+        let object = BufWriter::new(self.location.store.clone(), target);
         let writer =
             AsyncArrowWriter::try_new(object, self.file_schema.clone(), Some(self.props.clone()))?;
         self.open.push(OpenFile {
             dir: dir.to_string(),
             path,
+            staged,
             writer,
             rows: 0,
             first_position,
@@ -344,6 +392,7 @@ impl PartitionedParquetWriter {
         tracing::debug!(path = %open.path, rows = open.rows, "published parquet file");
         self.published.push(PublishedFile {
             path: open.path.to_string(),
+            staged: open.staged.map(|p| p.to_string()),
             rows: open.rows as u64,
             bytes: bytes as u64,
             first_position: open.first_position,
@@ -360,13 +409,19 @@ impl PartitionedParquetWriter {
         Ok(())
     }
 
-    /// Closes every open file and returns all files published by this writer.
-    pub async fn finish(mut self) -> Result<Vec<PublishedFile>, ParquetSinkError> {
+    /// Closes every open file and returns the files closed since the last call.
+    pub async fn close_all(&mut self) -> Result<Vec<PublishedFile>, ParquetSinkError> {
         while !self.open.is_empty() {
             self.close(self.open.len() - 1).await?;
         }
-        self.published.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(self.published)
+        let mut closed = std::mem::take(&mut self.published);
+        closed.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(closed)
+    }
+
+    /// Closes every open file and returns the files closed since the last [`close_all`](Self::close_all).
+    pub async fn finish(mut self) -> Result<Vec<PublishedFile>, ParquetSinkError> {
+        self.close_all().await
     }
 }
 

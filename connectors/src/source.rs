@@ -70,6 +70,13 @@ pub enum Origin {
         /// The file's path as given.
         path: Arc<str>,
     },
+    /// A Kafka partition; positions are offsets.
+    Kafka {
+        /// The topic.
+        topic: Arc<str>,
+        /// The partition.
+        partition: i32,
+    },
 }
 
 impl Origin {
@@ -77,6 +84,7 @@ impl Origin {
     pub fn describe(&self, position: u64) -> String {
         match self {
             Origin::File { path } => format!("{path}:{position}"),
+            Origin::Kafka { topic, partition } => format!("{topic}/{partition}@{position}"),
         }
     }
 }
@@ -101,6 +109,8 @@ pub struct RawBatch {
     pub positions: Vec<u64>,
     /// Each record's byte offset in its file, for file sources.
     pub byte_offsets: Vec<u64>,
+    /// Message metadata, for Kafka sources.
+    pub meta: Option<crate::kafka::meta::KafkaMeta>,
 }
 
 impl RawBatch {
@@ -391,6 +401,7 @@ impl PartitionReader for FileChunkReader {
             payloads,
             positions,
             byte_offsets,
+            meta: None,
         }))
     }
 }

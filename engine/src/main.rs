@@ -40,6 +40,9 @@ enum Command {
         /// Also write the summary as JSON to this file.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+        /// Kafka sources: stop once every assigned partition is caught up and nothing arrived for this long (e.g. `5s`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        until_idle: Option<std::time::Duration>,
     },
     /// Load and check a pipeline without running it.
     Check {
@@ -63,6 +66,15 @@ enum Command {
         /// Customers CSV (default: customers.csv beside --out; none when writing to standard output).
         #[arg(long)]
         customers: Option<PathBuf>,
+        /// Publish the events to Kafka at these brokers instead of writing a file.
+        #[arg(long, value_name = "BROKERS")]
+        to_kafka: Option<String>,
+        /// The topic to publish to (created when missing).
+        #[arg(long, default_value = "orders")]
+        topic: String,
+        /// Partitions of the topic when it is created.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
     },
     /// Run SQL over a pipeline's Parquet outputs (tables named after the outputs).
     Query {
@@ -98,9 +110,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run {
             pipeline,
             summary_json,
+            until_idle,
         } => {
             let plan = load_plan(&pipeline)?;
-            let summary = runtime_builder()?.block_on(run_until_done(plan))?;
+            let options = runtime::RunOptions { until_idle };
+            let summary = runtime_builder()?.block_on(run_until_done(plan, options))?;
             print!("{summary}");
             if let Some(path) = summary_json {
                 let json = serde_json::to_string_pretty(&summary)?;
@@ -115,7 +129,20 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             seed,
             out,
             customers,
-        } => generate(events, invalid_ratio, seed, out, customers),
+            to_kafka,
+            topic,
+            partitions,
+        } => match to_kafka {
+            Some(brokers) => {
+                let spec = workload_spec(events, invalid_ratio, seed)?;
+                runtime_builder()?.block_on(publish(spec, &brokers, &topic, partitions))?;
+                if let Some(path) = customers {
+                    write_customers(seed, &path)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            None => generate(events, invalid_ratio, seed, out, customers),
+        },
         Command::Query { sql, pipeline } => {
             let plan = load_plan(&pipeline)?;
             let batches = runtime_builder()?.block_on(query::run(
@@ -171,7 +198,7 @@ fn check(pipeline: &Path) -> Result<ExitCode> {
 }
 
 /// Runs the plan; the first Ctrl-C drains in-flight batches and stops.
-async fn run_until_done(plan: plan::Plan) -> Result<Summary> {
+async fn run_until_done(plan: plan::Plan, options: runtime::RunOptions) -> Result<Summary> {
     let stop = StopHandle::default();
     let on_signal = stop.clone();
     tokio::spawn(async move {
@@ -180,7 +207,7 @@ async fn run_until_done(plan: plan::Plan) -> Result<Summary> {
             on_signal.stop();
         }
     });
-    Ok(runtime::run(plan, stop).await?)
+    Ok(runtime::run(plan, stop, options).await?)
 }
 
 fn outcome(summary: &Summary) -> ExitCode {
@@ -198,14 +225,7 @@ fn generate(
     out: Option<PathBuf>,
     customers: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    if !(0.0..=1.0).contains(&invalid_ratio) {
-        bail!("--invalid-ratio must be between 0 and 1, got {invalid_ratio}");
-    }
-    let spec = WorkloadSpec {
-        events,
-        invalid_ratio,
-        seed,
-    };
+    let spec = workload_spec(events, invalid_ratio, seed)?;
     let customers = customers.or_else(|| out.as_ref().map(|o| o.with_file_name("customers.csv")));
     match &out {
         Some(path) => {
@@ -235,14 +255,65 @@ fn generate(
         }
     }
     if let Some(path) = customers {
-        let mut file = BufWriter::new(
-            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        let rows = workload::write_customers(seed, &mut file)?;
-        file.flush()?;
-        eprintln!("wrote {rows} customers to {}", path.display());
+        write_customers(seed, &path)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn workload_spec(events: u64, invalid_ratio: f64, seed: u64) -> Result<WorkloadSpec> {
+    if !(0.0..=1.0).contains(&invalid_ratio) {
+        bail!("--invalid-ratio must be between 0 and 1, got {invalid_ratio}");
+    }
+    Ok(WorkloadSpec {
+        events,
+        invalid_ratio,
+        seed,
+    })
+}
+
+fn write_customers(seed: u64, path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut file =
+        BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    let rows = workload::write_customers(seed, &mut file)?;
+    file.flush()?;
+    eprintln!("wrote {rows} customers to {}", path.display());
+    Ok(())
+}
+
+/// Publishes the generated events to `topic` (created with `partitions` when missing),
+/// keyed by event number, and waits until the broker acknowledged all of them.
+async fn publish(spec: WorkloadSpec, brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    use tributary_connectors::kafka::producer::{TopicProducer, producer};
+    use tributary_connectors::kafka::{KafkaConnection, admin};
+    let connection = KafkaConnection {
+        brokers: brokers.to_string(),
+        properties: Default::default(),
+    };
+    if admin::ensure_topic(&connection, topic, partitions).await? {
+        eprintln!("created topic {topic} with {partitions} partitions");
+    }
+    let started = std::time::Instant::now();
+    let mut out = TopicProducer::new(producer(&connection)?, topic);
+    let mut invalid = 0u64;
+    for (n, (line, expected)) in workload::events(spec).enumerate() {
+        if matches!(expected, workload::Expected::Dlq(_)) {
+            invalid += 1;
+        }
+        out.send(Some(n.to_string().as_bytes()), &line, None)
+            .await?;
+    }
+    out.flush().await?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "published {} events ({invalid} invalid) to {topic} at {brokers} in {secs:.2} s ({:.0} events/s)",
+        spec.events,
+        spec.events as f64 / secs.max(1e-9)
+    );
+    Ok(())
 }
 
 /// The bundled orders pipeline and its schema, compiled in so the demo runs from any directory.
@@ -309,7 +380,7 @@ fn demo(events: u64, dir: &Path) -> Result<ExitCode> {
     // The run consumes the plan; keep what the example query needs.
     let (outputs, schema) = (plan.outputs.clone(), plan.output_schema.clone());
     let runtime = runtime_builder()?;
-    let summary = runtime.block_on(run_until_done(plan))?;
+    let summary = runtime.block_on(run_until_done(plan, runtime::RunOptions::default()))?;
     print!("{summary}");
     let sql = "SELECT event_date, count(*) AS orders, round(sum(total_cents) / 100.0, 2) AS revenue, \
                count(DISTINCT customer_id) AS customers, sum(CASE WHEN is_high_value THEN 1 ELSE 0 END) AS high_value \

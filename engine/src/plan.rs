@@ -8,6 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
+use std::collections::BTreeMap;
+
+use tributary_connectors::kafka::KafkaConnection;
+use tributary_connectors::kafka::consumer::{ConsumerSettings, StartPosition};
+use tributary_connectors::kafka::meta as kafka_meta;
 use tributary_connectors::lookup::{FileFormat, FileLookup, LookupSource};
 use tributary_connectors::parquet::{Codec, ParquetOptions, file_schema};
 use tributary_connectors::source::{BatchLimits, FileSource, Source};
@@ -17,8 +22,9 @@ use tributary_stages::transform::{MappingSpec, Transform, TransformSpec};
 use tributary_stages::validate::{RuleSpec, Severity, Validate, ValidateSpec};
 
 use crate::config::{
-    ConfigError, DeadLetterConfig, EnrichConfig, Loaded, LookupFormat, OnMissConfig, OutputConfig,
-    SeverityConfig, SourceConfig, StageConfig, Text, TransformConfig, ValidateConfig,
+    ConfigError, DeadLetterConfig, EnrichConfig, KafkaSourceConfig, Loaded, LookupFormat,
+    OnMissConfig, OutputConfig, SeverityConfig, SourceConfig, StageConfig, StartConfig, Text,
+    TransformConfig, ValidateConfig,
 };
 
 /// A stage after validate, ready to run.
@@ -41,13 +47,65 @@ pub struct PlannedOutput {
     pub options: ParquetOptions,
 }
 
+/// A Kafka topic to produce to.
+#[derive(Debug, Clone)]
+pub struct PlannedTopic {
+    /// Brokers and producer properties.
+    pub connection: KafkaConnection,
+    /// The topic.
+    pub topic: String,
+}
+
+/// A Kafka output: records as JSON.
+#[derive(Debug, Clone)]
+pub struct PlannedTopicOutput {
+    /// Name in the summary.
+    pub name: String,
+    /// The topic.
+    pub topic: PlannedTopic,
+}
+
 /// A DLQ or review destination.
 #[derive(Debug, Clone)]
-pub struct PlannedDeadLetter {
-    /// Root location.
-    pub path: String,
-    /// Files roll at about this size.
-    pub max_file_bytes: usize,
+pub enum PlannedDeadLetter {
+    /// NDJSON files under a root.
+    Files {
+        /// Root location.
+        path: String,
+        /// Files roll at about this size.
+        max_file_bytes: usize,
+    },
+    /// A Kafka topic.
+    Topic(PlannedTopic),
+}
+
+impl PlannedDeadLetter {
+    /// Where dead letters go, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            PlannedDeadLetter::Files { path, .. } => path.clone(),
+            PlannedDeadLetter::Topic(t) => {
+                format!("kafka topic {} at {}", t.topic, t.connection.brokers)
+            }
+        }
+    }
+}
+
+/// The Kafka source, ready to join its group.
+#[derive(Debug, Clone)]
+pub struct PlannedKafkaSource {
+    /// Consumer settings.
+    pub settings: ConsumerSettings,
+    /// How often each partition commits.
+    pub commit_interval: Duration,
+}
+
+/// Where records come from.
+pub enum PlannedSource {
+    /// A bounded source of partitions (files).
+    Bounded(Box<dyn Source>),
+    /// Kafka topics.
+    Kafka(PlannedKafkaSource),
 }
 
 /// A lookup table with its source and refresh interval.
@@ -72,15 +130,17 @@ pub struct Plan {
     /// The pipeline file.
     pub file: PathBuf,
     /// The source.
-    pub source: Box<dyn Source>,
+    pub source: PlannedSource,
     /// Batch limits for readers.
     pub limits: BatchLimits,
     /// The first stage.
     pub validate: Arc<Validate>,
     /// The stages after validate.
     pub stages: Vec<PlannedStage>,
-    /// Outputs.
+    /// Parquet outputs.
     pub outputs: Vec<PlannedOutput>,
+    /// Kafka outputs.
+    pub topic_outputs: Vec<PlannedTopicOutput>,
     /// Dead-letter destination.
     pub dlq: PlannedDeadLetter,
     /// Review destination.
@@ -100,13 +160,6 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
         ConfigError::at(&loaded.file, span, key, msg)
     };
 
-    let source: Box<dyn Source> = match &p.source {
-        SourceConfig::File(f) => Box::new(FileSource::new(
-            vec![loaded.resolve(f.path.as_str())],
-            f.chunk_bytes.0,
-            f.max_line_bytes.as_usize(),
-        )),
-    };
     if p.batch.max_records == 0 {
         return Err(err(
             None,
@@ -114,6 +167,55 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
             "must be at least 1".into(),
         ));
     }
+    let limits = BatchLimits {
+        max_records: p.batch.max_records,
+        max_bytes: p.batch.max_bytes.as_usize().max(1),
+    };
+    let source = match &p.source {
+        SourceConfig::File(f) => PlannedSource::Bounded(Box::new(FileSource::new(
+            vec![loaded.resolve(f.path.as_str())],
+            f.chunk_bytes.0,
+            f.max_line_bytes.as_usize(),
+        ))),
+        SourceConfig::Kafka(k) => {
+            PlannedSource::Kafka(build_kafka_source(loaded, k, limits, p.batch.max_wait.0)?)
+        }
+    };
+    let source_brokers = match &p.source {
+        SourceConfig::Kafka(k) => Some(k.brokers.value.clone()),
+        SourceConfig::File(_) => None,
+    };
+    let topic =
+        |at: &str, brokers: &Option<Text>, topic: &Text, properties: &BTreeMap<String, Text>| {
+            let brokers = match brokers {
+                Some(b) => b.value.clone(),
+                None => source_brokers.clone().ok_or_else(|| {
+                    err(
+                        Some(&topic.span),
+                        format!("{at}.brokers"),
+                        "give `brokers`: the source is not Kafka, so there are none to reuse"
+                            .into(),
+                    )
+                })?,
+            };
+            if topic.value.trim().is_empty() {
+                return Err(err(
+                    Some(&topic.span),
+                    format!("{at}.topic"),
+                    "the topic name is empty".into(),
+                ));
+            }
+            Ok(PlannedTopic {
+                connection: KafkaConnection {
+                    brokers,
+                    properties: properties
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.value.clone()))
+                        .collect(),
+                },
+                topic: topic.value.clone(),
+            })
+        };
 
     let Some(StageConfig::Validate(first)) = p.stages.first().map(|s| &s.value) else {
         return Err(err(
@@ -124,6 +226,10 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
     };
     let validate = Arc::new(build_validate(loaded, first)?);
     let mut schema = validate.output_schema();
+    if let PlannedSource::Kafka(_) = &source {
+        // Kafka metadata columns are appended right after validation.
+        schema = kafka_meta::extend_schema(&schema);
+    }
     let mut stages = Vec::new();
     let mut lookups = Vec::new();
     for (i, located) in p.stages.iter().enumerate().skip(1) {
@@ -154,17 +260,35 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
     }
 
     let mut outputs = Vec::new();
+    let mut topic_outputs = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
     for (i, output) in p.outputs.iter().enumerate() {
-        let OutputConfig::Parquet(o) = &output.value;
         let at = Some(&output.span);
-        let key = format!("outputs[{i}].parquet");
-        if outputs.iter().any(|x: &PlannedOutput| x.name == o.name) {
+        let name = output.value.name();
+        if names.contains(&name) || matches!(name, "dlq" | "review") {
             return Err(err(
                 at,
-                format!("{key}.name"),
-                format!("output name {:?} is used twice", o.name),
+                format!("outputs[{i}]"),
+                format!("output name {name:?} is used twice (dlq and review are taken)"),
             ));
         }
+        names.push(name);
+        let o = match &output.value {
+            OutputConfig::Parquet(o) => o,
+            OutputConfig::Kafka(k) => {
+                topic_outputs.push(PlannedTopicOutput {
+                    name: k.name.clone(),
+                    topic: topic(
+                        &format!("outputs[{i}].kafka"),
+                        &k.brokers,
+                        &k.topic,
+                        &k.properties,
+                    )?,
+                });
+                continue;
+            }
+        };
+        let key = format!("outputs[{i}].parquet");
         file_schema(&schema, &o.partition_by).map_err(|e| {
             err(
                 at,
@@ -194,17 +318,43 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
             },
         });
     }
-    if outputs.is_empty() {
+    if outputs.is_empty() && topic_outputs.is_empty() {
         return Err(err(
             None,
             "outputs".into(),
             "at least one output is needed".into(),
         ));
     }
-    let dead_letter = |c: &DeadLetterConfig| PlannedDeadLetter {
-        path: loaded.resolve(c.path.as_str()),
-        max_file_bytes: c.max_file_bytes.as_usize().max(1),
+    let dead_letter = |key: &str, c: &DeadLetterConfig| match (&c.path, &c.kafka) {
+        (Some(path), None) => Ok(PlannedDeadLetter::Files {
+            path: loaded.resolve(path.as_str()),
+            max_file_bytes: c.max_file_bytes.as_usize().max(1),
+        }),
+        (None, Some(k)) => Ok(PlannedDeadLetter::Topic(topic(
+            &format!("{key}.kafka"),
+            &k.brokers,
+            &k.topic,
+            &k.properties,
+        )?)),
+        _ => Err(err(
+            None,
+            key.into(),
+            "give exactly one of `path` (NDJSON files) or `kafka` (a topic)".into(),
+        )),
     };
+    let dlq = dead_letter("dlq", &p.dlq)?;
+    let review = dead_letter("review", &p.review)?;
+    if let PlannedSource::Kafka(_) = &source
+        && outputs.is_empty()
+        && !matches!(dlq, PlannedDeadLetter::Files { .. })
+        && !matches!(review, PlannedDeadLetter::Files { .. })
+    {
+        return Err(err(
+            None,
+            "outputs".into(),
+            "a Kafka source keeps its commit log in a file destination (a Parquet output, or a DLQ or review path); there is none".into(),
+        ));
+    }
     let workers = match p.workers {
         Some(0) => return Err(err(None, "workers".into(), "must be at least 1".into())),
         Some(n) => n,
@@ -214,18 +364,96 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
         name: p.name.clone(),
         file: loaded.file.clone(),
         source,
-        limits: BatchLimits {
-            max_records: p.batch.max_records,
-            max_bytes: p.batch.max_bytes.as_usize().max(1),
-        },
+        limits,
         validate,
         stages,
         outputs,
-        dlq: dead_letter(&p.dlq),
-        review: dead_letter(&p.review),
+        topic_outputs,
+        dlq,
+        review,
         lookups,
         workers,
         output_schema: schema,
+    })
+}
+
+fn build_kafka_source(
+    loaded: &Loaded,
+    config: &KafkaSourceConfig,
+    limits: BatchLimits,
+    max_wait: Duration,
+) -> Result<PlannedKafkaSource, ConfigError> {
+    let at = |text: &Text, key: &str, message: String| {
+        ConfigError::at(
+            &loaded.file,
+            Some(&text.span),
+            format!("source.kafka.{key}"),
+            message,
+        )
+    };
+    if config.brokers.value.trim().is_empty() {
+        return Err(at(&config.brokers, "brokers", "no brokers given".into()));
+    }
+    if config.group.value.trim().is_empty() {
+        return Err(at(
+            &config.group,
+            "group",
+            "the consumer group is empty".into(),
+        ));
+    }
+    if config.topics.is_empty() {
+        return Err(ConfigError::at(
+            &loaded.file,
+            None,
+            "source.kafka.topics",
+            "list at least one topic",
+        ));
+    }
+    for (i, topic) in config.topics.iter().enumerate() {
+        if let Some(pattern) = topic.value.strip_prefix('^') {
+            regex::Regex::new(&format!("^{pattern}")).map_err(|e| {
+                at(
+                    topic,
+                    &format!("topics[{i}]"),
+                    format!("invalid topic pattern: {e}"),
+                )
+            })?;
+        } else if topic.value.trim().is_empty() {
+            return Err(at(
+                topic,
+                &format!("topics[{i}]"),
+                "empty topic name".into(),
+            ));
+        }
+    }
+    if config.commit_interval.0.is_zero() {
+        return Err(ConfigError::at(
+            &loaded.file,
+            None,
+            "source.kafka.commit_interval",
+            "must be longer than zero",
+        ));
+    }
+    Ok(PlannedKafkaSource {
+        settings: ConsumerSettings {
+            connection: KafkaConnection {
+                brokers: config.brokers.value.clone(),
+                properties: config
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect(),
+            },
+            topics: config.topics.iter().map(|t| t.value.clone()).collect(),
+            group: config.group.value.clone(),
+            start: match config.start {
+                StartConfig::Earliest => StartPosition::Earliest,
+                StartConfig::Latest => StartPosition::Latest,
+            },
+            limits,
+            max_wait,
+        },
+        commit_interval: config.commit_interval.0,
     })
 }
 

@@ -1,6 +1,9 @@
 //! Tributary's black-box tests: they drive the real `tributary` binary on
-//! generated data and inspect what it writes.
+//! generated data and inspect what it writes. The Kafka tests start their
+//! own broker processes (see `servers`).
 
 mod check;
+mod kafka;
 mod orders;
+mod servers;
 mod support;

@@ -86,7 +86,7 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Every file under `dir` with its path relative to `dir`, sorted.
+/// Every file readers see under `dir` (the `_tributary` state folder left out), relative to `dir`, sorted.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -94,6 +94,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     };
     for entry in entries {
         let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "_tributary") {
+            continue;
+        }
         if path.is_dir() {
             out.extend(
                 files_under(&path)

@@ -105,6 +105,58 @@ pub struct PipelineFile {
 pub enum SourceConfig {
     /// Newline-delimited JSON files.
     File(FileSourceConfig),
+    /// Kafka topics, read by a consumer group.
+    Kafka(KafkaSourceConfig),
+}
+
+/// Kafka topics read by a consumer group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// `host:port[,host:port…]`.
+    pub brokers: Text,
+    /// Topic names; an entry starting with `^` is a regular expression.
+    pub topics: Vec<Text>,
+    /// Consumer group; every process in it shares the partitions.
+    pub group: Text,
+    /// Where a group without committed offsets starts.
+    #[serde(default)]
+    pub start: StartConfig,
+    /// How often each partition commits: its files are published and its offset committed.
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: DurationText,
+    /// librdkafka consumer properties, applied over Tributary's defaults.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, Text>,
+}
+
+fn default_commit_interval() -> DurationText {
+    DurationText(std::time::Duration::from_secs(30))
+}
+
+/// Start position of a new consumer group.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StartConfig {
+    /// The oldest retained record.
+    #[default]
+    Earliest,
+    /// Records produced from now on.
+    Latest,
+}
+
+/// A Kafka topic to produce to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTopicConfig {
+    /// Brokers; by default the Kafka source's.
+    #[serde(default)]
+    pub brokers: Option<Text>,
+    /// The topic.
+    pub topic: Text,
+    /// librdkafka producer properties, applied over Tributary's defaults.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, Text>,
 }
 
 /// NDJSON files.
@@ -361,6 +413,8 @@ pub struct DeriveConfig {
 pub enum OutputConfig {
     /// Parquet files.
     Parquet(ParquetOutputConfig),
+    /// A Kafka topic, one JSON message per record.
+    Kafka(KafkaOutputConfig),
 }
 
 impl OutputConfig {
@@ -368,8 +422,25 @@ impl OutputConfig {
     pub fn name(&self) -> &str {
         match self {
             OutputConfig::Parquet(p) => &p.name,
+            OutputConfig::Kafka(k) => &k.name,
         }
     }
+}
+
+/// Records to a Kafka topic as JSON, keyed by the source record's key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaOutputConfig {
+    /// Name in messages and the summary.
+    pub name: String,
+    /// Brokers; by default the Kafka source's.
+    #[serde(default)]
+    pub brokers: Option<Text>,
+    /// The topic.
+    pub topic: Text,
+    /// librdkafka producer properties, applied over Tributary's defaults.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, Text>,
 }
 
 /// Parquet files under a directory.
@@ -438,12 +509,16 @@ impl Default for RollConfig {
     }
 }
 
-/// A DLQ or review destination: NDJSON files under a directory.
+/// A DLQ or review destination: NDJSON files under a directory (`path`), or a Kafka topic (`kafka`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
     /// Directory (or `file://` URL), relative to the pipeline file.
-    pub path: Text,
+    #[serde(default)]
+    pub path: Option<Text>,
+    /// A topic: each record's original bytes and key, with `tributary.errors.*` headers.
+    #[serde(default)]
+    pub kafka: Option<KafkaTopicConfig>,
     /// Files roll at about this size.
     #[serde(default = "default_dead_letter_bytes")]
     pub max_file_bytes: ByteSize,

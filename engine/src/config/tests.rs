@@ -71,7 +71,9 @@ fn env_variables_are_interpolated_in_values() {
         "path: ${TRIBUTARY_TEST_UNSET_VAR:-elsewhere}/t",
     );
     let loaded = parse_text(&text).unwrap();
-    let OutputConfig::Parquet(out) = &loaded.pipeline.outputs[0].value;
+    let OutputConfig::Parquet(out) = &loaded.pipeline.outputs[0].value else {
+        panic!("the first output is Parquet");
+    };
     assert_eq!(out.path.as_str(), "elsewhere/t");
     assert_eq!((out.path.span.line, out.path.span.column), (11, 13));
 }

@@ -175,8 +175,9 @@ pub struct DurationText(pub Duration);
 
 impl<'de> Deserialize<'de> for DurationText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
+        // Interpolated like any text, so a duration can come from the environment.
+        let text = Text::deserialize(d)?.value;
+        humantime::parse_duration(text.trim())
             .map(DurationText)
             .map_err(|e| {
                 de::Error::custom(format!(

@@ -10,19 +10,28 @@
 //! is published before `run` returns.
 
 mod partition;
+mod stream;
 mod summary;
+mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
 use tokio::sync::Semaphore;
+use tributary_connectors::kafka::KafkaError;
+use tributary_connectors::kafka::producer::producer;
 use tributary_connectors::store::Location;
 use tributary_stages::enrich::LookupTable;
 
-use crate::plan::{Plan, PlannedLookup};
-pub use partition::PartitionError;
-pub use summary::{Counts, PartitionSummary, StageCounts, Summary};
+use crate::plan::{Plan, PlannedDeadLetter, PlannedLookup, PlannedSource};
+pub use summary::{
+    Counts, KafkaPartitionSummary, KafkaSummary, PartitionSummary, StageCounts, Summary,
+};
+pub use worker::PartitionError;
 
 /// Failures that stop a run before or outside any partition.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +49,16 @@ pub enum RunError {
     /// The source cannot list its partitions.
     #[error(transparent)]
     Source(#[from] tributary_connectors::source::SourceError),
+    /// A Kafka client cannot be created or the consumer failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
+/// How a run ends, beyond its source running dry or Ctrl-C.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Streaming sources: stop once every assigned partition is caught up and nothing arrived for this long.
+    pub until_idle: Option<Duration>,
 }
 
 /// A flag to stop a run; cloning shares it.
@@ -58,12 +77,90 @@ impl StopHandle {
     }
 }
 
+/// Where one kind of rejected record goes, opened.
+#[derive(Clone)]
+pub(crate) enum DeadLetterDestination {
+    Files {
+        location: Location,
+        max_file_bytes: usize,
+    },
+    Topic {
+        producer: FutureProducer,
+        topic: String,
+    },
+}
+
 /// Open destinations shared by all partitions.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Destinations {
     pub(crate) outputs: Vec<Location>,
-    pub(crate) dlq: Location,
-    pub(crate) review: Location,
+    pub(crate) topic_outputs: Vec<FutureProducer>,
+    pub(crate) dlq: DeadLetterDestination,
+    pub(crate) review: DeadLetterDestination,
+}
+
+impl Destinations {
+    fn open(plan: &Plan) -> Result<Self, RunError> {
+        let dead_letters = |what: &str, planned: &PlannedDeadLetter| {
+            Ok::<_, RunError>(match planned {
+                PlannedDeadLetter::Files {
+                    path,
+                    max_file_bytes,
+                } => DeadLetterDestination::Files {
+                    location: open(what, path)?,
+                    max_file_bytes: *max_file_bytes,
+                },
+                PlannedDeadLetter::Topic(t) => DeadLetterDestination::Topic {
+                    producer: producer(&t.connection)?,
+                    topic: t.topic.clone(),
+                },
+            })
+        };
+        Ok(Destinations {
+            outputs: plan
+                .outputs
+                .iter()
+                .map(|o| open(&format!("output {}", o.name), &o.path))
+                .collect::<Result<_, _>>()?,
+            topic_outputs: plan
+                .topic_outputs
+                .iter()
+                .map(|o| producer(&o.topic.connection))
+                .collect::<Result<_, _>>()?,
+            dlq: dead_letters("dlq", &plan.dlq)?,
+            review: dead_letters("review", &plan.review)?,
+        })
+    }
+
+    /// The store of a file destination by name (an output's name, `dlq` or `review`).
+    pub(crate) fn location(&self, plan: &Plan, name: &str) -> Option<&Location> {
+        fn files(d: &DeadLetterDestination) -> Option<&Location> {
+            match d {
+                DeadLetterDestination::Files { location, .. } => Some(location),
+                DeadLetterDestination::Topic { .. } => None,
+            }
+        }
+        match name {
+            "dlq" => files(&self.dlq),
+            "review" => files(&self.review),
+            _ => plan
+                .outputs
+                .iter()
+                .position(|o| o.name == name)
+                .map(|i| &self.outputs[i]),
+        }
+    }
+
+    /// Every file destination's store.
+    pub(crate) fn file_locations(&self) -> Vec<&Location> {
+        let mut all: Vec<&Location> = self.outputs.iter().collect();
+        for d in [&self.dlq, &self.review] {
+            if let DeadLetterDestination::Files { location, .. } = d {
+                all.push(location);
+            }
+        }
+        all
+    }
 }
 
 fn open(what: &str, path: &str) -> Result<Location, RunError> {
@@ -74,20 +171,44 @@ fn open(what: &str, path: &str) -> Result<Location, RunError> {
     })
 }
 
-/// Runs `plan` until its source is exhausted or `stop` is set.
-pub async fn run(plan: Plan, stop: StopHandle) -> Result<Summary, RunError> {
+/// Runs `plan` until its source is exhausted (or idle, see [`RunOptions`]) or `stop` is set.
+pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let destinations = Destinations {
-        outputs: plan
-            .outputs
-            .iter()
-            .map(|o| open(&format!("output {}", o.name), &o.path))
-            .collect::<Result<_, _>>()?,
-        dlq: open("dlq", &plan.dlq.path)?,
-        review: open("review", &plan.review.path)?,
-    };
+    let destinations = Destinations::open(&plan)?;
     let refreshers: Vec<_> = plan.lookups.iter().filter_map(spawn_refresher).collect();
-    let partitions = plan.source.partitions()?;
+    let result = match &plan.source {
+        PlannedSource::Bounded(_) => run_bounded(plan, destinations, stop, started).await,
+        PlannedSource::Kafka(kafka) => {
+            let kafka = kafka.clone();
+            stream::run(Arc::new(plan), kafka, destinations, stop, options, started).await
+        }
+    };
+    for r in refreshers {
+        r.abort();
+    }
+    let summary = result?;
+    tracing::info!(
+        pipeline = %summary.pipeline,
+        records_in = summary.totals.records_in,
+        records_out = summary.totals.records_out,
+        dlq = summary.totals.dlq,
+        review = summary.totals.review,
+        seconds = summary.elapsed.as_secs_f64(),
+        "run finished"
+    );
+    Ok(summary)
+}
+
+async fn run_bounded(
+    plan: Plan,
+    destinations: Destinations,
+    stop: StopHandle,
+    started: Instant,
+) -> Result<Summary, RunError> {
+    let PlannedSource::Bounded(source) = &plan.source else {
+        unreachable!("run_bounded is only called for bounded sources");
+    };
+    let partitions = source.partitions()?;
     tracing::info!(
         pipeline = %plan.name,
         partitions = partitions.len(),
@@ -124,26 +245,13 @@ pub async fn run(plan: Plan, stop: StopHandle) -> Result<Summary, RunError> {
             }
         });
     }
-    for r in refreshers {
-        r.abort();
-    }
-    let summary = Summary::collect(
+    Ok(Summary::collect(
         &plan,
         &destinations,
         partitions,
         started.elapsed(),
         stop.is_stopped(),
-    );
-    tracing::info!(
-        pipeline = %plan.name,
-        records_in = summary.totals.records_in,
-        records_out = summary.totals.records_out,
-        dlq = summary.totals.dlq,
-        review = summary.totals.review,
-        seconds = summary.elapsed.as_secs_f64(),
-        "run finished"
-    );
-    Ok(summary)
+    ))
 }
 
 /// Reloads a lookup table on its interval; a failed reload keeps the old snapshot.

@@ -1,8 +1,10 @@
 //! What a run did, added up per stage and per partition.
 
 use std::collections::BTreeMap;
+
 use std::fmt;
 use std::time::Duration;
+use tributary_connectors::kafka::consumer::PartitionLag;
 
 use serde::Serialize;
 use tributary_connectors::parquet::PublishedFile;
@@ -98,6 +100,9 @@ pub struct PartitionSummary {
     pub error: Option<String>,
     /// False when the run stopped before the partition began.
     pub started: bool,
+    /// Commit details, for Kafka partitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaPartitionSummary>,
 }
 
 impl PartitionSummary {
@@ -109,6 +114,7 @@ impl PartitionSummary {
             dead_letter_files: Vec::new(),
             error: None,
             started: false,
+            kafka: None,
         }
     }
 
@@ -157,6 +163,33 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Whether the run was stopped before its source was exhausted.
     pub interrupted: bool,
+    /// Consumer-group details, for Kafka sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSummary>,
+}
+
+/// What a Kafka run did, per partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct KafkaSummary {
+    /// The consumer group.
+    pub group: String,
+    /// Partitions this process processed (`topic/partition`), sorted.
+    pub partitions: Vec<String>,
+    /// Lag per partition at the end of the run (`topic/partition` → lag).
+    pub lag: BTreeMap<String, PartitionLag>,
+}
+
+/// Commit details of one Kafka partition's ownership.
+#[derive(Debug, Clone, Serialize)]
+pub struct KafkaPartitionSummary {
+    /// The owner's epoch.
+    pub epoch: u64,
+    /// Commits written.
+    pub commits: u64,
+    /// Where processing resumed.
+    pub resumed_at: Option<i64>,
+    /// The next offset after the last commit.
+    pub committed_offset: Option<i64>,
 }
 
 impl Summary {
@@ -199,8 +232,9 @@ impl Summary {
             totals,
             partitions,
             outputs,
-            dlq_root: destinations.dlq.display.clone(),
-            review_root: destinations.review.display.clone(),
+            dlq_root: plan.dlq.describe(),
+            review_root: plan.review.describe(),
+            kafka: None,
             elapsed,
             interrupted,
         }
@@ -288,8 +322,23 @@ impl fmt::Display for Summary {
                 o.root
             )?;
         }
-        writeln!(f, "  dlq files under    {}", self.dlq_root)?;
-        writeln!(f, "  review files under {}", self.review_root)?;
+        writeln!(f, "  dlq to    {}", self.dlq_root)?;
+        writeln!(f, "  review to {}", self.review_root)?;
+        if let Some(kafka) = &self.kafka {
+            writeln!(
+                f,
+                "  consumer group {}: processed partitions {}",
+                kafka.group,
+                kafka.partitions.join(", ")
+            )?;
+            for (partition, lag) in &kafka.lag {
+                writeln!(
+                    f,
+                    "    {partition:<24} lag {:>9}   committed {:>12}   high-water mark {:>12}",
+                    lag.lag, lag.committed, lag.high_watermark
+                )?;
+            }
+        }
         for (label, error) in self.failures() {
             writeln!(f, "  FAILED {label}: {error}")?;
         }

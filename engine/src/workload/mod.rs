@@ -371,6 +371,16 @@ fn write_order(out: &mut Vec<u8>, o: &Order, class: Option<InvalidClass>, extra:
     out.push(b'}');
 }
 
+/// The events one at a time: the bytes of each line (without its newline) and what must become of it.
+pub fn events(spec: WorkloadSpec) -> impl Iterator<Item = (Vec<u8>, Expected)> {
+    let mut generator = Generator::new(spec);
+    (0..spec.events).map(move |_| {
+        let mut line = Vec::with_capacity(512);
+        let expected = generator.next_line(&mut line);
+        (line, expected)
+    })
+}
+
 /// Writes `spec.events` lines to `out`; returns what must become of each.
 pub fn write_events(spec: WorkloadSpec, out: &mut impl Write) -> std::io::Result<Vec<Expected>> {
     let mut generator = Generator::new(spec);

@@ -1,0 +1,309 @@
+//! The per-partition commit log behind exactly-once output from Kafka.
+//!
+//! Files for a Kafka partition are first written under a hidden staging
+//! prefix (`_tributary/staging/<stream>/`), where readers never look. A
+//! commit writes a **manifest** naming the staged files, their final paths
+//! and the next offset to read, as `_tributary/commits/<stream>/<seq>.json`
+//! with create-if-absent semantics, and then moves each staged file to its
+//! final path. The manifest is the commit point: once it exists, the files
+//! it names are published (now, or by whoever recovers the partition next);
+//! without it, they never appear.
+//!
+//! A new owner of a partition reads the newest manifest, finishes its moves,
+//! and claims the partition by writing the next sequence number with a
+//! higher epoch. A zombie that still believes it owns the partition then
+//! fails to write its next manifest (the sequence number is taken) and is
+//! fenced off: its staged files are never published.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::store::Location;
+
+/// Where commit state and staged files live, under every store used.
+pub const STATE_DIR: &str = "_tributary";
+
+/// A file waiting to be published: written at `staged`, to appear at `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedFile {
+    /// Which destination (output name, `dlq` or `review`) the file belongs to.
+    pub destination: String,
+    /// Where it was written, relative to the destination's root.
+    pub staged: String,
+    /// Its final path, relative to the destination's root.
+    pub path: String,
+    /// Records in it.
+    pub records: u64,
+}
+
+/// One commit of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Position in the log; each is written once.
+    pub seq: u64,
+    /// The owner's generation; it grows each time the partition changes hands.
+    pub epoch: u64,
+    /// Offset of the next record to read after this commit (`None` before any record).
+    pub next_offset: Option<i64>,
+    /// Files this commit publishes.
+    pub files: Vec<StagedFile>,
+    /// When it was written (RFC 3339, UTC).
+    pub written_at: String,
+}
+
+/// A commit-log operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitLogError {
+    /// Another owner wrote this sequence number first: this one is fenced off.
+    #[error(
+        "partition {stream}: commit {seq} was already written by another owner; this instance no longer owns the partition"
+    )]
+    Fenced {
+        /// The stream.
+        stream: String,
+        /// The sequence number lost.
+        seq: u64,
+    },
+    /// The store failed.
+    #[error("{path}: {source}")]
+    Store {
+        /// The object.
+        path: String,
+        /// The cause.
+        source: object_store::Error,
+    },
+    /// A manifest cannot be read.
+    #[error("{path}: not a commit manifest: {message}")]
+    Corrupt {
+        /// The object.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+fn store_error(path: &Path) -> impl FnOnce(object_store::Error) -> CommitLogError + '_ {
+    move |source| CommitLogError::Store {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// The staging prefix of `stream` in any destination store.
+pub fn staging_prefix(stream: &str) -> Path {
+    Path::from(format!("{STATE_DIR}/staging/{stream}"))
+}
+
+/// The commit log of one stream (one Kafka partition).
+#[derive(Debug, Clone)]
+pub struct CommitLog {
+    store: Arc<dyn ObjectStore>,
+    stream: String,
+    prefix: Path,
+}
+
+impl CommitLog {
+    /// The log of `stream`, kept under `location`.
+    pub fn new(location: &Location, stream: &str) -> Self {
+        CommitLog {
+            store: location.store.clone(),
+            stream: stream.to_string(),
+            prefix: Path::from(format!("{STATE_DIR}/commits/{stream}")),
+        }
+    }
+
+    fn path(&self, seq: u64) -> Path {
+        self.prefix.clone().join(format!("{seq:020}.json"))
+    }
+
+    async fn sequence_numbers(&self) -> Result<Vec<u64>, CommitLogError> {
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(store_error(&self.prefix))?;
+        let mut seqs: Vec<u64> = objects
+            .iter()
+            .filter_map(|o| o.location.filename()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// The newest manifest, if the partition was ever committed.
+    pub async fn latest(&self) -> Result<Option<Manifest>, CommitLogError> {
+        let Some(seq) = self.sequence_numbers().await?.pop() else {
+            return Ok(None);
+        };
+        let path = self.path(seq);
+        let bytes = self
+            .store
+            .get(&path)
+            .await
+            .map_err(store_error(&path))?
+            .bytes()
+            .await
+            .map_err(store_error(&path))?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CommitLogError::Corrupt {
+                path: path.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Writes `manifest` if its sequence number is free; [`CommitLogError::Fenced`] otherwise.
+    pub async fn append(&self, manifest: &Manifest) -> Result<(), CommitLogError> {
+        let path = self.path(manifest.seq);
+        let body = serde_json::to_vec_pretty(manifest).map_err(|e| CommitLogError::Corrupt {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(Bytes::from(body)), options)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(CommitLogError::Fenced {
+                stream: self.stream.clone(),
+                seq: manifest.seq,
+            }),
+            Err(source) => Err(CommitLogError::Store {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Deletes manifests older than the newest `keep`.
+    pub async fn prune(&self, keep: usize) -> Result<(), CommitLogError> {
+        let seqs = self.sequence_numbers().await?;
+        let old = seqs.len().saturating_sub(keep.max(1));
+        for seq in &seqs[..old] {
+            let path = self.path(*seq);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => return Err(store_error(&path)(source)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves each staged file to its final path; files already moved are left
+/// alone, so this can be repeated after a crash. `location_of` maps a
+/// destination name to its store.
+pub async fn publish<'a>(
+    files: &[StagedFile],
+    location_of: impl Fn(&str) -> Option<&'a Location>,
+) -> Result<(), CommitLogError> {
+    for file in files {
+        let staged = Path::from(file.staged.as_str());
+        let Some(location) = location_of(&file.destination) else {
+            return Err(CommitLogError::Corrupt {
+                path: file.staged.clone(),
+                message: format!("unknown destination {:?}", file.destination),
+            });
+        };
+        let target = Path::from(file.path.as_str());
+        match location.store.rename(&staged, &target).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                // Moved by an earlier attempt: the final file must be there.
+                location
+                    .store
+                    .head(&target)
+                    .await
+                    .map_err(store_error(&target))?;
+            }
+            Err(source) => return Err(store_error(&staged)(source)),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every staged file of `stream` under `location` (left by an owner that never committed them).
+pub async fn clear_staging(location: &Location, stream: &str) -> Result<usize, CommitLogError> {
+    let prefix = staging_prefix(stream);
+    let objects: Vec<_> = location
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(store_error(&prefix))?;
+    for object in &objects {
+        match location.store.delete(&object.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => return Err(store_error(&object.location)(source)),
+        }
+    }
+    Ok(objects.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(seq: u64, epoch: u64) -> Manifest {
+        Manifest {
+            seq,
+            epoch,
+            next_offset: Some(seq as i64 * 10),
+            files: Vec::new(),
+            written_at: "2026-11-24T00:00:00Z".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sequence_number_is_written_once_and_the_loser_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::open(dir.path().to_str().unwrap()).unwrap();
+        let log = CommitLog::new(&location, "orders-0");
+        assert_eq!(log.latest().await.unwrap(), None);
+        log.append(&manifest(1, 1)).await.unwrap();
+        log.append(&manifest(2, 1)).await.unwrap();
+        // A new owner claims seq 3; the old one's commit 3 is refused.
+        log.append(&manifest(3, 2)).await.unwrap();
+        let zombie = log.append(&manifest(3, 1)).await.unwrap_err();
+        assert!(
+            matches!(zombie, CommitLogError::Fenced { seq: 3, .. }),
+            "{zombie}"
+        );
+        assert_eq!(log.latest().await.unwrap(), Some(manifest(3, 2)));
+        log.prune(2).await.unwrap();
+        assert_eq!(log.sequence_numbers().await.unwrap(), vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn publishing_moves_staged_files_and_can_be_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::open(dir.path().to_str().unwrap()).unwrap();
+        let staged = staging_prefix("orders-0").join("e1-000001.parquet.staged");
+        location
+            .store
+            .put(&staged, PutPayload::from_static(b"data"))
+            .await
+            .unwrap();
+        let files = vec![StagedFile {
+            destination: "orders".into(),
+            staged: staged.to_string(),
+            path: "event_date=2026-11-24/orders-0-000000000000-e1.parquet".into(),
+            records: 1,
+        }];
+        publish(&files, |_| Some(&location)).await.unwrap();
+        publish(&files, |_| Some(&location)).await.unwrap();
+        assert!(dir.path().join(&files[0].path).is_file());
+        assert_eq!(clear_staging(&location, "orders-0").await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,667 @@
+//! The Kafka source: one consumer-group member, partition-parallel output.
+//!
+//! A single thread polls librdkafka. Messages are appended to a batch per
+//! assigned partition; a batch closes at max records, max bytes or max wait
+//! and goes to that partition's task over a bounded channel. When a task is
+//! behind, its partition is paused (the others keep flowing) until the batch
+//! is taken: memory stays bounded without head-of-line blocking.
+//!
+//! Group membership uses `cooperative-sticky` assignment. Rebalances run on
+//! the polling thread through a [`PartitionOwner`], which the engine
+//! implements: on assignment it says where to resume; on revocation the
+//! partition's last batch is handed over, its channel closed, and the owner
+//! returns only once the partition's work is durable, so the offset it
+//! reports is committed before the partition is released.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+
+use arrow::array::BinaryArray;
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::meta::MetaBuilder;
+use super::{KafkaConnection, KafkaError};
+use crate::source::{BatchLimits, RawBatch};
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest retained message.
+    Earliest,
+    /// Only messages produced from now on.
+    Latest,
+}
+
+/// How the source consumes.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Brokers and librdkafka overrides.
+    pub connection: KafkaConnection,
+    /// Topic names; a name starting with `^` is a regular expression.
+    pub topics: Vec<String>,
+    /// Consumer group.
+    pub group: String,
+    /// Start position for a group without committed offsets.
+    pub start: StartPosition,
+    /// A batch closes at these limits…
+    pub limits: BatchLimits,
+    /// …or this long after its first message.
+    pub max_wait: Duration,
+}
+
+/// What the engine decides when a partition is assigned.
+#[derive(Debug)]
+pub struct Assignment {
+    /// Offset to resume from; `None` resumes from the group's committed offset (or the start position).
+    pub resume_at: Option<i64>,
+    /// Where the partition's batches go.
+    pub batches: mpsc::Sender<RawBatch>,
+}
+
+/// The engine's side of partition ownership. Both calls run on the polling
+/// thread and may block (the group waits for them).
+pub trait PartitionOwner: Send + Sync + 'static {
+    /// A partition was assigned to this member: prepare it and say where to resume.
+    fn assigned(&self, partition: &TopicPartition) -> Result<Assignment, String>;
+    /// The partition is leaving this member (revoked, or the run is ending) and its
+    /// channel is closed: return once its work is durable, with the next offset to
+    /// commit (`None` when nothing may be committed).
+    fn revoked(&self, partition: &TopicPartition) -> Option<i64>;
+}
+
+/// Asks the polling thread to commit an offset to the group; cloning shares the queue.
+#[derive(Debug, Clone)]
+pub struct OffsetCommits(std_mpsc::Sender<(TopicPartition, i64)>);
+
+impl OffsetCommits {
+    /// Commits `next_offset` (the offset of the next record to read) for `partition`.
+    pub fn commit(&self, partition: &TopicPartition, next_offset: i64) {
+        // The receiver lives as long as the consumer; after it, nothing needs committing.
+        let _ = self.0.send((partition.clone(), next_offset));
+    }
+}
+
+/// How far behind one partition is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionLag {
+    /// The broker's high-water mark (next offset to be written).
+    pub high_watermark: i64,
+    /// The next offset this member will read.
+    pub position: i64,
+    /// The group's committed offset.
+    pub committed: i64,
+    /// `high_watermark - committed`: records not yet durably processed.
+    pub lag: i64,
+}
+
+/// Lag per partition, refreshed every second from librdkafka's statistics;
+/// cloning shares it (the metrics endpoint reads the same table).
+#[derive(Debug, Clone, Default)]
+pub struct LagTable(Arc<Mutex<BTreeMap<TopicPartition, PartitionLag>>>);
+
+impl LagTable {
+    /// A copy of the current table.
+    pub fn snapshot(&self) -> BTreeMap<TopicPartition, PartitionLag> {
+        self.0.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, partition: TopicPartition, lag: PartitionLag) {
+        if let Ok(mut table) = self.0.lock() {
+            table.insert(partition, lag);
+        }
+    }
+}
+
+/// Messages of one partition collected into the next batch.
+struct BatchBuilder {
+    data: Vec<u8>,
+    offsets: Vec<i32>,
+    positions: Vec<u64>,
+    meta: MetaBuilder,
+    opened: Option<Instant>,
+}
+
+impl BatchBuilder {
+    fn new(partition: &TopicPartition) -> Self {
+        BatchBuilder {
+            data: Vec::new(),
+            offsets: vec![0],
+            positions: Vec::new(),
+            meta: MetaBuilder::new(Arc::from(partition.topic.as_str()), partition.partition),
+            opened: None,
+        }
+    }
+
+    fn push(&mut self, message: &BorrowedMessage<'_>) {
+        let payload = message.payload().unwrap_or_default();
+        self.data.extend_from_slice(payload);
+        self.offsets.push(self.data.len() as i32);
+        self.positions.push(message.offset().max(0) as u64);
+        self.meta.push(message);
+        self.opened.get_or_insert_with(Instant::now);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    fn ready(&self, limits: &BatchLimits, max_wait: Duration) -> bool {
+        !self.is_empty()
+            && (self.positions.len() >= limits.max_records
+                || self.data.len() >= limits.max_bytes
+                || self.opened.is_some_and(|t| t.elapsed() >= max_wait))
+    }
+
+    fn finish(&mut self) -> RawBatch {
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        let payloads = BinaryArray::new(
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            Buffer::from_vec(std::mem::take(&mut self.data)),
+            None,
+        );
+        self.opened = None;
+        RawBatch {
+            payloads,
+            positions: std::mem::take(&mut self.positions),
+            byte_offsets: Vec::new(),
+            meta: Some(self.meta.finish()),
+        }
+    }
+}
+
+/// An assigned partition on the polling thread.
+struct PartitionState {
+    partition: TopicPartition,
+    batches: mpsc::Sender<RawBatch>,
+    building: BatchBuilder,
+    /// A closed batch its task has not taken yet (the partition is paused meanwhile).
+    waiting: Option<RawBatch>,
+    paused: bool,
+    /// The task is gone (it failed): the partition stays paused.
+    abandoned: bool,
+    next_offset: Option<i64>,
+}
+
+impl PartitionState {
+    /// Hands over what can be handed over without blocking; returns whether
+    /// the partition should be paused.
+    fn offer(&mut self, limits: &BatchLimits, max_wait: Duration) -> bool {
+        if self.abandoned {
+            return true;
+        }
+        loop {
+            let batch = match self.waiting.take() {
+                Some(batch) => batch,
+                None if self.building.ready(limits, max_wait) => self.building.finish(),
+                None => return false,
+            };
+            match self.batches.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(batch)) => {
+                    self.waiting = Some(batch);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!(partition = %self.partition, "partition task ended; pausing the partition");
+                    self.abandoned = true;
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Hands over everything, waiting for the task; then closes the channel.
+    fn close(mut self) {
+        if self.abandoned {
+            return;
+        }
+        let rest = (!self.building.is_empty()).then(|| self.building.finish());
+        for batch in self.waiting.take().into_iter().chain(rest) {
+            if self.batches.blocking_send(batch).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Shared between the polling loop and librdkafka's callbacks (same thread).
+struct OwnerContext {
+    owner: Arc<dyn PartitionOwner>,
+    states: Mutex<Vec<PartitionState>>,
+    lag: LagTable,
+    fatal: Mutex<Option<String>>,
+    assigned_once: AtomicBool,
+}
+
+impl OwnerContext {
+    fn states(&self) -> std::sync::MutexGuard<'_, Vec<PartitionState>> {
+        self.states
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn fail(&self, message: String) {
+        tracing::error!(error = %message, "kafka source cannot continue");
+        if let Ok(mut fatal) = self.fatal.lock() {
+            fatal.get_or_insert(message);
+        }
+    }
+
+    /// Closes the partitions in `partitions` (all when `None`) and commits what their owner reports.
+    fn release(
+        &self,
+        consumer: &BaseConsumer<OwnerContext>,
+        partitions: Option<&[TopicPartition]>,
+    ) {
+        let leaving: Vec<PartitionState> = {
+            let mut states = self.states();
+            let (leaving, staying) = std::mem::take(&mut *states)
+                .into_iter()
+                .partition(|s| partitions.is_none_or(|p| p.contains(&s.partition)));
+            *states = staying;
+            leaving
+        };
+        let mut commits = TopicPartitionList::new();
+        for state in leaving {
+            let partition = state.partition.clone();
+            state.close();
+            if let Some(offset) = self.owner.revoked(&partition) {
+                let _ = commits.add_partition_offset(
+                    &partition.topic,
+                    partition.partition,
+                    Offset::Offset(offset),
+                );
+            }
+            tracing::info!(partition = %partition, "partition released");
+        }
+        if commits.count() > 0
+            && let Err(error) = consumer.commit(&commits, CommitMode::Sync)
+        {
+            tracing::warn!(%error, "committing offsets of released partitions failed");
+        }
+    }
+}
+
+impl ClientContext for OwnerContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition < 0 || !p.desired {
+                    continue;
+                }
+                let committed = p.committed_offset;
+                let high = p.hi_offset;
+                self.lag.update(
+                    TopicPartition {
+                        topic: topic.clone(),
+                        partition,
+                    },
+                    PartitionLag {
+                        high_watermark: high,
+                        position: p.app_offset,
+                        committed,
+                        lag: if high >= 0 && committed >= 0 {
+                            high - committed
+                        } else {
+                            p.consumer_lag
+                        },
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl ConsumerContext for OwnerContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let partitions: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition {
+                topic: e.topic().to_string(),
+                partition: e.partition(),
+            })
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                for partition in &partitions {
+                    match self.owner.assigned(partition) {
+                        Ok(assignment) => {
+                            if let Some(offset) = assignment.resume_at {
+                                let _ = tpl.set_partition_offset(
+                                    &partition.topic,
+                                    partition.partition,
+                                    Offset::Offset(offset),
+                                );
+                            }
+                            tracing::info!(partition = %partition, resume_at = ?assignment.resume_at, "partition assigned");
+                            self.states().push(PartitionState {
+                                partition: partition.clone(),
+                                batches: assignment.batches,
+                                building: BatchBuilder::new(partition),
+                                waiting: None,
+                                paused: false,
+                                abandoned: false,
+                                next_offset: assignment.resume_at,
+                            });
+                        }
+                        Err(message) => {
+                            self.fail(format!("preparing partition {partition}: {message}"))
+                        }
+                    }
+                }
+                self.assigned_once.store(true, Ordering::SeqCst);
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(error) = result {
+                    self.fail(format!("assigning partitions: {error}"));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if consumer.assignment_lost() {
+                    tracing::warn!(
+                        "assignment lost (session timed out); finishing the partitions' work, the commit log fences anything stale"
+                    );
+                }
+                self.release(consumer, Some(&partitions));
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = result {
+                    tracing::warn!(%error, "unassigning partitions failed");
+                }
+            }
+            other => tracing::warn!(error = ?other, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::warn!(%error, "offset commit failed; the next commit supersedes it");
+        }
+    }
+}
+
+/// A consumer-group member feeding partition tasks.
+pub struct KafkaConsumer {
+    consumer: BaseConsumer<OwnerContext>,
+    settings: ConsumerSettings,
+    commits: std_mpsc::Receiver<(TopicPartition, i64)>,
+    lag: LagTable,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("group", &self.settings.group)
+            .field("topics", &self.settings.topics)
+            .finish()
+    }
+}
+
+/// Why the consumer loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// `stop` returned true.
+    Stopped,
+    /// Every assigned partition was caught up and idle.
+    Idle,
+}
+
+impl KafkaConsumer {
+    /// Joins `settings.group` and subscribes; partitions arrive through `owner`.
+    pub fn new(
+        settings: ConsumerSettings,
+        owner: Arc<dyn PartitionOwner>,
+    ) -> Result<(Self, OffsetCommits), KafkaError> {
+        let start = match settings.start {
+            StartPosition::Earliest => "earliest",
+            StartPosition::Latest => "latest",
+        };
+        let config = settings.connection.client_config(&[
+            ("group.id", &settings.group),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", start),
+            // librdkafka waits up to 500 ms for a fetch to fill by default, which
+            // caps throughput on brokers that answer only at the deadline.
+            ("fetch.wait.max.ms", "20"),
+            ("queued.max.messages.kbytes", "16384"),
+            ("statistics.interval.ms", "1000"),
+        ]);
+        let lag = LagTable::default();
+        let context = OwnerContext {
+            owner,
+            states: Mutex::new(Vec::new()),
+            lag: lag.clone(),
+            fatal: Mutex::new(None),
+            assigned_once: AtomicBool::new(false),
+        };
+        let consumer: BaseConsumer<OwnerContext> = config
+            .create_with_context(context)
+            .map_err(KafkaError::client("creating the consumer"))?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(KafkaError::client(format!("subscribing to {topics:?}")))?;
+        let (tx, rx) = std_mpsc::channel();
+        Ok((
+            KafkaConsumer {
+                consumer,
+                settings,
+                commits: rx,
+                lag,
+            },
+            OffsetCommits(tx),
+        ))
+    }
+
+    /// The lag table this consumer keeps current.
+    pub fn lag(&self) -> LagTable {
+        self.lag.clone()
+    }
+
+    /// Polls until `stop()` is true or, with `until_idle`, until every assigned
+    /// partition has reached its high-water mark and nothing arrived for that
+    /// long. Every partition is released (its work made durable and committed)
+    /// before this returns.
+    pub fn run(
+        self,
+        stop: &dyn Fn() -> bool,
+        until_idle: Option<Duration>,
+    ) -> Result<Ended, KafkaError> {
+        let context = self.consumer.context().clone();
+        let mut last_message = Instant::now();
+        let ended = loop {
+            if stop() {
+                break Ok(Ended::Stopped);
+            }
+            if let Some(fatal) = context.fatal.lock().ok().and_then(|f| f.clone()) {
+                break Err(KafkaError::Delivery {
+                    topic: self.settings.topics.join(","),
+                    message: fatal,
+                });
+            }
+            self.commit_requested();
+            match self.consumer.poll(Duration::from_millis(20)) {
+                Some(Ok(message)) => {
+                    last_message = Instant::now();
+                    self.append(&context, &message);
+                }
+                Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
+                None => {}
+            }
+            self.offer_all(&context);
+            if let Some(idle) = until_idle
+                && last_message.elapsed() >= idle
+                && self.caught_up(&context)
+            {
+                break Ok(Ended::Idle);
+            }
+        };
+        context.release(&self.consumer, None);
+        self.commit_requested();
+        self.refresh_lag();
+        self.consumer.unsubscribe();
+        ended
+    }
+
+    /// Asks the brokers for current high-water marks and committed offsets of every partition seen.
+    fn refresh_lag(&self) {
+        let known = self.lag.snapshot();
+        if known.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in known.keys() {
+            tpl.add_partition(&p.topic, p.partition);
+        }
+        let committed = match self.consumer.committed_offsets(tpl, Duration::from_secs(5)) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "reading committed offsets for the lag report failed");
+                return;
+            }
+        };
+        for (p, mut lag) in known {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5))
+            {
+                lag.high_watermark = high;
+            }
+            if let Some(Offset::Offset(c)) = committed
+                .find_partition(&p.topic, p.partition)
+                .map(|e| e.offset())
+            {
+                lag.committed = c;
+            }
+            if lag.high_watermark >= 0 && lag.committed >= 0 {
+                lag.lag = lag.high_watermark - lag.committed;
+            }
+            self.lag.update(p, lag);
+        }
+    }
+
+    fn append(&self, context: &OwnerContext, message: &BorrowedMessage<'_>) {
+        let mut states = context.states();
+        let Some(state) = states.iter_mut().find(|s| {
+            s.partition.partition == message.partition() && s.partition.topic == message.topic()
+        }) else {
+            tracing::warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                "message for a partition not assigned here; ignored"
+            );
+            return;
+        };
+        state.next_offset = Some(message.offset() + 1);
+        state.building.push(message);
+    }
+
+    fn offer_all(&self, context: &OwnerContext) {
+        let (limits, max_wait) = (self.settings.limits, self.settings.max_wait);
+        let mut states = context.states();
+        for state in states.iter_mut() {
+            let pause = state.offer(&limits, max_wait);
+            if pause != state.paused {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&state.partition.topic, state.partition.partition);
+                let result = if pause {
+                    self.consumer.pause(&tpl)
+                } else {
+                    self.consumer.resume(&tpl)
+                };
+                match result {
+                    Ok(()) => state.paused = pause,
+                    Err(error) => {
+                        tracing::warn!(partition = %state.partition, %error, "pause/resume failed")
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit_requested(&self) {
+        let mut latest: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        while let Ok((partition, offset)) = self.commits.try_recv() {
+            latest.insert(partition, offset);
+        }
+        if latest.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in &latest {
+            let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(*offset));
+        }
+        if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(%error, "offset commit failed; the next commit supersedes it");
+        }
+    }
+
+    /// Whether this member has been assigned and every partition it holds is at its high-water mark.
+    fn caught_up(&self, context: &OwnerContext) -> bool {
+        if !context.assigned_once.load(Ordering::SeqCst) {
+            return false;
+        }
+        let lag = self.lag.snapshot();
+        let states = context.states();
+        states.iter().all(|s| {
+            if s.abandoned {
+                return true;
+            }
+            if !s.building.is_empty() || s.waiting.is_some() {
+                return false;
+            }
+            let Some(l) = lag.get(&s.partition) else {
+                return false;
+            };
+            let position = s
+                .next_offset
+                .or((l.position >= 0).then_some(l.position))
+                .or((l.committed >= 0).then_some(l.committed));
+            l.high_watermark >= 0 && position.is_some_and(|p| p >= l.high_watermark)
+                || l.high_watermark == 0
+        })
+    }
+}

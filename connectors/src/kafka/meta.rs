@@ -1,0 +1,232 @@
+//! Kafka message metadata as Arrow columns, so stages can use it.
+//!
+//! Every record read from Kafka carries `_key` (binary, null without a key),
+//! `_topic`, `_partition`, `_offset`, `_timestamp` (ms, UTC; null when the
+//! broker gave none) and `_headers` (a map of header name to binary value).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BinaryBuilder, Int32Array, Int64Array, MapArray, MapBuilder,
+    RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt32Array,
+};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
+use rdkafka::message::{Headers, Message};
+
+/// Names of the metadata columns, in the order they are appended.
+pub const COLUMNS: [&str; 6] = [
+    "_key",
+    "_topic",
+    "_partition",
+    "_offset",
+    "_timestamp",
+    "_headers",
+];
+
+fn headers_builder() -> MapBuilder<StringBuilder, BinaryBuilder> {
+    MapBuilder::new(None, StringBuilder::new(), BinaryBuilder::new())
+}
+
+/// The metadata fields appended after the validated columns.
+pub fn fields() -> Vec<FieldRef> {
+    let headers = headers_builder().finish();
+    vec![
+        Arc::new(Field::new("_key", DataType::Binary, true)),
+        Arc::new(Field::new("_topic", DataType::Utf8, false)),
+        Arc::new(Field::new("_partition", DataType::Int32, false)),
+        Arc::new(Field::new("_offset", DataType::Int64, false)),
+        Arc::new(Field::new(
+            "_timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        )),
+        Arc::new(Field::new("_headers", headers.data_type().clone(), false)),
+    ]
+}
+
+/// `schema` with the metadata fields appended.
+pub fn extend_schema(schema: &Schema) -> SchemaRef {
+    let mut all: Vec<FieldRef> = schema.fields().iter().cloned().collect();
+    all.extend(fields());
+    Arc::new(Schema::new_with_metadata(all, schema.metadata().clone()))
+}
+
+/// Metadata of the records of one batch from one partition.
+#[derive(Debug, Clone)]
+pub struct KafkaMeta {
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The partition.
+    pub partition: i32,
+    /// Keys, null where a message has none.
+    pub keys: BinaryArray,
+    timestamps: TimestampMillisecondArray,
+    headers: MapArray,
+}
+
+impl KafkaMeta {
+    /// The key of record `row`, if any.
+    pub fn key(&self, row: usize) -> Option<&[u8]> {
+        self.keys.is_valid(row).then(|| self.keys.value(row))
+    }
+
+    /// Records `offset..offset + len`.
+    pub fn slice(&self, offset: usize, len: usize) -> KafkaMeta {
+        KafkaMeta {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            keys: self.keys.slice(offset, len),
+            timestamps: self.timestamps.slice(offset, len),
+            headers: self.headers.slice(offset, len),
+        }
+    }
+
+    /// The headers of record `row` as (name, value) pairs.
+    pub fn headers(&self, row: usize) -> Vec<(String, Option<Vec<u8>>)> {
+        let entries = self.headers.value(row);
+        let names = entries.column(0).as_any().downcast_ref::<StringArray>();
+        let values = entries.column(1).as_any().downcast_ref::<BinaryArray>();
+        match (names, values) {
+            (Some(names), Some(values)) => (0..names.len())
+                .map(|i| {
+                    (
+                        names.value(i).to_string(),
+                        values.is_valid(i).then(|| values.value(i).to_vec()),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `batch` with the metadata columns of raw rows `rows` appended; `offsets[r]` is raw row r's offset.
+    pub fn append_columns(
+        &self,
+        batch: &RecordBatch,
+        rows: &[usize],
+        offsets: &[u64],
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let indices = UInt32Array::from_iter_values(rows.iter().map(|r| *r as u32));
+        let n = rows.len();
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.push(take(&self.keys, &indices, None)?);
+        columns.push(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n(&*self.topic, n),
+        )));
+        columns.push(Arc::new(Int32Array::from(vec![self.partition; n])));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| offsets[*r] as i64),
+        )));
+        columns.push(take(&self.timestamps, &indices, None)?);
+        columns.push(take(&self.headers, &indices, None)?);
+        RecordBatch::try_new(extend_schema(&batch.schema()), columns)
+    }
+}
+
+/// Collects metadata while messages are appended to a batch.
+pub(crate) struct MetaBuilder {
+    topic: Arc<str>,
+    partition: i32,
+    keys: BinaryBuilder,
+    timestamps: Vec<Option<i64>>,
+    headers: MapBuilder<StringBuilder, BinaryBuilder>,
+}
+
+impl MetaBuilder {
+    pub(crate) fn new(topic: Arc<str>, partition: i32) -> Self {
+        MetaBuilder {
+            topic,
+            partition,
+            keys: BinaryBuilder::new(),
+            timestamps: Vec::new(),
+            headers: headers_builder(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, message: &impl Message) {
+        self.keys.append_option(message.key());
+        self.timestamps.push(message.timestamp().to_millis());
+        if let Some(headers) = message.headers() {
+            for header in headers.iter() {
+                self.headers.keys().append_value(header.key);
+                self.headers.values().append_option(header.value);
+            }
+        }
+        // Appending a map entry cannot fail: keys are never null here.
+        let _ = self.headers.append(true);
+    }
+
+    pub(crate) fn finish(&mut self) -> KafkaMeta {
+        KafkaMeta {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            keys: self.keys.finish(),
+            timestamps: TimestampMillisecondArray::from(std::mem::take(&mut self.timestamps))
+                .with_timezone("UTC"),
+            headers: self.headers.finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    #[test]
+    fn metadata_columns_follow_the_surviving_rows() {
+        let mut builder = MetaBuilder::new(Arc::from("orders"), 3);
+        for i in 0..3i64 {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "trace",
+                value: Some(&format!("t{i}")),
+            });
+            let message = OwnedMessage::new(
+                Some(b"{}".to_vec()),
+                (i != 1).then(|| format!("k{i}").into_bytes()),
+                "orders".into(),
+                Timestamp::CreateTime(1_700_000_000_000 + i),
+                3,
+                100 + i,
+                Some(headers),
+            );
+            builder.push(&message);
+        }
+        let meta = builder.finish();
+        assert_eq!(meta.key(1), None);
+        assert_eq!(
+            meta.headers(2),
+            vec![("trace".into(), Some(b"t2".to_vec()))]
+        );
+
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![7, 9]))]).unwrap();
+        let out = meta
+            .append_columns(&batch, &[0, 2], &[100, 101, 102])
+            .unwrap();
+        assert_eq!(out.num_columns(), 1 + COLUMNS.len());
+        let offsets = out
+            .column_by_name("_offset")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(offsets.values().to_vec(), vec![100, 102]);
+        let keys = out
+            .column_by_name("_key")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .unwrap();
+        assert_eq!(keys.value(1), b"k2");
+        assert_eq!(
+            out.schema()
+                .field_with_name("_headers")
+                .unwrap()
+                .is_nullable(),
+            false
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! Kafka in and out, over librdkafka (`rdkafka`).
+//!
+//! - [`consumer`]: a consumer-group member on its own thread that cuts each
+//!   assigned partition's messages into [`RawBatch`](crate::source::RawBatch)es
+//!   and hands them to one task per partition, with rebalance hooks so the
+//!   engine can finish a partition's work before it is released.
+//! - [`producer`]: idempotent producers for dead letters (original bytes,
+//!   `tributary.*` context headers) and for records as JSON.
+//! - [`meta`]: message metadata (key, topic, partition, offset, timestamp,
+//!   headers) as Arrow columns.
+
+pub mod admin;
+pub mod consumer;
+pub mod meta;
+pub mod producer;
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+
+/// A Kafka client that cannot be created or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// librdkafka refused the configuration or the operation.
+    #[error("kafka ({context}): {source}")]
+    Client {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A message was not acknowledged by the broker.
+    #[error("kafka delivery to {topic}: {message}")]
+    Delivery {
+        /// The destination topic.
+        topic: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl KafkaError {
+    pub(crate) fn client(
+        context: impl Into<String>,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        let context = context.into();
+        move |source| KafkaError::Client { context, source }
+    }
+}
+
+/// Connection settings shared by consumers and producers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConnection {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// librdkafka properties, applied last (they override Tributary's defaults).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConnection {
+    /// A client configuration with `defaults`, then the user's properties on top.
+    pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config.set("client.id", "tributary");
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}

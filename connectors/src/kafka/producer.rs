@@ -1,0 +1,286 @@
+//! Producing to Kafka: dead letters with context headers, records as JSON.
+//!
+//! Producers are idempotent (no duplicates or reordering from librdkafka's
+//! own retries). Sends are asynchronous; [`TopicProducer::flush`] waits for
+//! every acknowledgement, and the engine calls it before committing the
+//! offsets of the records that were sent.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use super::{KafkaConnection, KafkaError};
+use crate::dead_letter::DeadLetter;
+
+/// Sends beyond this many unacknowledged messages wait for the oldest.
+const MAX_IN_FLIGHT: usize = 50_000;
+
+/// The header names a dead letter carries, in the spirit of Kafka Connect's
+/// `__connect.errors.*` context headers.
+pub mod headers {
+    /// Why the record was rejected.
+    pub const REASON: &str = "tributary.errors.reason";
+    /// The stage that rejected it.
+    pub const STAGE: &str = "tributary.errors.stage";
+    /// The rule or schema keyword that fired.
+    pub const RULE: &str = "tributary.errors.rule";
+    /// The topic it was read from.
+    pub const TOPIC: &str = "tributary.errors.topic";
+    /// The partition it was read from.
+    pub const PARTITION: &str = "tributary.errors.partition";
+    /// Its offset there.
+    pub const OFFSET: &str = "tributary.errors.offset";
+    /// The pipeline's name.
+    pub const PIPELINE: &str = "tributary.errors.pipeline";
+    /// When it was rejected (RFC 3339, UTC).
+    pub const TIME: &str = "tributary.errors.time";
+}
+
+/// An idempotent producer to one topic, tracking unacknowledged sends.
+pub struct TopicProducer {
+    producer: FutureProducer,
+    topic: String,
+    in_flight: VecDeque<DeliveryFuture>,
+    sent: u64,
+}
+
+impl std::fmt::Debug for TopicProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicProducer")
+            .field("topic", &self.topic)
+            .field("in_flight", &self.in_flight.len())
+            .finish()
+    }
+}
+
+/// Creates an idempotent producer (one per destination; it is cheap to clone).
+pub fn producer(connection: &KafkaConnection) -> Result<FutureProducer, KafkaError> {
+    connection
+        .client_config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            ("message.timeout.ms", "300000"),
+        ])
+        .create()
+        .map_err(KafkaError::client("creating a producer"))
+}
+
+impl TopicProducer {
+    /// Sends to `topic` through `producer`.
+    pub fn new(producer: FutureProducer, topic: &str) -> Self {
+        TopicProducer {
+            producer,
+            topic: topic.to_string(),
+            in_flight: VecDeque::new(),
+            sent: 0,
+        }
+    }
+
+    /// The destination topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Queues one message; waits only when librdkafka's queue is full.
+    pub async fn send(
+        &mut self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), KafkaError> {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.wait_oldest().await?;
+        }
+        let topic = self.topic.clone();
+        let mut record = FutureRecord::<[u8], [u8]>::to(&topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.in_flight.push_back(delivery);
+                    self.sent += 1;
+                    return Ok(());
+                }
+                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    if self.in_flight.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    } else {
+                        self.wait_oldest().await?;
+                    }
+                }
+                Err((error, _)) => {
+                    return Err(KafkaError::Delivery {
+                        topic: self.topic.clone(),
+                        message: error.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn wait_oldest(&mut self) -> Result<(), KafkaError> {
+        let Some(delivery) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let failed = |message: String| KafkaError::Delivery {
+            topic: self.topic.clone(),
+            message,
+        };
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(failed(error.to_string())),
+            Err(_) => Err(failed("the producer was dropped".into())),
+        }
+    }
+
+    /// Waits until every message sent so far is acknowledged; returns how many were sent since the last flush.
+    pub async fn flush(&mut self) -> Result<u64, KafkaError> {
+        let mut first_error = None;
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.wait_oldest().await {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut self.sent)),
+        }
+    }
+}
+
+/// Where a dead letter came from, for its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceMessage<'a> {
+    /// The source topic.
+    pub topic: &'a str,
+    /// The source partition.
+    pub partition: i32,
+    /// The source offset.
+    pub offset: u64,
+    /// The original key.
+    pub key: Option<&'a [u8]>,
+}
+
+/// Dead letters to a topic: value = the original bytes, key = the original key,
+/// headers = the original headers plus `tributary.errors.*`.
+#[derive(Debug)]
+pub struct DeadLetterTopic {
+    producer: TopicProducer,
+}
+
+impl DeadLetterTopic {
+    /// Dead letters to `topic`.
+    pub fn new(producer: FutureProducer, topic: &str) -> Self {
+        DeadLetterTopic {
+            producer: TopicProducer::new(producer, topic),
+        }
+    }
+
+    /// Sends one rejected record.
+    pub async fn send(
+        &mut self,
+        letter: &DeadLetter,
+        original: &[u8],
+        source: Option<SourceMessage<'_>>,
+        original_headers: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), KafkaError> {
+        let mut h = OwnedHeaders::new_with_capacity(original_headers.len() + 8);
+        for (name, value) in original_headers {
+            h = h.insert(Header {
+                key: name,
+                value: value.as_deref(),
+            });
+        }
+        let text = |h: OwnedHeaders, key: &str, value: &str| {
+            h.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        };
+        h = text(h, headers::REASON, &letter.reason);
+        h = text(h, headers::STAGE, &letter.stage);
+        h = text(h, headers::RULE, &letter.rule);
+        h = text(h, headers::PIPELINE, &letter.pipeline);
+        h = text(h, headers::TIME, &letter.time);
+        let key = source.and_then(|s| s.key);
+        if let Some(s) = source {
+            h = text(h, headers::TOPIC, s.topic);
+            h = text(h, headers::PARTITION, &s.partition.to_string());
+            h = text(h, headers::OFFSET, &s.offset.to_string());
+        }
+        self.producer.send(key, original, Some(h)).await
+    }
+
+    /// Waits for every acknowledgement; returns how many were sent since the last flush.
+    pub async fn flush(&mut self) -> Result<u64, KafkaError> {
+        self.producer.flush().await
+    }
+}
+
+/// Records to a topic as JSON objects, one message per row.
+#[derive(Debug)]
+pub struct JsonTopic {
+    producer: TopicProducer,
+    buffer: Vec<u8>,
+}
+
+impl JsonTopic {
+    /// Rows to `topic`.
+    pub fn new(producer: FutureProducer, topic: &str) -> Self {
+        JsonTopic {
+            producer: TopicProducer::new(producer, topic),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Sends every row of `batch`; `keys[i]` is row i's key.
+    pub async fn write(
+        &mut self,
+        batch: &RecordBatch,
+        keys: &[Option<&[u8]>],
+    ) -> Result<(), JsonTopicError> {
+        self.buffer.clear();
+        {
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut self.buffer);
+            writer.write(batch)?;
+            writer.finish()?;
+        }
+        let buffer = std::mem::take(&mut self.buffer);
+        let mut row = 0;
+        for line in buffer.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let key = keys.get(row).copied().flatten();
+            self.producer.send(key, line, None).await?;
+            row += 1;
+        }
+        self.buffer = buffer;
+        Ok(())
+    }
+
+    /// Waits for every acknowledgement; returns how many were sent since the last flush.
+    pub async fn flush(&mut self) -> Result<u64, KafkaError> {
+        self.producer.flush().await
+    }
+}
+
+/// A JSON topic output that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonTopicError {
+    /// Encoding a row failed.
+    #[error("encoding JSON: {0}")]
+    Encode(#[from] arrow::error::ArrowError),
+    /// Producing failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}

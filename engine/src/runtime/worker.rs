@@ -1,0 +1,328 @@
+//! One partition's processing: raw batch → validate → stages → outputs, with
+//! every reject routed to its door. Used by bounded partitions (files) and
+//! by Kafka partitions alike; only how files are placed and when they are
+//! closed differs.
+
+use arrow::array::{Array, RecordBatch};
+use tributary_connectors::commit_log::StagedFile;
+use tributary_connectors::dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter};
+use tributary_connectors::kafka::KafkaError;
+use tributary_connectors::kafka::producer::{
+    DeadLetterTopic, JsonTopic, JsonTopicError, SourceMessage,
+};
+use tributary_connectors::parquet::{
+    ParquetSinkError, PartitionedParquetWriter, Placement, PublishedFile,
+};
+use tributary_connectors::source::{PartitionInfo, RawBatch, SourceError};
+use tributary_stages::{Reject, Route, StageError};
+
+use super::summary::Counts;
+use super::{DeadLetterDestination, Destinations};
+use crate::plan::Plan;
+
+/// Why a partition stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    /// Reading failed.
+    #[error("source: {0}")]
+    Source(#[from] SourceError),
+    /// A stage failed on a whole batch (not a record's fault).
+    #[error("stage {stage}: {source}")]
+    Stage {
+        /// The stage kind.
+        stage: &'static str,
+        /// The failure.
+        source: StageError,
+    },
+    /// Writing Parquet failed.
+    #[error("output: {0}")]
+    Output(#[from] ParquetSinkError),
+    /// Writing a dead letter file failed.
+    #[error("dead letters: {0}")]
+    DeadLetter(#[from] DeadLetterError),
+    /// Producing to Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// Producing records to a Kafka output failed.
+    #[error("kafka output: {0}")]
+    TopicOutput(#[from] JsonTopicError),
+    /// Adding Kafka metadata columns failed.
+    #[error("kafka metadata columns: {0}")]
+    Metadata(arrow::error::ArrowError),
+    /// The commit protocol failed (or this instance was fenced off).
+    #[error(transparent)]
+    Commit(#[from] tributary_connectors::commit_log::CommitLogError),
+}
+
+/// Dead letters for one destination.
+enum DeadLetterSink {
+    Files(DeadLetterWriter),
+    Topic(DeadLetterTopic),
+}
+
+/// What a partition has written since the last close, ready to be committed.
+#[derive(Debug, Default)]
+pub(crate) struct Closed {
+    /// Files closed, by destination name (staged when the placement is staged).
+    pub(crate) files: Vec<StagedFile>,
+    /// Parquet files closed, by output name, for the summary.
+    pub(crate) parquet: Vec<(String, PublishedFile)>,
+    /// Dead-letter files closed, by destination.
+    pub(crate) dead_letter_files: Vec<(&'static str, String)>,
+}
+
+/// State of one partition's processing.
+pub(crate) struct Worker<'p> {
+    plan: &'p Plan,
+    info: PartitionInfo,
+    parquet: Vec<PartitionedParquetWriter>,
+    topics: Vec<JsonTopic>,
+    dlq: DeadLetterSink,
+    review: DeadLetterSink,
+    pub(crate) counts: Counts,
+    now: String,
+}
+
+impl<'p> Worker<'p> {
+    pub(crate) fn new(
+        plan: &'p Plan,
+        destinations: &Destinations,
+        info: &PartitionInfo,
+        placement: Placement,
+    ) -> Result<Self, PartitionError> {
+        let parquet = plan
+            .outputs
+            .iter()
+            .zip(&destinations.outputs)
+            .map(|(o, location)| {
+                PartitionedParquetWriter::new(
+                    location.clone(),
+                    o.options.clone(),
+                    &plan.output_schema,
+                    &info.stream,
+                )
+                .map(|w| w.with_placement(placement))
+            })
+            .collect::<Result<_, _>>()?;
+        let topics = plan
+            .topic_outputs
+            .iter()
+            .zip(&destinations.topic_outputs)
+            .map(|(o, producer)| JsonTopic::new(producer.clone(), &o.topic.topic))
+            .collect();
+        let sink = |destination: &DeadLetterDestination| match destination {
+            DeadLetterDestination::Files {
+                location,
+                max_file_bytes,
+            } => DeadLetterSink::Files(
+                DeadLetterWriter::new(location.clone(), &info.stream, *max_file_bytes)
+                    .with_placement(placement),
+            ),
+            DeadLetterDestination::Topic { producer, topic } => {
+                DeadLetterSink::Topic(DeadLetterTopic::new(producer.clone(), topic))
+            }
+        };
+        Ok(Worker {
+            plan,
+            info: info.clone(),
+            parquet,
+            topics,
+            dlq: sink(&destinations.dlq),
+            review: sink(&destinations.review),
+            counts: Counts::new(1 + plan.stages.len()),
+            now: String::new(),
+        })
+    }
+
+    /// Runs one raw batch through every stage and writes what survives.
+    pub(crate) async fn process(&mut self, raw: &RawBatch) -> Result<(), PartitionError> {
+        self.now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.counts.records_in += raw.len() as u64;
+        self.counts.bytes_in += raw.payloads.values().len() as u64;
+        let validated =
+            self.plan
+                .validate
+                .apply(&raw.payloads)
+                .map_err(|source| PartitionError::Stage {
+                    stage: "validate",
+                    source,
+                })?;
+        self.counts.stages[0].records_in += raw.len() as u64;
+        // rows[i]: the raw row of the current batch's row i.
+        let mut rows: Vec<usize> = (0..raw.len()).collect();
+        self.route(0, "validate", raw, &mut rows, &validated.rejects)
+            .await?;
+        let mut batch = validated.batch;
+        if let Some(meta) = &raw.meta {
+            batch = meta
+                .append_columns(&batch, &rows, &raw.positions)
+                .map_err(PartitionError::Metadata)?;
+        }
+        let plan = self.plan;
+        for (i, planned) in plan.stages.iter().enumerate() {
+            let out = planned
+                .stage
+                .apply(&batch)
+                .map_err(|source| PartitionError::Stage {
+                    stage: planned.kind,
+                    source,
+                })?;
+            self.counts.stages[i + 1].records_in += batch.num_rows() as u64;
+            self.route(i + 1, planned.kind, raw, &mut rows, &out.rejects)
+                .await?;
+            batch = out.batch;
+        }
+        self.write(&batch, raw, &rows).await
+    }
+
+    async fn write(
+        &mut self,
+        batch: &RecordBatch,
+        raw: &RawBatch,
+        rows: &[usize],
+    ) -> Result<(), PartitionError> {
+        debug_assert_eq!(batch.num_rows(), rows.len());
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let positions: Vec<u64> = rows.iter().map(|r| raw.positions[*r]).collect();
+        for writer in &mut self.parquet {
+            writer.write(batch, &positions).await?;
+        }
+        if !self.topics.is_empty() {
+            let keys: Vec<Option<&[u8]>> = rows
+                .iter()
+                .map(|r| raw.meta.as_ref().and_then(|m| m.key(*r)))
+                .collect();
+            for topic in &mut self.topics {
+                topic.write(batch, &keys).await?;
+            }
+        }
+        self.counts.records_out += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Sends a stage's rejects to their doors and drops them from `rows`.
+    async fn route(
+        &mut self,
+        stage_index: usize,
+        stage: &'static str,
+        raw: &RawBatch,
+        rows: &mut Vec<usize>,
+        rejects: &[Reject],
+    ) -> Result<(), PartitionError> {
+        if rejects.is_empty() {
+            self.counts.stages[stage_index].records_out += rows.len() as u64;
+            return Ok(());
+        }
+        let mut rejected = vec![false; rows.len()];
+        for reject in rejects {
+            let raw_row = rows[reject.row];
+            rejected[reject.row] = true;
+            let position = raw.positions[raw_row];
+            let original = if raw.payloads.is_null(raw_row) {
+                &[][..]
+            } else {
+                raw.payloads.value(raw_row)
+            };
+            let letter = DeadLetter {
+                time: self.now.clone(),
+                pipeline: self.plan.name.clone(),
+                stage: stage.to_string(),
+                rule: reject.rule.clone(),
+                reason: reject.reason.clone(),
+                source: self.info.origin.describe(position),
+                position,
+                byte_offset: raw.byte_offsets.get(raw_row).copied(),
+                original: None,
+                original_base64: None,
+            };
+            let counts = &mut self.counts;
+            let sink = match reject.route {
+                Route::Dlq => {
+                    counts.dlq += 1;
+                    counts.stages[stage_index].dlq += 1;
+                    *counts
+                        .dlq_by_rule
+                        .entry(format!("{stage}/{}", reject.rule))
+                        .or_default() += 1;
+                    &mut self.dlq
+                }
+                Route::Review => {
+                    counts.review += 1;
+                    counts.stages[stage_index].review += 1;
+                    *counts
+                        .review_by_rule
+                        .entry(format!("{stage}/{}", reject.rule))
+                        .or_default() += 1;
+                    &mut self.review
+                }
+            };
+            match sink {
+                DeadLetterSink::Files(writer) => {
+                    writer.append(&letter.with_original(original)).await?
+                }
+                DeadLetterSink::Topic(topic) => {
+                    let meta = raw.meta.as_ref();
+                    let source = meta.map(|m| SourceMessage {
+                        topic: &m.topic,
+                        partition: m.partition,
+                        offset: position,
+                        key: m.key(raw_row),
+                    });
+                    let headers = meta.map(|m| m.headers(raw_row)).unwrap_or_default();
+                    topic.send(&letter, original, source, &headers).await?
+                }
+            }
+        }
+        let mut keep = rejected.iter().map(|r| !r);
+        rows.retain(|_| keep.next().unwrap_or(true));
+        self.counts.stages[stage_index].records_out += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Closes every open file and waits for every Kafka acknowledgement:
+    /// afterwards, everything processed so far is durable (staged files
+    /// still need their commit to be published).
+    pub(crate) async fn close_all(&mut self) -> Result<Closed, PartitionError> {
+        let mut closed = Closed::default();
+        for (writer, output) in self.parquet.iter_mut().zip(&self.plan.outputs) {
+            for file in writer.close_all().await? {
+                closed.files.push(StagedFile {
+                    destination: output.name.clone(),
+                    staged: file.staged.clone().unwrap_or_else(|| file.path.clone()),
+                    path: file.path.clone(),
+                    records: file.rows,
+                });
+                closed.parquet.push((output.name.clone(), file));
+            }
+        }
+        for topic in &mut self.topics {
+            topic.flush().await?;
+        }
+        for (name, sink) in [("dlq", &mut self.dlq), ("review", &mut self.review)] {
+            match sink {
+                DeadLetterSink::Files(writer) => {
+                    for file in writer.close_all().await? {
+                        closed.files.push(StagedFile {
+                            destination: name.to_string(),
+                            staged: file.staged.clone().unwrap_or_else(|| file.path.clone()),
+                            path: file.path.clone(),
+                            records: file.records,
+                        });
+                        closed.dead_letter_files.push((name, file.path));
+                    }
+                }
+                DeadLetterSink::Topic(topic) => {
+                    topic.flush().await?;
+                }
+            }
+        }
+        Ok(closed)
+    }
+
+    /// The partition's identity.
+    pub(crate) fn info(&self) -> &PartitionInfo {
+        &self.info
+    }
+}

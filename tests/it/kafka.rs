@@ -1,0 +1,615 @@
+//! Kafka in and out against a real broker process: exactly-once Parquet
+//! across crashes, rebalances, scale-out and a broker restart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tributary_engine::workload::{self, Expected, WorkloadSpec};
+
+use crate::servers::{Broker, S3Server, serial};
+use crate::support::*;
+
+const TOPIC: &str = "orders";
+const SEED: u64 = 7;
+
+/// Generated events published to a topic, with what must become of each.
+struct Scenario {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    /// Valid event ids.
+    want_out: BTreeSet<String>,
+    /// Review event ids.
+    want_review: BTreeSet<String>,
+    /// Invalid payloads → (expected rule, key).
+    want_dlq: BTreeMap<Vec<u8>, (&'static str, String)>,
+    partitions: i32,
+}
+
+impl Scenario {
+    fn new(broker: Broker, events: u64, partitions: i32) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let customers = dir.path().join("customers.csv");
+        let out = tributary(&[
+            "generate",
+            "--events",
+            &events.to_string(),
+            "--seed",
+            &SEED.to_string(),
+            "--to-kafka",
+            &broker.address(),
+            "--topic",
+            TOPIC,
+            "--partitions",
+            &partitions.to_string(),
+            "--customers",
+            customers.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "publishing failed: {}",
+            text(&out.stderr)
+        );
+        let mut scenario = Scenario {
+            dir,
+            broker,
+            want_out: BTreeSet::new(),
+            want_review: BTreeSet::new(),
+            want_dlq: BTreeMap::new(),
+            partitions,
+        };
+        let spec = WorkloadSpec {
+            events,
+            invalid_ratio: 0.02,
+            seed: SEED,
+        };
+        for (n, (line, expected)) in workload::events(spec).enumerate() {
+            match expected {
+                Expected::Output { event_id } => {
+                    scenario.want_out.insert(event_id);
+                }
+                Expected::Review { event_id, .. } => {
+                    scenario.want_review.insert(event_id);
+                }
+                Expected::Dlq(class) => {
+                    scenario
+                        .want_dlq
+                        .insert(line, (class.expected_rule(), n.to_string()));
+                }
+            }
+        }
+        scenario
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// A pipeline file: the shipped orders-kafka.yaml with `properties` added to the source.
+    fn pipeline(&self, properties: &[(&str, &str)]) -> PathBuf {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/orders-kafka.yaml");
+        let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/");
+        let mut text = std::fs::read_to_string(shipped)
+            .unwrap()
+            .replace("../schemas/", schemas.to_str().unwrap());
+        if !properties.is_empty() {
+            let mut block = String::from("    properties:\n");
+            for (k, v) in properties {
+                block.push_str(&format!("      {k}: \"{v}\"\n"));
+            }
+            text = text.replace("\nbatch:", &format!("{block}\nbatch:"));
+        }
+        let path = self.dir.path().join("orders-kafka.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `tributary run` on the Kafka pipeline, configured through its variables.
+    fn engine(&self, pipeline: &Path, group: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
+        cmd.arg("run")
+            .arg(pipeline)
+            .args(extra)
+            .env("KAFKA_BROKERS", self.broker.address())
+            .env("ORDERS_TOPIC", TOPIC)
+            .env("TRIBUTARY_GROUP", group)
+            .env("TRIBUTARY_OUT", self.out())
+            .env("TRIBUTARY_CUSTOMERS", self.dir.path().join("customers.csv"))
+            .env("TRIBUTARY_COMMIT_INTERVAL", "1s")
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Runs one engine until the topic is drained; returns its JSON summary.
+    fn run_to_end(&self, pipeline: &Path, group: &str) -> serde_json::Value {
+        let summary = self.dir.path().join(format!("summary-{}.json", unique()));
+        let out = self
+            .engine(
+                pipeline,
+                group,
+                &[
+                    "--until-idle",
+                    "3s",
+                    "--summary-json",
+                    summary.to_str().unwrap(),
+                ],
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "engine failed:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap()
+    }
+
+    /// The output holds each valid event exactly once, and nothing else is visible.
+    fn assert_exactly_once(&self) {
+        let root = self.out().join("orders");
+        let ids = parquet_strings(&root, "event_id");
+        let set: BTreeSet<String> = ids.iter().cloned().collect();
+        assert_eq!(ids.len(), set.len(), "an event was published twice");
+        let missing: Vec<_> = self.want_out.difference(&set).take(5).collect();
+        let extra: Vec<_> = set.difference(&self.want_out).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "output differs: missing {missing:?}…, unexpected {extra:?}…"
+        );
+        let stray: Vec<_> = files_under(&root)
+            .into_iter()
+            .filter(|f| f.extension().is_none_or(|e| e != "parquet"))
+            .collect();
+        assert!(
+            stray.is_empty(),
+            "files other than published Parquet are visible: {stray:?}"
+        );
+    }
+
+    /// Every invalid record is in the DLQ topic with its key and context headers (once each when `exact`).
+    fn assert_dlq(&self, exact: bool) {
+        let messages = read_topic(&self.broker.address(), &format!("{TOPIC}.dlq"));
+        let mut seen: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        for m in &messages {
+            let payload = m.payload.clone();
+            let (rule, key) = self
+                .want_dlq
+                .get(&payload)
+                .unwrap_or_else(|| panic!("unexpected DLQ record {:?}", text(&payload)));
+            assert_eq!(m.header("tributary.errors.rule").as_deref(), Some(*rule));
+            assert_eq!(
+                m.header("tributary.errors.stage").as_deref(),
+                Some("validate")
+            );
+            assert_eq!(
+                m.header("tributary.errors.pipeline").as_deref(),
+                Some("orders")
+            );
+            assert_eq!(m.header("tributary.errors.topic").as_deref(), Some(TOPIC));
+            assert!(m.header("tributary.errors.partition").is_some());
+            assert!(m.header("tributary.errors.offset").is_some());
+            assert!(m.header("tributary.errors.time").is_some());
+            assert!(
+                !m.header("tributary.errors.reason")
+                    .unwrap_or_default()
+                    .is_empty()
+            );
+            assert_eq!(
+                m.key.as_deref(),
+                Some(key.as_bytes()),
+                "the original key is kept"
+            );
+            *seen.entry(payload).or_default() += 1;
+        }
+        assert_eq!(
+            seen.len(),
+            self.want_dlq.len(),
+            "every invalid record reaches the DLQ"
+        );
+        if exact {
+            assert!(
+                seen.values().all(|n| *n == 1),
+                "a DLQ record was sent twice"
+            );
+        }
+        let review = read_topic(&self.broker.address(), &format!("{TOPIC}.review"));
+        let ids: BTreeSet<String> = review
+            .iter()
+            .map(|m| {
+                let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                v["event_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(ids, self.want_review);
+    }
+
+    /// The group's committed offsets equal the topic's end offsets.
+    fn assert_committed_to_end(&self, group: &str) {
+        let (committed, ends) = offsets(&self.broker.address(), group, self.partitions);
+        assert_eq!(committed, ends, "committed offsets vs end offsets");
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn tributary(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(args)
+        .output()
+        .expect("running tributary")
+}
+
+/// A message read back from a topic.
+struct Record {
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+fn client(brokers: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .expect("test consumer")
+}
+
+/// Every message of `topic`, read from the start of every partition to its end.
+fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
+    let consumer = client(brokers, &format!("reader-{}", unique()));
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Vec::new();
+    };
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = BTreeMap::new();
+    for p in t.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            remaining.insert(p.id(), high);
+        }
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !remaining.is_empty() {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message.expect("reading a message");
+        if let Some(high) = remaining.get(&m.partition())
+            && m.offset() + 1 >= *high
+        {
+            remaining.remove(&m.partition());
+        }
+        out.push(Record {
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// (committed offsets of `group`, end offsets) per partition of the orders topic.
+fn offsets(brokers: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) {
+    let consumer = client(brokers, group);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_range(TOPIC, 0, partitions - 1);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let mut c = Vec::new();
+    let mut e = Vec::new();
+    for p in 0..partitions {
+        let offset = committed
+            .find_partition(TOPIC, p)
+            .map(|e| e.offset())
+            .unwrap_or(Offset::Invalid);
+        c.push(match offset {
+            Offset::Offset(o) => o,
+            _ => -1,
+        });
+        let (_, high) = consumer
+            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+            .unwrap();
+        e.push(high);
+    }
+    (c, e)
+}
+
+/// Waits for a child to exit within `limit`; kills it and fails otherwise.
+fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Number of committed manifests so far (a sign of progress).
+fn commits(out: &Path) -> usize {
+    files_in_state(out, "commits")
+}
+
+fn files_in_state(out: &Path, kind: &str) -> usize {
+    let dir = out.join("orders/_tributary").join(kind);
+    let Ok(streams) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    streams
+        .filter_map(Result::ok)
+        .map(|s| std::fs::read_dir(s.path()).map_or(0, |d| d.count()))
+        .sum()
+}
+
+#[test]
+fn kafka_to_parquet_exactly_once_with_dlq_topic_and_committed_offsets() {
+    let _serial = serial();
+    let scenario = Scenario::new(Broker::start(), 200_000, 6);
+    let pipeline = scenario.pipeline(&[]);
+    let summary = scenario.run_to_end(&pipeline, "g1");
+
+    scenario.assert_exactly_once();
+    scenario.assert_dlq(true);
+    scenario.assert_committed_to_end("g1");
+
+    let totals = &summary["totals"];
+    assert_eq!(totals["records_in"], 200_000);
+    assert_eq!(totals["records_out"], scenario.want_out.len() as u64);
+    assert_eq!(totals["dlq"], scenario.want_dlq.len() as u64);
+    let processed = summary["kafka"]["partitions"].as_array().unwrap();
+    assert_eq!(processed.len(), 6, "{summary}");
+    for (partition, lag) in summary["kafka"]["lag"].as_object().unwrap() {
+        assert_eq!(lag["lag"], 0, "{partition} is fully committed");
+    }
+
+    // Kafka metadata reached the output.
+    let files = files_under(&scenario.out().join("orders"));
+    let batch = &read_parquet(&scenario.out().join("orders").join(&files[0]))[0];
+    assert!(batch.column_by_name("kafka_offset").is_some());
+
+    // A second run of the same group finds nothing new and writes nothing.
+    let again = scenario.run_to_end(&pipeline, "g1");
+    assert_eq!(again["totals"]["records_in"], 0);
+    scenario.assert_exactly_once();
+}
+
+#[test]
+fn kill_9_at_any_moment_keeps_the_output_exactly_once() {
+    let _serial = serial();
+    let scenario = Scenario::new(Broker::start(), 200_000, 6);
+    let pipeline = scenario.pipeline(&[
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ]);
+    let group = "crashy";
+
+    // Crash points reproduce the dangerous instants exactly; the process aborts
+    // there with no cleanup, as under kill -9.
+    for (point, nth) in [
+        ("mid_upload", 2),
+        ("before_manifest", 3),
+        ("after_manifest", 4),
+        ("after_publish", 5),
+    ] {
+        let out = scenario
+            .engine(&pipeline, group, &["--until-idle", "3s"])
+            .env("TRIBUTARY_CRASH_AT", format!("{point}:{nth}"))
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "the engine should have crashed at {point}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains(&format!("crash point {point} reached")));
+    }
+
+    // kill -9 at arbitrary moments, after some progress each time.
+    for delay_ms in [1_700u64, 2_900] {
+        let before = commits(&scenario.out());
+        let mut child = scenario
+            .engine(&pipeline, group, &["--until-idle", "3s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while commits(&scenario.out()) == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    // During a rebalance: a second member joins, and the first dies while giving up partitions.
+    let mut first = scenario
+        .engine(&pipeline, group, &["--until-idle", "20s"])
+        .env("TRIBUTARY_CRASH_AT", "revoke")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut second = scenario
+        .engine(&pipeline, group, &["--until-idle", "20s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut first, Duration::from_secs(120), "the first member");
+    assert!(
+        !status.success(),
+        "the first member should have died during the rebalance"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = second.kill();
+    let _ = second.wait();
+
+    // Finally a clean run to the end.
+    scenario.run_to_end(&pipeline, group);
+    scenario.assert_exactly_once();
+    scenario.assert_dlq(false);
+    scenario.assert_committed_to_end(group);
+    assert_eq!(
+        files_in_state(&scenario.out(), "staging"),
+        0,
+        "no staged leftovers"
+    );
+}
+
+#[test]
+fn three_instances_share_partitions_and_survive_losing_one() {
+    let _serial = serial();
+    let scenario = Scenario::new(Broker::start(), 200_000, 12);
+    let pipeline = scenario.pipeline(&[
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ]);
+    let group = "scale";
+    let summaries: Vec<PathBuf> = (0..3)
+        .map(|i| scenario.dir.path().join(format!("scale-{i}.json")))
+        .collect();
+    let mut members: Vec<Child> = summaries
+        .iter()
+        .map(|summary| {
+            scenario
+                .engine(
+                    &pipeline,
+                    group,
+                    &[
+                        "--until-idle",
+                        "12s",
+                        "--summary-json",
+                        summary.to_str().unwrap(),
+                    ],
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Kill one member once work is under way.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while commits(&scenario.out()) < 12 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    members[0].kill().unwrap();
+    members[0].wait().unwrap();
+    for (i, member) in members.iter_mut().enumerate().skip(1) {
+        let status = wait_exit(member, Duration::from_secs(300), &format!("member {i}"));
+        assert!(status.success(), "member {i} failed");
+    }
+    scenario.assert_exactly_once();
+    scenario.assert_dlq(false);
+    scenario.assert_committed_to_end(group);
+
+    let mut processed = BTreeSet::new();
+    for summary in &summaries[1..] {
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+        let partitions = summary["kafka"]["partitions"].as_array().unwrap();
+        assert!(
+            !partitions.is_empty(),
+            "each survivor processed partitions: {summary}"
+        );
+        processed.extend(partitions.iter().map(|p| p.as_str().unwrap().to_string()));
+    }
+    let all: BTreeSet<String> = (0..12).map(|p| format!("{TOPIC}/{p}")).collect();
+    assert_eq!(
+        processed, all,
+        "the survivors took over the killed member's partitions"
+    );
+}
+
+#[test]
+fn the_engine_rides_out_a_broker_restart() {
+    let _serial = serial();
+    let s3 = S3Server::start();
+    s3.create_bucket("tansu");
+    let endpoint = s3.endpoint();
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ];
+    let broker = Broker::start_with("s3://tansu/", &env);
+    let mut scenario = Scenario::new(broker, 60_000, 3);
+    let pipeline = scenario.pipeline(&[]);
+    let summary = scenario.dir.path().join("restart.json");
+    let mut engine = scenario
+        .engine(
+            &pipeline,
+            "restart",
+            &[
+                "--until-idle",
+                "10s",
+                "--summary-json",
+                summary.to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while commits(&scenario.out()) < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    scenario.broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    scenario.broker.restart();
+    let status = wait_exit(&mut engine, Duration::from_secs(300), "the engine");
+    assert!(
+        status.success(),
+        "the engine failed across the broker restart"
+    );
+    scenario.assert_exactly_once();
+    scenario.assert_dlq(false);
+    scenario.assert_committed_to_end("restart");
+}
