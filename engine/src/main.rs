@@ -75,6 +75,9 @@ enum Command {
         /// Partitions of the topic when it is created.
         #[arg(long, default_value_t = 6)]
         partitions: i32,
+        /// A librdkafka producer property for --to-kafka, as KEY=VALUE (repeatable).
+        #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+        kafka_properties: Vec<(String, String)>,
     },
     /// Run SQL over a pipeline's Parquet outputs (tables named after the outputs).
     Query {
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match dispatch(cli.command) {
@@ -132,10 +136,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             to_kafka,
             topic,
             partitions,
+            kafka_properties,
         } => match to_kafka {
             Some(brokers) => {
                 let spec = workload_spec(events, invalid_ratio, seed)?;
-                runtime_builder()?.block_on(publish(spec, &brokers, &topic, partitions))?;
+                let connection = tributary_connectors::kafka::KafkaConnection {
+                    brokers,
+                    properties: kafka_properties.into_iter().collect(),
+                };
+                runtime_builder()?.block_on(publish(spec, &connection, &topic, partitions))?;
                 if let Some(path) = customers {
                     write_customers(seed, &path)?;
                 }
@@ -260,6 +269,13 @@ fn generate(
     Ok(ExitCode::SUCCESS)
 }
 
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
 fn workload_spec(events: u64, invalid_ratio: f64, seed: u64) -> Result<WorkloadSpec> {
     if !(0.0..=1.0).contains(&invalid_ratio) {
         bail!("--invalid-ratio must be between 0 and 1, got {invalid_ratio}");
@@ -286,18 +302,20 @@ fn write_customers(seed: u64, path: &Path) -> Result<()> {
 
 /// Publishes the generated events to `topic` (created with `partitions` when missing),
 /// keyed by event number, and waits until the broker acknowledged all of them.
-async fn publish(spec: WorkloadSpec, brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+async fn publish(
+    spec: WorkloadSpec,
+    connection: &tributary_connectors::kafka::KafkaConnection,
+    topic: &str,
+    partitions: i32,
+) -> Result<()> {
+    use tributary_connectors::kafka::admin;
     use tributary_connectors::kafka::producer::{TopicProducer, producer};
-    use tributary_connectors::kafka::{KafkaConnection, admin};
-    let connection = KafkaConnection {
-        brokers: brokers.to_string(),
-        properties: Default::default(),
-    };
-    if admin::ensure_topic(&connection, topic, partitions).await? {
+    let brokers = &connection.brokers;
+    if admin::ensure_topic(connection, topic, partitions).await? {
         eprintln!("created topic {topic} with {partitions} partitions");
     }
     let started = std::time::Instant::now();
-    let mut out = TopicProducer::new(producer(&connection)?, topic);
+    let mut out = TopicProducer::new(producer(connection)?, topic);
     let mut invalid = 0u64;
     for (n, (line, expected)) in workload::events(spec).enumerate() {
         if matches!(expected, workload::Expected::Dlq(_)) {

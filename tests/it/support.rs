@@ -122,18 +122,24 @@ pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
 
 /// A string column of every row of every Parquet file under `dir`.
 pub fn parquet_strings(dir: &Path, column: &str) -> Vec<String> {
+    files_under(dir)
+        .into_iter()
+        .flat_map(|file| parquet_strings_in(&dir.join(file), column))
+        .collect()
+}
+
+/// A string column of every row of one Parquet file.
+pub fn parquet_strings_in(file: &Path, column: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for file in files_under(dir) {
-        for batch in read_parquet(&dir.join(file)) {
-            let values = batch
-                .column_by_name(column)
-                .unwrap_or_else(|| panic!("no column {column}"))
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone();
-            out.extend((0..values.len()).map(|i| values.value(i).to_string()));
-        }
+    for batch in read_parquet(file) {
+        let values = batch
+            .column_by_name(column)
+            .unwrap_or_else(|| panic!("no column {column}"))
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
+        out.extend((0..values.len()).map(|i| values.value(i).to_string()));
     }
     out
 }

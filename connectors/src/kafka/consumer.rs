@@ -204,6 +204,8 @@ struct PartitionState {
     /// The task is gone (it failed): the partition stays paused.
     abandoned: bool,
     next_offset: Option<i64>,
+    /// Messages dropped because their offset was below `next_offset`.
+    rewinds: u64,
 }
 
 impl PartitionState {
@@ -376,6 +378,7 @@ impl ConsumerContext for OwnerContext {
                                 paused: false,
                                 abandoned: false,
                                 next_offset: assignment.resume_at,
+                                rewinds: 0,
                             });
                         }
                         Err(message) => {
@@ -531,7 +534,10 @@ impl KafkaConsumer {
                 Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
                 None => {}
             }
-            self.offer_all(&context);
+            if self.offer_all(&context) {
+                // A paused partition is waiting for its task, not idle.
+                last_message = Instant::now();
+            }
             if let Some(idle) = until_idle
                 && last_message.elapsed() >= idle
                 && self.caught_up(&context)
@@ -595,15 +601,31 @@ impl KafkaConsumer {
             );
             return;
         };
+        // Offsets only move forward within an assignment. A fetch answered from
+        // an earlier position (seen with tansu 0.6 at the end of a partition) would
+        // otherwise hand the same records over twice; the Java client drops
+        // these the same way.
+        if let Some(next) = state.next_offset
+            && message.offset() < next
+        {
+            state.rewinds += 1;
+            if state.rewinds.is_power_of_two() {
+                tracing::warn!(partition = %state.partition, offset = message.offset(), expected = next, skipped = state.rewinds, "broker returned an offset already consumed; skipped");
+            }
+            return;
+        }
         state.next_offset = Some(message.offset() + 1);
         state.building.push(message);
     }
 
-    fn offer_all(&self, context: &OwnerContext) {
+    /// Hands over ready batches; returns whether a partition is waiting on its task.
+    fn offer_all(&self, context: &OwnerContext) -> bool {
         let (limits, max_wait) = (self.settings.limits, self.settings.max_wait);
         let mut states = context.states();
+        let mut waiting = false;
         for state in states.iter_mut() {
             let pause = state.offer(&limits, max_wait);
+            waiting |= pause && !state.abandoned;
             if pause != state.paused {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&state.partition.topic, state.partition.partition);
@@ -620,6 +642,7 @@ impl KafkaConsumer {
                 }
             }
         }
+        waiting
     }
 
     fn commit_requested(&self) {

@@ -66,6 +66,9 @@ pub fn producer(connection: &KafkaConnection) -> Result<FutureProducer, KafkaErr
             ("linger.ms", "5"),
             ("compression.type", "lz4"),
             ("message.timeout.ms", "300000"),
+            // Dead letters include records too large for the pipeline; the
+            // broker's own limit still applies (and fails loudly).
+            ("message.max.bytes", "67108864"),
         ])
         .create()
         .map_err(KafkaError::client("creating a producer"))

@@ -23,11 +23,12 @@ use std::time::Duration;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::Semaphore;
 use tributary_connectors::kafka::KafkaError;
+use tributary_connectors::kafka::admin;
 use tributary_connectors::kafka::producer::producer;
 use tributary_connectors::store::Location;
 use tributary_stages::enrich::LookupTable;
 
-use crate::plan::{Plan, PlannedDeadLetter, PlannedLookup, PlannedSource};
+use crate::plan::{Plan, PlannedDeadLetter, PlannedLookup, PlannedSource, PlannedTopic};
 pub use summary::{
     Counts, KafkaPartitionSummary, KafkaSummary, PartitionSummary, StageCounts, Summary,
 };
@@ -100,7 +101,23 @@ pub(crate) struct Destinations {
 }
 
 impl Destinations {
-    fn open(plan: &Plan) -> Result<Self, RunError> {
+    async fn open(plan: &Plan) -> Result<Self, RunError> {
+        // Topics we produce to are created when missing (one partition; create
+        // them beforehand for more). A refusal (no permission) is not fatal:
+        // the topic may exist, and producing says so if it does not.
+        let mut topics: Vec<&PlannedTopic> = plan.topic_outputs.iter().map(|o| &o.topic).collect();
+        for d in [&plan.dlq, &plan.review] {
+            if let PlannedDeadLetter::Topic(t) = d {
+                topics.push(t);
+            }
+        }
+        for t in topics {
+            match admin::ensure_topic(&t.connection, &t.topic, 1).await {
+                Ok(true) => tracing::info!(topic = %t.topic, "created topic"),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(topic = %t.topic, %error, "could not create topic"),
+            }
+        }
         let dead_letters = |what: &str, planned: &PlannedDeadLetter| {
             Ok::<_, RunError>(match planned {
                 PlannedDeadLetter::Files {
@@ -174,7 +191,7 @@ fn open(what: &str, path: &str) -> Result<Location, RunError> {
 /// Runs `plan` until its source is exhausted (or idle, see [`RunOptions`]) or `stop` is set.
 pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let destinations = Destinations::open(&plan)?;
+    let destinations = Destinations::open(&plan).await?;
     let refreshers: Vec<_> = plan.lookups.iter().filter_map(spawn_refresher).collect();
     let result = match &plan.source {
         PlannedSource::Bounded(_) => run_bounded(plan, destinations, stop, started).await,
