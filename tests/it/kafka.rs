@@ -32,20 +32,33 @@ struct Scenario {
 
 impl Scenario {
     fn new(broker: Broker, events: u64, partitions: i32) -> Scenario {
-        let dir = tempfile::tempdir().unwrap();
-        let customers = dir.path().join("customers.csv");
+        let mut scenario = Scenario {
+            dir: tempfile::tempdir().unwrap(),
+            broker,
+            want_out: BTreeSet::new(),
+            want_review: BTreeSet::new(),
+            want_dlq: BTreeMap::new(),
+            partitions,
+        };
+        scenario.publish(events, SEED);
+        scenario
+    }
+
+    /// Publishes `events` generated events (seed `seed`) and adds them to what is expected.
+    fn publish(&mut self, events: u64, seed: u64) {
+        let customers = self.dir.path().join("customers.csv");
         let out = tributary(&[
             "generate",
             "--events",
             &events.to_string(),
             "--seed",
-            &SEED.to_string(),
+            &seed.to_string(),
             "--to-kafka",
-            &broker.address(),
+            &self.broker.address(),
             "--topic",
             TOPIC,
             "--partitions",
-            &partitions.to_string(),
+            &self.partitions.to_string(),
             "--customers",
             customers.to_str().unwrap(),
             // tansu 0.6 answers a fetch from an offset inside a record batch with
@@ -60,35 +73,27 @@ impl Scenario {
             "publishing failed: {}",
             text(&out.stderr)
         );
-        let mut scenario = Scenario {
-            dir,
-            broker,
-            want_out: BTreeSet::new(),
-            want_review: BTreeSet::new(),
-            want_dlq: BTreeMap::new(),
-            partitions,
-        };
         let spec = WorkloadSpec {
             events,
             invalid_ratio: 0.02,
-            seed: SEED,
+            seed,
         };
         for (n, (line, expected)) in workload::events(spec).enumerate() {
             match expected {
                 Expected::Output { event_id } => {
-                    scenario.want_out.insert(event_id);
+                    assert!(self.want_out.insert(event_id));
                 }
                 Expected::Review { event_id, .. } => {
-                    scenario.want_review.insert(event_id);
+                    assert!(self.want_review.insert(event_id));
                 }
                 Expected::Dlq(class) => {
-                    scenario
+                    let clash = self
                         .want_dlq
                         .insert(line, (class.expected_rule(), n.to_string()));
+                    assert!(clash.is_none(), "two invalid records with the same bytes");
                 }
             }
         }
-        scenario
     }
 
     fn out(&self) -> PathBuf {
@@ -280,6 +285,8 @@ fn tributary(args: &[&str]) -> Output {
 
 /// A message read back from a topic.
 struct Record {
+    partition: i32,
+    offset: i64,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     headers: Vec<(String, Vec<u8>)>,
@@ -345,6 +352,8 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
             remaining.remove(&m.partition());
         }
         out.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or_default().to_vec(),
             headers: m
@@ -361,7 +370,15 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
 }
 
 /// (committed offsets of `group`, end offsets) per partition of the orders topic.
+/// End offsets are those of the last record read plus one: tansu 0.6 reports a
+/// high-water mark below that (the last batch's base offset, and after a
+/// restart on S3 storage an older value), see the issue note.
 fn offsets(brokers: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) {
+    let mut ends = vec![0; partitions as usize];
+    for r in read_topic(brokers, TOPIC) {
+        let end = &mut ends[r.partition as usize];
+        *end = (*end).max(r.offset + 1);
+    }
     let consumer = client(brokers, group);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_range(TOPIC, 0, partitions - 1);
@@ -369,7 +386,6 @@ fn offsets(brokers: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) 
         .committed_offsets(tpl, Duration::from_secs(10))
         .expect("committed offsets");
     let mut c = Vec::new();
-    let mut e = Vec::new();
     for p in 0..partitions {
         let offset = committed
             .find_partition(TOPIC, p)
@@ -379,12 +395,8 @@ fn offsets(brokers: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) 
             Offset::Offset(o) => o,
             _ => -1,
         });
-        let (_, high) = consumer
-            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
-            .unwrap();
-        e.push(high);
     }
-    (c, e)
+    (c, ends)
 }
 
 /// Waits for a child to exit within `limit`; kills it and fails otherwise.
@@ -614,8 +626,11 @@ fn the_engine_rides_out_a_broker_restart() {
         ("AWS_DEFAULT_REGION", "us-east-1"),
     ];
     let broker = Broker::start_with("s3://tansu/", &env);
-    let mut scenario = Scenario::new(broker, 60_000, 3);
-    let pipeline = scenario.pipeline(&[]);
+    let mut scenario = Scenario::new(broker, 3_000, 3);
+    let pipeline = scenario.pipeline(&[
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ]);
     let summary = scenario.dir.path().join("restart.json");
     let mut engine = scenario
         .engine(
@@ -628,8 +643,9 @@ fn the_engine_rides_out_a_broker_restart() {
                 summary.to_str().unwrap(),
             ],
         )
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(scenario.dir.path().join("engine.log")).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -639,11 +655,17 @@ fn the_engine_rides_out_a_broker_restart() {
     scenario.broker.stop();
     std::thread::sleep(Duration::from_secs(3));
     scenario.broker.restart();
+    // More events after the restart: the engine must reconnect to read them.
+    scenario.publish(1_500, SEED + 1);
     let status = wait_exit(&mut engine, Duration::from_secs(300), "the engine");
+    let log = std::fs::read_to_string(scenario.dir.path().join("engine.log")).unwrap();
     assert!(
         status.success(),
-        "the engine failed across the broker restart"
+        "the engine failed across the broker restart:\n{log}"
     );
+    if std::env::var_os("TRIBUTARY_TEST_VERBOSE").is_some() {
+        eprintln!("{log}");
+    }
     scenario.assert_exactly_once();
     scenario.assert_dlq(false);
     scenario.assert_committed_to_end("restart");

@@ -14,7 +14,7 @@
 //! reports is committed before the partition is released.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
@@ -257,6 +257,8 @@ struct OwnerContext {
     lag: LagTable,
     fatal: Mutex<Option<String>>,
     assigned_once: AtomicBool,
+    /// Bumped on every assignment: a new assignment is activity, not idleness.
+    assignments: AtomicU64,
 }
 
 impl OwnerContext {
@@ -387,6 +389,7 @@ impl ConsumerContext for OwnerContext {
                     }
                 }
                 self.assigned_once.store(true, Ordering::SeqCst);
+                self.assignments.fetch_add(1, Ordering::SeqCst);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -479,6 +482,7 @@ impl KafkaConsumer {
             lag: lag.clone(),
             fatal: Mutex::new(None),
             assigned_once: AtomicBool::new(false),
+            assignments: AtomicU64::new(0),
         };
         let consumer: BaseConsumer<OwnerContext> = config
             .create_with_context(context)
@@ -515,6 +519,7 @@ impl KafkaConsumer {
     ) -> Result<Ended, KafkaError> {
         let context = self.consumer.context().clone();
         let mut last_message = Instant::now();
+        let mut assignments = 0;
         let ended = loop {
             if stop() {
                 break Ok(Ended::Stopped);
@@ -531,12 +536,20 @@ impl KafkaConsumer {
                     last_message = Instant::now();
                     self.append(&context, &message);
                 }
-                Some(Err(error)) => tracing::warn!(%error, "kafka consumer error"),
+                Some(Err(error)) => {
+                    // Not idle while the cluster is unreachable: what it would
+                    // say about high-water marks is unknown.
+                    last_message = Instant::now();
+                    tracing::warn!(%error, "kafka consumer error");
+                }
                 None => {}
             }
-            if self.offer_all(&context) {
-                // A paused partition is waiting for its task, not idle.
+            let generation = context.assignments.load(Ordering::SeqCst);
+            if self.offer_all(&context) || generation != assignments {
+                // A paused partition is waiting for its task, and a new
+                // assignment has yet to be read: neither is idleness.
                 last_message = Instant::now();
+                assignments = generation;
             }
             if let Some(idle) = until_idle
                 && last_message.elapsed() >= idle
