@@ -261,11 +261,10 @@ impl JsonTopic {
             writer.finish()?;
         }
         let buffer = std::mem::take(&mut self.buffer);
-        let mut row = 0;
-        for line in buffer.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let lines = buffer.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        for (row, line) in lines.enumerate() {
             let key = keys.get(row).copied().flatten();
             self.producer.send(key, line, None).await?;
-            row += 1;
         }
         self.buffer = buffer;
         Ok(())

@@ -68,6 +68,9 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// What a partition task leaves: its summary and the next offset of its last commit.
+type Finished = (PartitionSummary, Option<i64>);
+
 /// The engine's side of the consumer: prepares and drains partition tasks.
 struct Owner {
     runtime: Handle,
@@ -75,7 +78,7 @@ struct Owner {
     destinations: Destinations,
     commit_interval: Duration,
     commits: OnceLock<OffsetCommits>,
-    tasks: Mutex<HashMap<TopicPartition, JoinHandle<(PartitionSummary, Option<i64>)>>>,
+    tasks: Mutex<HashMap<TopicPartition, JoinHandle<Finished>>>,
     finished: Mutex<Vec<PartitionSummary>>,
 }
 
@@ -211,7 +214,7 @@ struct Committer {
 impl PartitionTask {
     /// Processes batches until the channel closes, committing on the interval;
     /// returns the summary and the next offset of the last commit.
-    async fn run(self, mut batches: mpsc::Receiver<RawBatch>) -> (PartitionSummary, Option<i64>) {
+    async fn run(self, mut batches: mpsc::Receiver<RawBatch>) -> Finished {
         let mut summary = PartitionSummary::not_started(self.partition.to_string());
         summary.started = true;
         let info = PartitionInfo {
