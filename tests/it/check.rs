@@ -128,3 +128,64 @@ fn run_refuses_a_bad_pipeline_before_reading_anything() {
     );
     assert!(!ws.path("out").exists(), "nothing was written");
 }
+
+/// Writes the Kafka orders pipeline with `edit` applied and checks it (no broker is contacted).
+fn check_kafka_edited(ws: &Workspace, edit: impl Fn(String) -> String) -> (bool, String, String) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let original = std::fs::read_to_string(repo.join("pipelines/orders-kafka.yaml")).unwrap();
+    let schemas = repo.join("schemas").canonicalize().unwrap();
+    let edited = edit(original.replace("../schemas/", &format!("{}/", schemas.display())));
+    let path = ws.path("kafka.yaml");
+    std::fs::write(&path, edited).unwrap();
+    let out = ws.tributary(&["check", path.to_str().unwrap()]);
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn the_kafka_pipeline_checks_and_exposes_message_metadata_to_stages() {
+    let ws = Workspace::generate(10, 0.0, 1);
+    let (ok, stdout, stderr) = check_kafka_edited(&ws, |t| t);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("kafka_offset"), "{stdout}");
+
+    // A stage may read any metadata column; a misspelt one is refused against the schema.
+    let (ok, _, stderr) = check_kafka_edited(&ws, |t| t.replace("_offset  ", "_offest  "));
+    assert!(!ok);
+    assert!(stderr.contains("_offest"), "{stderr}");
+    assert!(
+        stderr.contains("_headers"),
+        "lists the available columns: {stderr}"
+    );
+}
+
+#[test]
+fn kafka_settings_are_checked_before_anything_connects() {
+    let ws = Workspace::generate(10, 0.0, 1);
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "group: ${TRIBUTARY_GROUP:-tributary-orders}",
+            "group: \"\"",
+            "source.kafka.group",
+        ),
+        (
+            "topics: [ \"${ORDERS_TOPIC:-orders}\" ]",
+            "topics: [ \"^orders(\" ]",
+            "source.kafka.topics[0]",
+        ),
+        (
+            "commit_interval: ${TRIBUTARY_COMMIT_INTERVAL:-10s}",
+            "commit_interval: soon",
+            "commit_interval",
+        ),
+        ("dlq:\n  kafka:", "dlq:\n  path: /tmp/dlq\n  kafka:", "dlq"),
+    ];
+    for (from, to, key) in cases {
+        let (ok, _, stderr) = check_kafka_edited(&ws, |t| {
+            assert!(t.contains(from), "fixture text {from:?} is in the pipeline");
+            t.replace(from, to)
+        });
+        assert!(!ok, "{to:?} should be refused");
+        assert!(stderr.contains("kafka.yaml:"), "{stderr}");
+        assert!(stderr.contains(key), "{to:?}: {stderr}");
+    }
+}
