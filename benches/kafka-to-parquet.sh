@@ -34,7 +34,7 @@ for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break;
 # next batch, which would drop records whenever a partition is paused and resumed.
 "$BIN" generate --events "$EVENTS" --to-kafka "127.0.0.1:$PORT" --topic orders \
     --partitions "$PARTITIONS" --customers "$WORK/customers.csv" \
-    --kafka-property batch.num.messages=1
+    ${ONE_RECORD_BATCHES:+--kafka-property batch.num.messages=1}
 
 KAFKA_BROKERS="127.0.0.1:$PORT" ORDERS_TOPIC=orders TRIBUTARY_GROUP=bench \
 TRIBUTARY_OUT="$WORK/out" TRIBUTARY_CUSTOMERS="$WORK/customers.csv" \

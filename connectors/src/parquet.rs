@@ -103,6 +103,12 @@ pub enum ParquetSinkError {
     Level(i32),
 }
 
+/// An open file's encoded-but-unwritten row group is cut at about this size.
+const MAX_ROW_GROUP_BUFFER: usize = 8 << 20;
+
+/// Bytes an open file buffers before its upload starts (S3's smallest part).
+const UPLOAD_BUFFER: usize = 5 << 20;
+
 /// Hive's name for a null partition value.
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
@@ -301,6 +307,11 @@ impl PartitionedParquetWriter {
                 self.writes += 1;
                 let open = &mut self.open[file];
                 open.writer.write(&part).await?;
+                if open.writer.in_progress_size() >= MAX_ROW_GROUP_BUFFER {
+                    // Many open files (partitions × Hive directories) must not
+                    // hold whole row groups each: cut the row group early.
+                    open.writer.flush().await?;
+                }
                 if open.writer.bytes_written() > 0 {
                     // Some of the file is uploaded, not all.
                     crate::fault::crash_point("mid_upload");
@@ -361,7 +372,7 @@ impl PartitionedParquetWriter {
             ),
         };
         let target = staged.clone().unwrap_or_else(|| path.clone());
-        let object = BufWriter::new(self.location.store.clone(), target);
+        let object = BufWriter::with_capacity(self.location.store.clone(), target, UPLOAD_BUFFER);
         let writer =
             AsyncArrowWriter::try_new(object, self.file_schema.clone(), Some(self.props.clone()))?;
         self.open.push(OpenFile {

@@ -435,6 +435,12 @@ fn kafka_to_parquet_exactly_once_with_dlq_topic_and_committed_offsets() {
     let _serial = serial();
     let scenario = Scenario::new(Broker::start(), 200_000, 6);
     let pipeline = scenario.pipeline(&[]);
+    // Valid records also go to a downstream topic, as JSON.
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "\ndlq:",
+        "  - kafka:\n      name: validated\n      topic: orders.validated\n\ndlq:",
+    );
+    std::fs::write(&pipeline, text).unwrap();
     let summary = scenario.run_to_end(&pipeline, "g1");
 
     scenario.assert_exactly_once();
@@ -450,6 +456,17 @@ fn kafka_to_parquet_exactly_once_with_dlq_topic_and_committed_offsets() {
     for (partition, lag) in summary["kafka"]["lag"].as_object().unwrap() {
         assert_eq!(lag["lag"], 0, "{partition} is fully committed");
     }
+
+    // The downstream topic holds each valid record once, as JSON, under its original key.
+    let validated = read_topic(&scenario.broker.address(), "orders.validated");
+    let mut ids = BTreeSet::new();
+    for m in &validated {
+        let record: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert!(ids.insert(record["event_id"].as_str().unwrap().to_string()));
+        assert!(record["kafka_offset"].is_i64(), "{record}");
+        assert!(m.key.is_some(), "keyed by the source record's key");
+    }
+    assert_eq!(ids, scenario.want_out);
 
     // Kafka metadata reached the output.
     let files = files_under(&scenario.out().join("orders"));

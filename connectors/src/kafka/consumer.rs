@@ -210,7 +210,8 @@ struct PartitionState {
 
 impl PartitionState {
     /// Hands over what can be handed over without blocking; returns whether
-    /// the partition should be paused.
+    /// the partition should be paused. At most four batches are held per
+    /// partition: two in the channel, one waiting, one being filled.
     fn offer(&mut self, limits: &BatchLimits, max_wait: Duration) -> bool {
         if self.abandoned {
             return true;
@@ -225,7 +226,10 @@ impl PartitionState {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(batch)) => {
                     self.waiting = Some(batch);
-                    return true;
+                    // Keep filling the next batch meanwhile; pause (which makes
+                    // librdkafka drop its prefetched messages and fetch them
+                    // again on resume) only once that one is full as well.
+                    return self.building.ready(limits, max_wait);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     tracing::error!(partition = %self.partition, "partition task ended; pausing the partition");
@@ -472,6 +476,9 @@ impl KafkaConsumer {
             // librdkafka waits up to 500 ms for a fetch to fill by default, which
             // caps throughput on brokers that answer only at the deadline.
             ("fetch.wait.max.ms", "20"),
+            // After the local queue was full (a slow partition), fetch again
+            // soon rather than after librdkafka's default second.
+            ("fetch.queue.backoff.ms", "10"),
             ("queued.max.messages.kbytes", "16384"),
             ("statistics.interval.ms", "1000"),
         ]);
@@ -638,7 +645,7 @@ impl KafkaConsumer {
         let mut waiting = false;
         for state in states.iter_mut() {
             let pause = state.offer(&limits, max_wait);
-            waiting |= pause && !state.abandoned;
+            waiting |= (pause || state.waiting.is_some()) && !state.abandoned;
             if pause != state.paused {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&state.partition.topic, state.partition.partition);
