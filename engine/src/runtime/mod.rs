@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tributary_connectors::kafka::KafkaError;
 use tributary_connectors::kafka::admin;
 use tributary_connectors::kafka::producer::producer;
+use tributary_connectors::source::PartitionReader;
 use tributary_connectors::store::Location;
 use tributary_stages::enrich::LookupTable;
 
@@ -168,6 +169,11 @@ impl Destinations {
         }
     }
 
+    /// Where Kafka partitions keep their commit logs: the first file destination.
+    pub(crate) fn state_location(&self) -> Option<&Location> {
+        self.file_locations().into_iter().next()
+    }
+
     /// Every file destination's store.
     pub(crate) fn file_locations(&self) -> Vec<&Location> {
         let mut all: Vec<&Location> = self.outputs.iter().collect();
@@ -194,7 +200,10 @@ pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Su
     let destinations = Destinations::open(&plan).await?;
     let refreshers: Vec<_> = plan.lookups.iter().filter_map(spawn_refresher).collect();
     let result = match &plan.source {
-        PlannedSource::Bounded(_) => run_bounded(plan, destinations, stop, started).await,
+        PlannedSource::Bounded(source) => match source.partitions() {
+            Ok(partitions) => run_bounded(plan, partitions, destinations, stop, started).await,
+            Err(e) => Err(e.into()),
+        },
         PlannedSource::Kafka(kafka) => {
             let kafka = kafka.clone();
             stream::run(Arc::new(plan), kafka, destinations, stop, options, started).await
@@ -218,14 +227,11 @@ pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Su
 
 async fn run_bounded(
     plan: Plan,
+    partitions: Vec<Box<dyn PartitionReader>>,
     destinations: Destinations,
     stop: StopHandle,
     started: Instant,
 ) -> Result<Summary, RunError> {
-    let PlannedSource::Bounded(source) = &plan.source else {
-        unreachable!("run_bounded is only called for bounded sources");
-    };
-    let partitions = source.partitions()?;
     tracing::info!(
         pipeline = %plan.name,
         partitions = partitions.len(),

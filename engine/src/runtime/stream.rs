@@ -37,6 +37,9 @@ use super::worker::{PartitionError, Worker};
 use super::{Destinations, RunError, RunOptions, StopHandle};
 use crate::plan::{Plan, PlannedKafkaSource};
 
+/// Why a Kafka run cannot keep commit logs (`plan` refuses such pipelines).
+const NO_STATE: &str = "no file destination to keep the commit log in";
+
 /// Manifests kept per partition (older ones are deleted).
 const MANIFESTS_KEPT: usize = 16;
 
@@ -83,21 +86,15 @@ struct Owner {
 }
 
 impl Owner {
-    /// Where commit logs live: the first file destination.
-    fn state(&self) -> Result<&tributary_connectors::store::Location, String> {
-        self.destinations
-            .file_locations()
-            .into_iter()
-            .next()
-            .ok_or_else(|| "no file destination to keep the commit log in".to_string())
-    }
-
     /// Finishes the newest commit, claims the partition with a new epoch and clears staged leftovers.
     async fn recover(&self, stream: &str) -> Result<Resume, CommitLogError> {
-        let state = self.state().map_err(|message| CommitLogError::Corrupt {
-            path: stream.to_string(),
-            message,
-        })?;
+        let state = self
+            .destinations
+            .state_location()
+            .ok_or_else(|| CommitLogError::Corrupt {
+                path: stream.to_string(),
+                message: NO_STATE.into(),
+            })?;
         let log = CommitLog::new(state, stream);
         let mut attempts = 0;
         loop {
@@ -228,8 +225,8 @@ impl PartitionTask {
         let placement = Placement::Staged {
             epoch: self.resume.epoch,
         };
-        let Some(state) = self.destinations.file_locations().first().copied().cloned() else {
-            summary.error = Some("no file destination to keep the commit log in".into());
+        let Some(state) = self.destinations.state_location().cloned() else {
+            summary.error = Some(NO_STATE.into());
             return (summary, None);
         };
         let mut committer = Committer {
