@@ -7,7 +7,6 @@
 //! first record, written whole and published atomically.
 
 use bytes::Bytes;
-use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
@@ -140,19 +139,9 @@ impl DeadLetterWriter {
             return Ok(());
         };
         self.files += 1;
-        let (path, staged) = match self.placement {
-            Placement::Direct => (
-                Path::from(format!("{}-{first:012}.ndjson", self.stream)),
-                None,
-            ),
-            Placement::Staged { epoch } => (
-                Path::from(format!("{}-{first:012}-e{epoch}.ndjson", self.stream)),
-                Some(
-                    crate::commit_log::staging_prefix(&self.stream)
-                        .join(format!("e{epoch}-{:06}.ndjson.staged", self.files)),
-                ),
-            ),
-        };
+        let (path, staged) = self
+            .placement
+            .paths("", &self.stream, first, "ndjson", self.files);
         let records = std::mem::take(&mut self.pending);
         let target = staged.clone().unwrap_or_else(|| path.clone());
         let payload = PutPayload::from(Bytes::from(std::mem::take(&mut self.buffer)));

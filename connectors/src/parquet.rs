@@ -69,6 +69,31 @@ pub enum Placement {
     },
 }
 
+impl Placement {
+    /// The final path of a file of `stream` under `dir` whose first record is at
+    /// `first` (`<dir><stream>-<first>[-e<epoch>].<ext>`) and, when staged, the
+    /// path it is written to first (the `n`-th file of this writer).
+    pub(crate) fn paths(
+        self,
+        dir: &str,
+        stream: &str,
+        first: u64,
+        ext: &str,
+        n: u64,
+    ) -> (Path, Option<Path>) {
+        match self {
+            Placement::Direct => (Path::from(format!("{dir}{stream}-{first:012}.{ext}")), None),
+            Placement::Staged { epoch } => (
+                Path::from(format!("{dir}{stream}-{first:012}-e{epoch}.{ext}")),
+                Some(
+                    crate::commit_log::staging_prefix(stream)
+                        .join(format!("e{epoch}-{n:06}.{ext}.staged")),
+                ),
+            ),
+        }
+    }
+}
+
 /// A closed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedFile {
@@ -355,22 +380,13 @@ impl PartitionedParquetWriter {
             self.close(oldest).await?;
         }
         self.files_opened += 1;
-        let (path, staged) = match self.placement {
-            Placement::Direct => (
-                Path::from(format!("{dir}{}-{first_position:012}.parquet", self.stream)),
-                None,
-            ),
-            Placement::Staged { epoch } => (
-                Path::from(format!(
-                    "{dir}{}-{first_position:012}-e{epoch}.parquet",
-                    self.stream
-                )),
-                Some(
-                    crate::commit_log::staging_prefix(&self.stream)
-                        .join(format!("e{epoch}-{:06}.parquet.staged", self.files_opened)),
-                ),
-            ),
-        };
+        let (path, staged) = self.placement.paths(
+            dir,
+            &self.stream,
+            first_position,
+            "parquet",
+            self.files_opened,
+        );
         let target = staged.clone().unwrap_or_else(|| path.clone());
         let object = BufWriter::with_capacity(self.location.store.clone(), target, UPLOAD_BUFFER);
         let writer =
