@@ -4,15 +4,25 @@ use std::path::Path;
 
 use crate::support::*;
 
-/// Writes the orders pipeline with `edit` applied into the workspace and checks it.
-fn check_edited(ws: &Workspace, edit: impl Fn(String) -> String) -> (bool, String) {
-    let original = std::fs::read_to_string(orders_pipeline()).unwrap();
+/// Writes the shipped `pipelines/<shipped>` with `edit` applied into the workspace as `written_as` and checks it.
+fn check_shipped(
+    ws: &Workspace,
+    shipped: &str,
+    written_as: &str,
+    edit: impl Fn(String) -> String,
+) -> std::process::Output {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let original = std::fs::read_to_string(repo.join("pipelines").join(shipped)).unwrap();
     let schemas = repo.join("schemas").canonicalize().unwrap();
     let edited = edit(original.replace("../schemas/", &format!("{}/", schemas.display())));
-    let path = ws.path("pipeline.yaml");
+    let path = ws.path(written_as);
     std::fs::write(&path, edited).unwrap();
-    let out = ws.tributary(&["check", path.to_str().unwrap()]);
+    ws.tributary(&["check", path.to_str().unwrap()])
+}
+
+/// The orders pipeline with `edit` applied, checked: (success, stderr).
+fn check_edited(ws: &Workspace, edit: impl Fn(String) -> String) -> (bool, String) {
+    let out = check_shipped(ws, "orders.yaml", "pipeline.yaml", edit);
     (out.status.success(), text(&out.stderr))
 }
 
@@ -129,15 +139,9 @@ fn run_refuses_a_bad_pipeline_before_reading_anything() {
     assert!(!ws.path("out").exists(), "nothing was written");
 }
 
-/// Writes the Kafka orders pipeline with `edit` applied and checks it (no broker is contacted).
+/// The Kafka orders pipeline with `edit` applied, checked (no broker is contacted): (success, stdout, stderr).
 fn check_kafka_edited(ws: &Workspace, edit: impl Fn(String) -> String) -> (bool, String, String) {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let original = std::fs::read_to_string(repo.join("pipelines/orders-kafka.yaml")).unwrap();
-    let schemas = repo.join("schemas").canonicalize().unwrap();
-    let edited = edit(original.replace("../schemas/", &format!("{}/", schemas.display())));
-    let path = ws.path("kafka.yaml");
-    std::fs::write(&path, edited).unwrap();
-    let out = ws.tributary(&["check", path.to_str().unwrap()]);
+    let out = check_shipped(ws, "orders-kafka.yaml", "kafka.yaml", edit);
     (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 

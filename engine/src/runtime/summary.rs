@@ -8,6 +8,7 @@ use tributary_connectors::kafka::consumer::PartitionLag;
 
 use serde::Serialize;
 use tributary_connectors::parquet::PublishedFile;
+use tributary_stages::Route;
 
 use super::Destinations;
 use crate::plan::Plan;
@@ -52,6 +53,31 @@ impl Counts {
             stages: vec![StageCounts::default(); stages],
             ..Counts::default()
         }
+    }
+
+    /// Counts one record that stage `stage_index` (`stage`) sent through `route` by `rule`.
+    pub(crate) fn count_reject(
+        &mut self,
+        stage_index: usize,
+        stage: &str,
+        rule: &str,
+        route: Route,
+    ) {
+        let (total, at_stage, by_rule) = match route {
+            Route::Dlq => (
+                &mut self.dlq,
+                &mut self.stages[stage_index].dlq,
+                &mut self.dlq_by_rule,
+            ),
+            Route::Review => (
+                &mut self.review,
+                &mut self.stages[stage_index].review,
+                &mut self.review_by_rule,
+            ),
+        };
+        *total += 1;
+        *at_stage += 1;
+        *by_rule.entry(format!("{stage}/{rule}")).or_default() += 1;
     }
 
     fn add(&mut self, other: &Counts) {

@@ -237,26 +237,11 @@ impl<'p> Worker<'p> {
                 original: None,
                 original_base64: None,
             };
-            let counts = &mut self.counts;
+            self.counts
+                .count_reject(stage_index, stage, &reject.rule, reject.route);
             let sink = match reject.route {
-                Route::Dlq => {
-                    counts.dlq += 1;
-                    counts.stages[stage_index].dlq += 1;
-                    *counts
-                        .dlq_by_rule
-                        .entry(format!("{stage}/{}", reject.rule))
-                        .or_default() += 1;
-                    &mut self.dlq
-                }
-                Route::Review => {
-                    counts.review += 1;
-                    counts.stages[stage_index].review += 1;
-                    *counts
-                        .review_by_rule
-                        .entry(format!("{stage}/{}", reject.rule))
-                        .or_default() += 1;
-                    &mut self.review
-                }
+                Route::Dlq => &mut self.dlq,
+                Route::Review => &mut self.review,
             };
             match sink {
                 DeadLetterSink::Files(writer) => {
