@@ -77,6 +77,9 @@ pub enum CommitLogError {
         /// The cause.
         source: object_store::Error,
     },
+    /// A local staging directory cannot be cleared.
+    #[error(transparent)]
+    Local(#[from] crate::store::StoreError),
     /// A manifest cannot be read.
     #[error("{path}: not a commit manifest: {message}")]
     Corrupt {
@@ -233,9 +236,11 @@ pub async fn publish<'a>(
     Ok(())
 }
 
-/// Deletes every staged file of `stream` under `location` (left by an owner that never committed them).
+/// Deletes every staged file of `stream` under `location` (left by an owner
+/// that never committed them), including the remains of uploads cut off mid-way.
 pub async fn clear_staging(location: &Location, stream: &str) -> Result<usize, CommitLogError> {
     let prefix = staging_prefix(stream);
+    let incomplete = location.remove_incomplete_uploads(&prefix)?;
     let objects: Vec<_> = location
         .store
         .list(Some(&prefix))
@@ -248,7 +253,7 @@ pub async fn clear_staging(location: &Location, stream: &str) -> Result<usize, C
             Err(source) => return Err(store_error(&object.location)(source)),
         }
     }
-    Ok(objects.len())
+    Ok(objects.len() + incomplete)
 }
 
 #[cfg(test)]
@@ -268,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn a_sequence_number_is_written_once_and_the_loser_is_fenced() {
         let dir = tempfile::tempdir().unwrap();
-        let location = Location::open(dir.path().to_str().unwrap()).unwrap();
+        let location = Location::local(dir.path()).unwrap();
         let log = CommitLog::new(&location, "orders-0");
         assert_eq!(log.latest().await.unwrap(), None);
         log.append(&manifest(1, 1)).await.unwrap();
@@ -288,7 +293,7 @@ mod tests {
     #[tokio::test]
     async fn publishing_moves_staged_files_and_can_be_repeated() {
         let dir = tempfile::tempdir().unwrap();
-        let location = Location::open(dir.path().to_str().unwrap()).unwrap();
+        let location = Location::local(dir.path()).unwrap();
         let staged = staging_prefix("orders-0").join("e1-000001.parquet.staged");
         location
             .store
@@ -305,5 +310,34 @@ mod tests {
         publish(&files, |_| Some(&location)).await.unwrap();
         assert!(dir.path().join(&files[0].path).is_file());
         assert_eq!(clear_staging(&location, "orders-0").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn clearing_staging_removes_uploads_cut_off_mid_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::local(dir.path()).unwrap();
+        let prefix = staging_prefix("orders-0");
+        let staged = prefix.clone().join("e1-000001.parquet.staged");
+        location
+            .store
+            .put(&staged, PutPayload::from_static(b"whole"))
+            .await
+            .unwrap();
+        // What a writer killed during a multipart upload leaves on local disk.
+        let mut upload = location
+            .store
+            .put_multipart(&prefix.clone().join("e1-000002.parquet.staged"))
+            .await
+            .unwrap();
+        upload
+            .put_part(PutPayload::from_static(b"part"))
+            .await
+            .unwrap();
+        std::mem::forget(upload);
+        let on_disk = dir.path().join("_tributary/staging/orders-0");
+        assert_eq!(std::fs::read_dir(&on_disk).unwrap().count(), 2);
+
+        assert_eq!(clear_staging(&location, "orders-0").await.unwrap(), 2);
+        assert_eq!(std::fs::read_dir(&on_disk).unwrap().count(), 0);
     }
 }

@@ -197,7 +197,7 @@ mod tests {
     #[tokio::test]
     async fn records_round_trip_with_original_bytes_kept_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let location = Location::open(dir.path().to_str().unwrap()).unwrap();
+        let location = Location::local(dir.path()).unwrap();
         let mut writer = DeadLetterWriter::new(location, "in.ndjson", 1 << 20);
         writer
             .append(&letter(3).with_original(b"{\"a\":"))

@@ -519,7 +519,7 @@ mod tests {
     #[tokio::test]
     async fn rows_land_in_hive_directories_and_files_roll_on_row_count() {
         let dir = tempfile::tempdir().unwrap();
-        let location = Location::open(dir.path().to_str().unwrap()).unwrap();
+        let location = Location::local(dir.path()).unwrap();
         let batch = batch();
         let mut writer =
             PartitionedParquetWriter::new(location, options(2), &batch.schema(), "in.ndjson")

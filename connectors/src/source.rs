@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arrow::array::{Array, BinaryArray};
 use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
@@ -98,6 +99,8 @@ pub struct PartitionInfo {
     pub origin: Origin,
     /// Human-readable label for logs and the summary (e.g. `orders.ndjson:1-250000`).
     pub label: String,
+    /// Bytes to read from storage, when known (bounded sources).
+    pub bytes: u64,
 }
 
 /// Raw records as read, before any stage.
@@ -131,6 +134,10 @@ pub trait PartitionReader: Send {
     fn info(&self) -> &PartitionInfo;
     /// The next batch, or `None` once a bounded partition is exhausted.
     fn next_batch(&mut self, limits: BatchLimits) -> Result<Option<RawBatch>, SourceError>;
+    /// Bytes read from storage so far (compressed bytes for compressed input).
+    fn bytes_read(&self) -> u64 {
+        0
+    }
 }
 
 /// A source of partitions.
@@ -302,23 +309,55 @@ impl Source for FileSource {
             let origin = Origin::File {
                 path: Arc::from(path.display().to_string()),
             };
+            if let Some(codec) = Compression::of(&path.to_string_lossy()) {
+                // A compressed file cannot be cut: it is one partition.
+                let file = File::open(path).map_err(io_error(path))?;
+                let size = file.metadata().map_err(io_error(path))?.len();
+                let progress = Arc::new(AtomicU64::new(0));
+                let counted = Counted {
+                    inner: file,
+                    count: progress.clone(),
+                };
+                partitions.push(Box::new(LineReader {
+                    info: PartitionInfo {
+                        stream: stream.clone(),
+                        origin: origin.clone(),
+                        label: path.display().to_string(),
+                        bytes: size,
+                    },
+                    path: path.display().to_string(),
+                    reader: codec.decoder(counted).map_err(io_error(path))?,
+                    next_line: 1,
+                    next_offset: 0,
+                    line: Vec::new(),
+                    max_line_bytes: self.max_line_bytes,
+                    progress,
+                }));
+                continue;
+            }
             for chunk in plan_chunks(path, self.chunk_bytes)? {
                 let mut file = File::open(path).map_err(io_error(path))?;
                 file.seek(SeekFrom::Start(chunk.start))
                     .map_err(io_error(path))?;
-                let reader = BufReader::with_capacity(1 << 20, file.take(chunk.end - chunk.start));
-                partitions.push(Box::new(FileChunkReader {
+                let progress = Arc::new(AtomicU64::new(0));
+                let counted = Counted {
+                    inner: file.take(chunk.end - chunk.start),
+                    count: progress.clone(),
+                };
+                partitions.push(Box::new(LineReader {
                     info: PartitionInfo {
                         stream: stream.clone(),
                         origin: origin.clone(),
                         label: format!("{}@{}", path.display(), chunk.first_line),
+                        bytes: chunk.end - chunk.start,
                     },
-                    path: path.clone(),
-                    reader,
+                    path: path.display().to_string(),
+                    reader: Box::new(BufReader::with_capacity(1 << 20, counted)),
                     next_line: chunk.first_line,
                     next_offset: chunk.start,
                     line: Vec::new(),
                     max_line_bytes: self.max_line_bytes,
+                    progress,
                 }));
             }
         }
@@ -326,20 +365,79 @@ impl Source for FileSource {
     }
 }
 
-/// Reads the lines of one chunk.
-struct FileChunkReader {
-    info: PartitionInfo,
-    path: PathBuf,
-    reader: BufReader<std::io::Take<File>>,
-    next_line: u64,
-    next_offset: u64,
-    line: Vec<u8>,
-    max_line_bytes: usize,
+/// How an input file is compressed, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compression {
+    /// `.zst`, `.zstd`.
+    Zstd,
+    /// `.gz`.
+    Gzip,
 }
 
-impl PartitionReader for FileChunkReader {
+impl Compression {
+    /// The compression of `name`, if any.
+    pub(crate) fn of(name: &str) -> Option<Compression> {
+        if name.ends_with(".zst") || name.ends_with(".zstd") {
+            Some(Compression::Zstd)
+        } else if name.ends_with(".gz") {
+            Some(Compression::Gzip)
+        } else {
+            None
+        }
+    }
+
+    /// A buffered reader of the decompressed bytes of `raw`.
+    pub(crate) fn decoder(
+        self,
+        raw: impl Read + Send + 'static,
+    ) -> std::io::Result<Box<dyn BufRead + Send>> {
+        let raw = BufReader::with_capacity(1 << 20, raw);
+        Ok(match self {
+            Compression::Zstd => Box::new(BufReader::with_capacity(
+                1 << 20,
+                zstd::stream::read::Decoder::with_buffer(raw)?,
+            )),
+            Compression::Gzip => Box::new(BufReader::with_capacity(
+                1 << 20,
+                flate2::bufread::MultiGzDecoder::new(raw),
+            )),
+        })
+    }
+}
+
+/// Counts the bytes read from storage (before decompression), for progress.
+pub(crate) struct Counted<R> {
+    pub(crate) inner: R,
+    pub(crate) count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Reads the lines of one partition (a file chunk, a compressed file or an object).
+pub(crate) struct LineReader {
+    pub(crate) info: PartitionInfo,
+    pub(crate) path: String,
+    pub(crate) reader: Box<dyn BufRead + Send>,
+    pub(crate) next_line: u64,
+    pub(crate) next_offset: u64,
+    pub(crate) line: Vec<u8>,
+    pub(crate) max_line_bytes: usize,
+    pub(crate) progress: Arc<AtomicU64>,
+}
+
+impl PartitionReader for LineReader {
     fn info(&self) -> &PartitionInfo {
         &self.info
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     fn next_batch(&mut self, limits: BatchLimits) -> Result<Option<RawBatch>, SourceError> {
@@ -354,7 +452,10 @@ impl PartitionReader for FileChunkReader {
             let read = (&mut self.reader)
                 .take(self.max_line_bytes as u64 + 2)
                 .read_until(b'\n', &mut self.line)
-                .map_err(io_error(&self.path))?;
+                .map_err(|source| SourceError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
             if read == 0 {
                 break;
             }
@@ -366,7 +467,7 @@ impl PartitionReader for FileChunkReader {
                 record = &record[..record.len() - 1];
             } else if read > self.max_line_bytes {
                 return Err(SourceError::LineTooLong {
-                    path: self.path.display().to_string(),
+                    path: self.path.clone(),
                     line,
                     limit: self.max_line_bytes,
                 });
@@ -379,7 +480,7 @@ impl PartitionReader for FileChunkReader {
             }
             if data.len() + record.len() > i32::MAX as usize {
                 return Err(SourceError::LineTooLong {
-                    path: self.path.display().to_string(),
+                    path: self.path.clone(),
                     line,
                     limit: i32::MAX as usize,
                 });

@@ -14,8 +14,12 @@ use tributary_connectors::kafka::KafkaConnection;
 use tributary_connectors::kafka::consumer::{ConsumerSettings, StartPosition};
 use tributary_connectors::kafka::meta as kafka_meta;
 use tributary_connectors::lookup::{FileFormat, FileLookup, LookupSource};
+use tributary_connectors::object_source::ObjectSource;
 use tributary_connectors::parquet::{Codec, ParquetOptions, file_schema};
+use tributary_connectors::raw_zone;
+use tributary_connectors::retry::{Exhausted, RetryPolicy};
 use tributary_connectors::source::{BatchLimits, FileSource, Source};
+use tributary_connectors::store::{S3Settings, Storage};
 use tributary_stages::Stage;
 use tributary_stages::enrich::{Enrich, EnrichSpec, LookupTable, OnMiss, SharedTable};
 use tributary_stages::transform::{MappingSpec, Transform, TransformSpec};
@@ -23,8 +27,12 @@ use tributary_stages::validate::{RuleSpec, Severity, Validate, ValidateSpec};
 
 use crate::config::{
     ConfigError, DeadLetterConfig, EnrichConfig, KafkaSourceConfig, Loaded, LookupFormat,
-    OnMissConfig, OutputConfig, SeverityConfig, SourceConfig, StageConfig, StartConfig, Text,
-    TransformConfig, ValidateConfig,
+    OnMissConfig, OutputConfig, SeverityConfig, SnowflakeOutputConfig, SourceConfig, StageConfig,
+    StartConfig, Text, TimestampsConfig, TransformConfig, ValidateConfig, WhenExhausted,
+};
+use crate::runtime::ErrorRateAlert;
+use tributary_connectors::snowflake::{
+    Connection as SnowflakeConnection, Credentials, LoadTarget, TimestampKind,
 };
 
 /// A stage after validate, ready to run.
@@ -45,6 +53,8 @@ pub struct PlannedOutput {
     pub path: String,
     /// File options.
     pub options: ParquetOptions,
+    /// Whether this is the raw zone (messages as consumed, not processed records).
+    pub raw: bool,
 }
 
 /// A Kafka topic to produce to.
@@ -63,6 +73,27 @@ pub struct PlannedTopicOutput {
     pub name: String,
     /// The topic.
     pub topic: PlannedTopic,
+}
+
+/// A Snowflake table loaded from a Parquet output's files.
+#[derive(Debug, Clone)]
+pub struct PlannedSnowflake {
+    /// The output's name.
+    pub name: String,
+    /// The Parquet output whose files are loaded.
+    pub from: String,
+    /// Account and credentials.
+    pub connection: SnowflakeConnection,
+    /// Table, stage and file schema.
+    pub target: LoadTarget,
+    /// Files per load.
+    pub max_files: usize,
+    /// Longest wait before a load.
+    pub max_wait: Duration,
+    /// Files waiting before commits wait.
+    pub max_backlog: usize,
+    /// Whether the stage is created (with the output's URL) when absent.
+    pub create_stage: bool,
 }
 
 /// A DLQ or review destination.
@@ -151,6 +182,12 @@ pub struct Plan {
     pub workers: usize,
     /// Schema of the records reaching the outputs.
     pub output_schema: SchemaRef,
+    /// How remote stores are reached and retried.
+    pub storage: Storage,
+    /// Snowflake tables loaded from Parquet outputs.
+    pub snowflake: Vec<PlannedSnowflake>,
+    /// The error-rate alert, if configured.
+    pub error_rate: Option<ErrorRateAlert>,
 }
 
 /// Builds the plan, refusing the pipeline at the first problem.
@@ -171,7 +208,15 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
         max_records: p.batch.max_records,
         max_bytes: p.batch.max_bytes.as_usize().max(1),
     };
+    let storage = build_storage(p);
     let source = match &p.source {
+        SourceConfig::File(f) if f.path.as_str().starts_with("s3://") => {
+            PlannedSource::Bounded(Box::new(ObjectSource::new(
+                f.path.value.clone(),
+                storage.clone(),
+                f.max_line_bytes.as_usize(),
+            )))
+        }
         SourceConfig::File(f) => PlannedSource::Bounded(Box::new(FileSource::new(
             vec![loaded.resolve(f.path.as_str())],
             f.chunk_bytes.0,
@@ -261,6 +306,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
 
     let mut outputs = Vec::new();
     let mut topic_outputs = Vec::new();
+    let mut snowflake = Vec::new();
     let mut names: Vec<&str> = Vec::new();
     for (i, output) in p.outputs.iter().enumerate() {
         let at = Some(&output.span);
@@ -275,6 +321,40 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
         names.push(name);
         let o = match &output.value {
             OutputConfig::Parquet(o) => o,
+            OutputConfig::Snowflake(sf) => {
+                snowflake.push((i, sf));
+                continue;
+            }
+            OutputConfig::Raw(r) => {
+                if !matches!(source, PlannedSource::Kafka(_)) {
+                    return Err(err(
+                        at,
+                        format!("outputs[{i}].raw"),
+                        "the raw zone archives Kafka messages; the source is not Kafka".into(),
+                    ));
+                }
+                let compression = match &r.compression {
+                    None => Codec::Zstd(3),
+                    Some(text) => parse_codec(text.as_str()).map_err(|m| {
+                        err(Some(&text.span), format!("outputs[{i}].raw.compression"), m)
+                    })?,
+                };
+                outputs.push(PlannedOutput {
+                    name: r.name.clone(),
+                    path: loaded.resolve(r.path.as_str()),
+                    options: ParquetOptions {
+                        partition_by: vec![raw_zone::DATE_COLUMN.to_string()],
+                        compression,
+                        max_rows: r.roll.max_rows.max(1),
+                        max_bytes: r.roll.max_bytes.as_usize().max(1),
+                        max_age: r.roll.max_age.map(|d| d.0),
+                        row_group_rows: 128 * 1024,
+                        max_open_files: 8,
+                    },
+                    raw: true,
+                });
+                continue;
+            }
             OutputConfig::Kafka(k) => {
                 topic_outputs.push(PlannedTopicOutput {
                     name: k.name.clone(),
@@ -316,8 +396,13 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
                 row_group_rows: o.row_group_rows.max(1),
                 max_open_files: o.max_open_files.max(1),
             },
+            raw: false,
         });
     }
+    let snowflake = snowflake
+        .into_iter()
+        .map(|(i, sf)| build_snowflake(loaded, i, sf, &p.outputs, &outputs, &schema))
+        .collect::<Result<Vec<_>, _>>()?;
     if outputs.is_empty() && topic_outputs.is_empty() {
         return Err(err(
             None,
@@ -374,7 +459,182 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
         lookups,
         workers,
         output_schema: schema,
+        storage,
+        snowflake,
+        error_rate: build_error_rate(loaded)?,
     })
+}
+
+fn build_error_rate(loaded: &Loaded) -> Result<Option<ErrorRateAlert>, ConfigError> {
+    let Some(e) = &loaded.pipeline.alerts.error_rate else {
+        return Ok(None);
+    };
+    if !(0.0..1.0).contains(&e.threshold) {
+        return Err(ConfigError::at(
+            &loaded.file,
+            None,
+            "alerts.error_rate.threshold",
+            format!("{} is not a fraction in [0, 1) (5 % is 0.05)", e.threshold),
+        ));
+    }
+    if let Some(url) = &e.webhook
+        && !(url.value.starts_with("http://") || url.value.starts_with("https://"))
+    {
+        return Err(ConfigError::at(
+            &loaded.file,
+            Some(&url.span),
+            "alerts.error_rate.webhook",
+            format!("{:?} is not an http(s) URL", url.value),
+        ));
+    }
+    Ok(Some(ErrorRateAlert {
+        threshold: e.threshold,
+        window: e.window.0.max(std::time::Duration::from_secs(1)),
+        min_records: e.min_records,
+        webhook: e.webhook.as_ref().map(|w| w.value.clone()),
+    }))
+}
+
+/// Checks a `snowflake` output: its Parquet output exists, credentials are usable, its columns map.
+fn build_snowflake(
+    loaded: &Loaded,
+    index: usize,
+    sf: &SnowflakeOutputConfig,
+    configs: &[crate::config::Located<OutputConfig>],
+    outputs: &[PlannedOutput],
+    schema: &SchemaRef,
+) -> Result<PlannedSnowflake, ConfigError> {
+    let key = format!("outputs[{index}].snowflake");
+    let span = Some(&configs[index].span);
+    let err = |k: &str, m: String| ConfigError::at(&loaded.file, span, format!("{key}.{k}"), m);
+    let Some(from) = outputs.iter().find(|o| o.name == sf.from) else {
+        return Err(err(
+            "from",
+            format!(
+                "{:?} is not a Parquet output; the Parquet outputs are: {}",
+                sf.from,
+                outputs
+                    .iter()
+                    .map(|o| o.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    let password = sf
+        .password
+        .as_ref()
+        .map(|t| t.value.clone())
+        .or_else(|| std::env::var("SNOWFLAKE_PASSWORD").ok());
+    let key_path = sf
+        .private_key_path
+        .as_ref()
+        .map(|t| loaded.resolve(t.as_str()))
+        .or_else(|| std::env::var("SNOWFLAKE_PRIVATE_KEY_PATH").ok());
+    let credentials = match (password, key_path) {
+        (_, Some(path)) => {
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| err("private_key_path", format!("{path}: {e}")))?;
+            tributary_connectors::snowflake::public_key_fingerprint(&pem)
+                .map_err(|e| err("private_key_path", format!("{path}: {e}")))?;
+            Credentials::KeyPair {
+                private_key_pem: pem,
+            }
+        }
+        (Some(password), None) => Credentials::Password(password),
+        (None, None) => {
+            return Err(err(
+                "password",
+                "give `private_key_path` (key-pair JWT) or `password` (or set SNOWFLAKE_PRIVATE_KEY_PATH / SNOWFLAKE_PASSWORD)".into(),
+            ));
+        }
+    };
+    let file_columns =
+        file_schema(schema, &from.options.partition_by).map_err(|e| err("from", e.to_string()))?;
+    let timestamps = match sf.timestamps {
+        TimestampsConfig::Auto => TimestampKind::Auto,
+        TimestampsConfig::Ntz => TimestampKind::Ntz,
+        TimestampsConfig::Tz => TimestampKind::Tz,
+    };
+    for field in file_columns.fields() {
+        if tributary_connectors::snowflake::column_type(field.data_type(), timestamps).is_none() {
+            return Err(err(
+                "from",
+                format!(
+                    "column {} ({}) has no Snowflake type",
+                    field.name(),
+                    field.data_type()
+                ),
+            ));
+        }
+    }
+    let text = |t: &Option<Text>| t.as_ref().map(|t| t.value.clone());
+    let account = sf.account.value.clone();
+    Ok(PlannedSnowflake {
+        name: sf.name.clone(),
+        from: sf.from.clone(),
+        connection: SnowflakeConnection {
+            url: text(&sf.url)
+                .unwrap_or_else(|| format!("https://{account}.snowflakecomputing.com"))
+                .trim_end_matches('/')
+                .to_string(),
+            account,
+            user: sf.user.value.clone(),
+            credentials,
+            database: sf.database.value.clone(),
+            schema: sf.schema.value.clone(),
+            warehouse: text(&sf.warehouse),
+            role: text(&sf.role),
+            session_parameters: sf
+                .session_parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+        },
+        target: LoadTarget {
+            table: sf.table.value.clone(),
+            stage: sf.stage.value.clone(),
+            stage_url: None,
+            storage_integration: text(&sf.storage_integration),
+            schema: file_columns,
+            timestamps,
+        },
+        max_files: sf.max_files.max(1),
+        max_wait: sf.max_wait.0,
+        max_backlog: sf.max_backlog.max(1),
+        create_stage: sf.create_stage,
+    })
+}
+
+/// S3 settings and the retry policy, from `storage:` and `retry:`.
+fn build_storage(p: &crate::config::PipelineFile) -> Storage {
+    let text = |t: &Option<Text>| t.as_ref().map(|t| t.value.clone());
+    let s3 = &p.storage.s3;
+    Storage {
+        s3: S3Settings {
+            region: text(&s3.region),
+            endpoint: text(&s3.endpoint),
+            path_style: s3.path_style,
+            access_key_id: text(&s3.access_key_id),
+            secret_access_key: text(&s3.secret_access_key),
+            session_token: text(&s3.session_token),
+            profile: text(&s3.profile),
+        },
+        retry: retry_policy(&p.retry),
+    }
+}
+
+/// The pipeline's retry policy.
+pub fn retry_policy(r: &crate::config::RetryConfig) -> RetryPolicy {
+    RetryPolicy {
+        initial_delay: r.initial_delay.0,
+        max_delay: r.max_delay.0.max(r.initial_delay.0),
+        max_elapsed: r.max_elapsed.0,
+        exhausted: match r.when_exhausted {
+            WhenExhausted::Wait => Exhausted::Wait,
+            WhenExhausted::Fail => Exhausted::Fail,
+        },
+    }
 }
 
 fn build_kafka_source(

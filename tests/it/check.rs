@@ -193,3 +193,56 @@ fn kafka_settings_are_checked_before_anything_connects() {
         assert!(stderr.contains(key), "{to:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_s3_pipeline_checks_its_snowflake_key_alert_and_raw_zone_before_running() {
+    let ws = Workspace::generate(10, 0.0, 1);
+    let check = |edit: &dyn Fn(String) -> String| {
+        let out = check_shipped(&ws, "orders-s3.yaml", "s3.yaml", edit);
+        (out.status.success(), text(&out.stderr))
+    };
+    // The private key must exist and be a PKCS#8 RSA key.
+    let key = ws.path("key.p8");
+    std::fs::write(&key, "not a key").unwrap();
+    let (ok, stderr) = check(&|t| {
+        t.replace(
+            "${SNOWFLAKE_PRIVATE_KEY_PATH:-/run/secrets/snowflake_key.p8}",
+            key.to_str().unwrap(),
+        )
+    });
+    assert!(
+        !ok && stderr.contains("private_key_path") && stderr.contains("PKCS#8"),
+        "{stderr}"
+    );
+    // `from` must name a Parquet output.
+    let with_password = |t: String| {
+        t.replace(
+            "private_key_path: ${SNOWFLAKE_PRIVATE_KEY_PATH:-/run/secrets/snowflake_key.p8}",
+            "password: x",
+        )
+    };
+    let (ok, stderr) = check(&|t| with_password(t).replace("from: orders", "from: ordres"));
+    assert!(
+        !ok && stderr.contains("\"ordres\" is not a Parquet output"),
+        "{stderr}"
+    );
+    // A threshold is a fraction.
+    let (ok, stderr) = check(&|t| with_password(t).replace("threshold: 0.05", "threshold: 5"));
+    assert!(
+        !ok && stderr.contains("alerts.error_rate.threshold"),
+        "{stderr}"
+    );
+    // The raw zone archives Kafka messages only.
+    let out = check_shipped(&ws, "orders.yaml", "raw.yaml", |t| {
+        t.replace(
+            "\ndlq:",
+            "  - raw:\n      name: raw\n      path: raw\n\ndlq:",
+        )
+    });
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("the source is not Kafka"),
+        "{}",
+        text(&out.stderr)
+    );
+}

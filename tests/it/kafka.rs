@@ -18,20 +18,20 @@ const TOPIC: &str = "orders";
 const SEED: u64 = 7;
 
 /// Generated events published to a topic, with what must become of each.
-struct Scenario {
-    dir: tempfile::TempDir,
-    broker: Broker,
+pub(crate) struct Scenario {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) broker: Broker,
     /// Valid event ids.
-    want_out: BTreeSet<String>,
+    pub(crate) want_out: BTreeSet<String>,
     /// Review event ids.
-    want_review: BTreeSet<String>,
+    pub(crate) want_review: BTreeSet<String>,
     /// Invalid payloads → (expected rule, key).
-    want_dlq: BTreeMap<Vec<u8>, (&'static str, String)>,
+    pub(crate) want_dlq: BTreeMap<Vec<u8>, (&'static str, String)>,
     partitions: i32,
 }
 
 impl Scenario {
-    fn new(broker: Broker, events: u64, partitions: i32) -> Scenario {
+    pub(crate) fn new(broker: Broker, events: u64, partitions: i32) -> Scenario {
         let mut scenario = Scenario {
             dir: tempfile::tempdir().unwrap(),
             broker,
@@ -45,7 +45,7 @@ impl Scenario {
     }
 
     /// Publishes `events` generated events (seed `seed`) and adds them to what is expected.
-    fn publish(&mut self, events: u64, seed: u64) {
+    pub(crate) fn publish(&mut self, events: u64, seed: u64) {
         let customers = self.dir.path().join("customers.csv");
         let out = tributary(&[
             "generate",
@@ -96,12 +96,12 @@ impl Scenario {
         }
     }
 
-    fn out(&self) -> PathBuf {
+    pub(crate) fn out(&self) -> PathBuf {
         self.dir.path().join("out")
     }
 
     /// A pipeline file: the shipped orders-kafka.yaml with `properties` added to the source.
-    fn pipeline(&self, properties: &[(&str, &str)]) -> PathBuf {
+    pub(crate) fn pipeline(&self, properties: &[(&str, &str)]) -> PathBuf {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/orders-kafka.yaml");
         let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/");
         let mut text = std::fs::read_to_string(shipped)
@@ -120,7 +120,7 @@ impl Scenario {
     }
 
     /// `tributary run` on the Kafka pipeline, configured through its variables.
-    fn engine(&self, pipeline: &Path, group: &str, extra: &[&str]) -> Command {
+    pub(crate) fn engine(&self, pipeline: &Path, group: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
         cmd.arg("run")
             .arg(pipeline)
@@ -136,7 +136,7 @@ impl Scenario {
     }
 
     /// Runs one engine until the topic is drained; returns its JSON summary.
-    fn run_to_end(&self, pipeline: &Path, group: &str) -> serde_json::Value {
+    pub(crate) fn run_to_end(&self, pipeline: &Path, group: &str) -> serde_json::Value {
         let summary = self.dir.path().join(format!("summary-{}.json", unique()));
         let out = self
             .engine(
@@ -161,7 +161,7 @@ impl Scenario {
     }
 
     /// The output holds each valid event exactly once, and nothing else is visible.
-    fn assert_exactly_once(&self) {
+    pub(crate) fn assert_exactly_once(&self) {
         let root = self.out().join("orders");
         let ids = parquet_strings(&root, "event_id");
         let set: BTreeSet<String> = ids.iter().cloned().collect();

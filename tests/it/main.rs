@@ -3,6 +3,7 @@
 //! own broker processes (see `servers`).
 
 mod check;
+mod delivery;
 mod kafka;
 mod orders;
 mod servers;

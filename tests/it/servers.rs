@@ -1,5 +1,5 @@
-//! The servers the Kafka tests run against: a real `tansu` broker process
-//! (and, for durable broker storage, a `moto` S3 server), each started on a
+//! The servers the tests run against: a real `tansu` broker process, a
+//! `moto` S3 server and a `fakesnow` Snowflake server, each started on a
 //! free port for one test and killed when the test ends. Missing tools are
 //! installed by `.ci/tools`; a server that cannot start fails the test.
 
@@ -22,7 +22,10 @@ fn ensure_tools() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let tools = tools_dir();
-        if tools.join("bin/tansu").is_file() && tools.join("venv/bin/moto_server").is_file() {
+        if tools.join("bin/tansu").is_file()
+            && tools.join("venv/bin/moto_server").is_file()
+            && tools.join("venv/bin/fakesnow").is_file()
+        {
             return;
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/tools");
@@ -147,30 +150,56 @@ impl Drop for Broker {
     }
 }
 
+/// A server process from the tools venv on a free port, killed when dropped.
+struct VenvServer {
+    child: Child,
+    port: u16,
+    _log: tempfile::NamedTempFile,
+}
+
+impl VenvServer {
+    /// Starts `venv/bin/<program>` with `args(port)` and waits for its port.
+    fn start(program: &str, args: impl Fn(&str) -> Vec<String>) -> VenvServer {
+        ensure_tools();
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let mut child = Command::new(tools_dir().join("venv/bin").join(program))
+            .args(args(&port.to_string()))
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+        wait_for_port(port, &mut child, program, log.path());
+        VenvServer {
+            child,
+            port,
+            _log: log,
+        }
+    }
+}
+
+impl Drop for VenvServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A moto S3 server process.
 pub struct S3Server {
-    child: Child,
+    _server: VenvServer,
     pub port: u16,
-    _log: tempfile::NamedTempFile,
 }
 
 impl S3Server {
     /// Starts moto on a free port.
     pub fn start() -> S3Server {
-        ensure_tools();
-        let port = free_port();
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let mut child = Command::new(tools_dir().join("venv/bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log.reopen().expect("log file"))
-            .spawn()
-            .expect("starting moto_server");
-        wait_for_port(port, &mut child, "moto_server", log.path());
+        let server = VenvServer::start("moto_server", |port| {
+            vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.into()]
+        });
         S3Server {
-            child,
-            port,
-            _log: log,
+            port: server.port,
+            _server: server,
         }
     }
 
@@ -198,9 +227,165 @@ impl S3Server {
     }
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A fakesnow server (Snowflake's HTTP protocol over DuckDB).
+pub struct SnowflakeServer {
+    _server: VenvServer,
+    pub port: u16,
+}
+
+impl SnowflakeServer {
+    /// Starts fakesnow on a free port.
+    pub fn start() -> SnowflakeServer {
+        let server = VenvServer::start("fakesnow", |port| {
+            ["-s", "--host", "127.0.0.1", "-p", port]
+                .map(String::from)
+                .to_vec()
+        });
+        SnowflakeServer {
+            port: server.port,
+            _server: server,
+        }
     }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A TCP proxy in front of a server that can be taken down (listener closed,
+/// connections cut: clients see refused and reset connections, as with a
+/// dead server) and brought back on the same port, while the server behind
+/// it keeps its state (moto and fakesnow keep theirs in memory).
+pub struct Outage {
+    pub port: u16,
+    target: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<Mutex<Vec<TcpStream>>>,
+    listener: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Outage {
+    /// A proxy to `127.0.0.1:target`, up.
+    pub fn proxy(target: u16) -> Outage {
+        let mut outage = Outage {
+            port: free_port(),
+            target,
+            up: Default::default(),
+            connections: Default::default(),
+            listener: None,
+        };
+        outage.bring_up();
+        outage
+    }
+
+    /// Accepts connections again.
+    pub fn bring_up(&mut self) {
+        use std::sync::atomic::Ordering;
+        let listener =
+            TcpListener::bind(("127.0.0.1", self.port)).expect("rebinding the proxy port");
+        listener.set_nonblocking(true).unwrap();
+        self.up.store(true, Ordering::SeqCst);
+        let (up, connections, target) = (self.up.clone(), self.connections.clone(), self.target);
+        self.listener = Some(std::thread::spawn(move || {
+            while up.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                            continue;
+                        };
+                        let mut held = connections.lock().unwrap();
+                        held.push(client.try_clone().unwrap());
+                        held.push(server.try_clone().unwrap());
+                        for (mut from, mut to) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server, client),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }));
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    pub fn take_down(&mut self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(listener) = self.listener.take() {
+            listener.join().unwrap();
+        }
+        for c in self.connections.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.take_down();
+    }
+}
+
+impl S3Server {
+    /// Uploads every file under `dir` to `s3://bucket/prefix/<relative path>`.
+    pub fn upload_dir(&self, dir: &Path, bucket: &str, prefix: &str) {
+        use object_store::ObjectStoreExt;
+        let store = s3_client(&self.endpoint(), bucket);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for file in crate::support::files_under(dir) {
+            let key = format!("{prefix}/{}", file.display());
+            let body = std::fs::read(dir.join(&file)).unwrap();
+            runtime
+                .block_on(store.put(&object_store::path::Path::from(key), body.into()))
+                .unwrap();
+        }
+    }
+}
+
+fn s3_client(endpoint: &str, bucket: &str) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()
+        .expect("S3 client")
+}
+
+/// Copies every object under `s3://bucket/prefix` on `endpoint` into `dest` (same relative paths).
+pub fn download(endpoint: &str, bucket: &str, prefix: &str, dest: &Path) -> usize {
+    use futures::TryStreamExt;
+    use object_store::{ObjectStore, ObjectStoreExt};
+    let store = s3_client(endpoint, bucket);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let prefix = object_store::path::Path::from(prefix);
+        let objects: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+        for o in &objects {
+            let relative = o
+                .location
+                .as_ref()
+                .strip_prefix(prefix.as_ref())
+                .unwrap_or(o.location.as_ref());
+            let target = dest.join(relative.trim_start_matches('/'));
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            let bytes = store.get(&o.location).await.unwrap().bytes().await.unwrap();
+            std::fs::write(target, bytes).unwrap();
+        }
+        objects.len()
+    })
 }

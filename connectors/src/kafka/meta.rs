@@ -71,6 +71,11 @@ impl KafkaMeta {
         self.keys.is_valid(row).then(|| self.keys.value(row))
     }
 
+    /// Message timestamps (milliseconds since the epoch, UTC).
+    pub fn timestamps(&self) -> &TimestampMillisecondArray {
+        &self.timestamps
+    }
+
     /// Records `offset..offset + len`.
     pub fn slice(&self, offset: usize, len: usize) -> KafkaMeta {
         KafkaMeta {

@@ -6,13 +6,17 @@
 //! the file is read (after YAML parsing, so a value can never change the
 //! file's structure); `$${` writes a literal `${`.
 
+mod storage;
 mod values;
+mod warehouse;
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use storage::{RetryConfig, S3Config, StorageConfig, WhenExhausted};
 pub use values::{ByteSize, DurationText, Located, Text};
+pub use warehouse::{AlertsConfig, ErrorRateConfig, SnowflakeOutputConfig, TimestampsConfig};
 
 /// Where a problem in the pipeline file is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +101,15 @@ pub struct PipelineFile {
     /// Partitions processed at once (default: the number of cores).
     #[serde(default)]
     pub workers: Option<usize>,
+    /// How remote stores (S3) are reached.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// How transient failures are retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Alerts.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 /// The source, one kind at a time.
@@ -415,6 +428,26 @@ pub enum OutputConfig {
     Parquet(ParquetOutputConfig),
     /// A Kafka topic, one JSON message per record.
     Kafka(KafkaOutputConfig),
+    /// A Snowflake table loaded from a Parquet output's files.
+    Snowflake(Box<SnowflakeOutputConfig>),
+    /// The raw zone: every consumed message as is, in Parquet partitioned by date.
+    Raw(RawOutputConfig),
+}
+
+/// The raw zone (Kafka sources): messages exactly as consumed, under the same exactly-once commits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutputConfig {
+    /// The output's name.
+    pub name: String,
+    /// Root directory or `s3://bucket/prefix`; files go under `date=YYYY-MM-DD/`.
+    pub path: Text,
+    /// `zstd` (default, level 3), `zstd(N)`, `snappy` or `none`.
+    #[serde(default)]
+    pub compression: Option<Text>,
+    /// When files are closed.
+    #[serde(default)]
+    pub roll: RollConfig,
 }
 
 impl OutputConfig {
@@ -423,6 +456,8 @@ impl OutputConfig {
         match self {
             OutputConfig::Parquet(p) => &p.name,
             OutputConfig::Kafka(k) => &k.name,
+            OutputConfig::Snowflake(s) => &s.name,
+            OutputConfig::Raw(r) => &r.name,
         }
     }
 }

@@ -9,9 +9,12 @@
 //! reading; batches already read go through the stages and every open file
 //! is published before `run` returns.
 
+mod alerts;
 mod partition;
+mod progress;
 mod stream;
 mod summary;
+mod warehouse;
 mod worker;
 
 use std::sync::Arc;
@@ -25,14 +28,19 @@ use tokio::sync::Semaphore;
 use tributary_connectors::kafka::KafkaError;
 use tributary_connectors::kafka::admin;
 use tributary_connectors::kafka::producer::producer;
+use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
 use tributary_connectors::source::PartitionReader;
 use tributary_connectors::store::Location;
 use tributary_stages::enrich::LookupTable;
 
+use progress::{Progress, ProgressDisplay};
+
 use crate::plan::{Plan, PlannedDeadLetter, PlannedLookup, PlannedSource, PlannedTopic};
+pub use alerts::ErrorRateAlert;
 pub use summary::{
     Counts, KafkaPartitionSummary, KafkaSummary, PartitionSummary, StageCounts, Summary,
 };
+pub use warehouse::WarehouseSummary;
 pub use worker::PartitionError;
 
 /// Failures that stop a run before or outside any partition.
@@ -99,6 +107,8 @@ pub(crate) struct Destinations {
     pub(crate) topic_outputs: Vec<FutureProducer>,
     pub(crate) dlq: DeadLetterDestination,
     pub(crate) review: DeadLetterDestination,
+    pub(crate) warehouse: warehouse::Feeds,
+    pub(crate) error_rate: Option<Arc<alerts::ErrorRate>>,
 }
 
 impl Destinations {
@@ -125,7 +135,7 @@ impl Destinations {
                     path,
                     max_file_bytes,
                 } => DeadLetterDestination::Files {
-                    location: open(what, path)?,
+                    location: open(plan, what, path)?,
                     max_file_bytes: *max_file_bytes,
                 },
                 PlannedDeadLetter::Topic(t) => DeadLetterDestination::Topic {
@@ -138,7 +148,7 @@ impl Destinations {
             outputs: plan
                 .outputs
                 .iter()
-                .map(|o| open(&format!("output {}", o.name), &o.path))
+                .map(|o| open(plan, &format!("output {}", o.name), &o.path))
                 .collect::<Result<_, _>>()?,
             topic_outputs: plan
                 .topic_outputs
@@ -147,6 +157,11 @@ impl Destinations {
                 .collect::<Result<_, _>>()?,
             dlq: dead_letters("dlq", &plan.dlq)?,
             review: dead_letters("review", &plan.review)?,
+            warehouse: warehouse::Feeds::default(),
+            error_rate: plan
+                .error_rate
+                .clone()
+                .map(|settings| alerts::ErrorRate::new(&plan.name, settings)),
         })
     }
 
@@ -186,8 +201,8 @@ impl Destinations {
     }
 }
 
-fn open(what: &str, path: &str) -> Result<Location, RunError> {
-    Location::open(path).map_err(|source| RunError::Open {
+fn open(plan: &Plan, what: &str, path: &str) -> Result<Location, RunError> {
+    Location::open(path, &plan.storage).map_err(|source| RunError::Open {
         what: what.to_string(),
         path: path.to_string(),
         source,
@@ -197,10 +212,21 @@ fn open(what: &str, path: &str) -> Result<Location, RunError> {
 /// Runs `plan` until its source is exhausted (or idle, see [`RunOptions`]) or `stop` is set.
 pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let destinations = Destinations::open(&plan).await?;
-    let refreshers: Vec<_> = plan.lookups.iter().filter_map(spawn_refresher).collect();
+    let mut destinations = Destinations::open(&plan).await?;
+    let (feeds, loaders) = start_loaders(&plan, &destinations);
+    destinations.warehouse = feeds;
+    let checker = destinations
+        .error_rate
+        .clone()
+        .map(|alert| alerts::spawn_checker(alert, plan.storage.retry));
+    let refreshers: Vec<_> = plan
+        .lookups
+        .iter()
+        .filter_map(|l| spawn_refresher(l, plan.storage.retry))
+        .collect();
     let result = match &plan.source {
-        PlannedSource::Bounded(source) => match source.partitions() {
+        PlannedSource::Bounded(source) => match tokio::task::block_in_place(|| source.partitions())
+        {
             Ok(partitions) => run_bounded(plan, partitions, destinations, stop, started).await,
             Err(e) => Err(e.into()),
         },
@@ -209,10 +235,13 @@ pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Su
             stream::run(Arc::new(plan), kafka, destinations, stop, options, started).await
         }
     };
-    for r in refreshers {
+    for r in refreshers.into_iter().chain(checker) {
         r.abort();
     }
-    let summary = result?;
+    // Every feed is dropped with the partitions; the loaders drain what they were given.
+    let warehouse = loaders.finish().await;
+    let mut summary = result?;
+    summary.warehouse = warehouse;
     tracing::info!(
         pipeline = %summary.pipeline,
         records_in = summary.totals.records_in,
@@ -240,13 +269,17 @@ async fn run_bounded(
     );
     let plan = Arc::new(plan);
     let pool = Arc::new(Semaphore::new(plan.workers));
+    let progress = Arc::new(Progress::default());
+    let total_bytes = partitions.iter().map(|p| p.info().bytes).sum();
+    let display = ProgressDisplay::start(progress.clone(), total_bytes);
     let mut tasks = Vec::with_capacity(partitions.len());
     for reader in partitions {
-        let (plan, pool, stop, destinations) = (
+        let (plan, pool, stop, destinations, progress) = (
             plan.clone(),
             pool.clone(),
             stop.clone(),
             destinations.clone(),
+            progress.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let label = reader.info().label.clone();
@@ -256,7 +289,7 @@ async fn run_bounded(
             if stop.is_stopped() {
                 return PartitionSummary::not_started(label);
             }
-            partition::run(&plan, &destinations, reader, &stop).await
+            partition::run(&plan, &destinations, reader, &stop, &progress).await
         }));
     }
     let mut partitions = Vec::with_capacity(tasks.len());
@@ -268,6 +301,7 @@ async fn run_bounded(
             }
         });
     }
+    drop(display);
     Ok(Summary::collect(
         &plan,
         &destinations,
@@ -277,18 +311,54 @@ async fn run_bounded(
     ))
 }
 
+/// Starts the Snowflake loaders; each stage URL is its Parquet output's root.
+fn start_loaders(
+    plan: &Plan,
+    destinations: &Destinations,
+) -> (warehouse::Feeds, warehouse::Loaders) {
+    let mut planned = plan.snowflake.clone();
+    for p in &mut planned {
+        if p.create_stage
+            && let Some(location) = destinations.location(plan, &p.from)
+        {
+            let root = &location.display;
+            p.target.stage_url = Some(if root.contains("://") {
+                format!("{root}/")
+            } else {
+                format!("file://{root}/")
+            });
+        }
+    }
+    warehouse::start(
+        &planned,
+        |from| destinations.location(plan, from).cloned(),
+        |target| Retrier::new(target, plan.storage.retry),
+    )
+}
+
 /// Reloads a lookup table on its interval; a failed reload keeps the old snapshot.
-fn spawn_refresher(lookup: &PlannedLookup) -> Option<tokio::task::JoinHandle<()>> {
+/// A failed load is retried with backoff within the policy's budget before the old snapshot is kept.
+fn spawn_refresher(
+    lookup: &PlannedLookup,
+    retry: RetryPolicy,
+) -> Option<tokio::task::JoinHandle<()>> {
     let interval = lookup.refresh?;
     let lookup = lookup.clone();
+    let retrier = Retrier::new(
+        format!("lookup {}", lookup.name),
+        RetryPolicy {
+            exhausted: Exhausted::Fail,
+            max_elapsed: retry.max_elapsed.min(interval),
+            ..retry
+        },
+    );
     Some(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            let loaded = lookup
-                .source
-                .load()
+            let loaded = retrier
+                .run("refresh", || lookup.source.load(), |_| true)
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|batch| LookupTable::new(batch, &lookup.keys).map_err(|e| e.to_string()))
@@ -349,7 +419,7 @@ mod tests {
             table: table.clone(),
             refresh: Some(Duration::from_millis(50)),
         };
-        let task = spawn_refresher(&lookup).unwrap();
+        let task = spawn_refresher(&lookup, RetryPolicy::default()).unwrap();
 
         write(&path, "vip");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

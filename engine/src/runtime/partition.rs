@@ -1,10 +1,14 @@
 //! One bounded partition (a file chunk): read on a blocking thread, process,
 //! publish every file when the partition ends.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use tokio::sync::mpsc;
 use tributary_connectors::parquet::Placement;
 use tributary_connectors::source::{PartitionReader, RawBatch, SourceError};
 
+use super::progress::Progress;
 use super::summary::PartitionSummary;
 use super::worker::{PartitionError, Worker};
 use super::{Destinations, StopHandle};
@@ -19,14 +23,22 @@ pub(crate) async fn run(
     destinations: &Destinations,
     mut reader: Box<dyn PartitionReader>,
     stop: &StopHandle,
+    progress: &Arc<Progress>,
 ) -> PartitionSummary {
     let info = reader.info().clone();
     let (tx, rx) = mpsc::channel::<Result<RawBatch, SourceError>>(READ_AHEAD);
     let limits = plan.limits;
     let reader_stop = stop.clone();
+    let read_progress = progress.clone();
     let read = tokio::task::spawn_blocking(move || {
+        let mut counted = 0;
         while !reader_stop.is_stopped() {
             let next = reader.next_batch(limits);
+            let now = reader.bytes_read();
+            read_progress
+                .bytes
+                .fetch_add(now.saturating_sub(counted), Ordering::Relaxed);
+            counted = now;
             let done = !matches!(next, Ok(Some(_)));
             let message = match next {
                 Ok(Some(batch)) => Ok(batch),
@@ -42,17 +54,33 @@ pub(crate) async fn run(
         Ok(w) => w,
         Err(e) => return PartitionSummary::failed(info.label.clone(), e.to_string()),
     };
-    let outcome = consume(&mut worker, rx).await;
+    let outcome = consume(&mut worker, rx, progress).await;
     let _ = read.await;
-    finish(worker, outcome).await
+    let summary = finish(worker, outcome).await;
+    destinations
+        .warehouse
+        .published(
+            summary
+                .files
+                .iter()
+                .map(|(o, f)| (o.clone(), f.path.clone()))
+                .collect(),
+        )
+        .await;
+    summary
 }
 
 async fn consume(
     worker: &mut Worker<'_>,
     mut rx: mpsc::Receiver<Result<RawBatch, SourceError>>,
+    progress: &Progress,
 ) -> Result<(), PartitionError> {
     while let Some(message) = rx.recv().await {
-        worker.process(&message?).await?;
+        let batch = message?;
+        worker.process(&batch).await?;
+        progress
+            .records
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
     Ok(())
 }

@@ -221,6 +221,7 @@ impl PartitionTask {
                 partition: self.partition.partition,
             },
             label: self.partition.to_string(),
+            bytes: 0,
         };
         let placement = Placement::Staged {
             epoch: self.resume.epoch,
@@ -350,6 +351,16 @@ impl PartitionTask {
         })
         .await?;
         fault::crash_point("after_publish");
+        self.destinations
+            .warehouse
+            .published(
+                manifest
+                    .files
+                    .iter()
+                    .map(|f| (f.destination.clone(), f.path.clone()))
+                    .collect(),
+            )
+            .await;
         committer.committed = manifest.next_offset;
         committer.commits += 1;
         if let Some(offset) = manifest.next_offset {

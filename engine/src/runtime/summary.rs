@@ -192,6 +192,9 @@ pub struct Summary {
     /// Consumer-group details, for Kafka sources.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSummary>,
+    /// Snowflake loads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warehouse: Vec<super::warehouse::WarehouseSummary>,
 }
 
 /// What a Kafka run did, per partition.
@@ -261,6 +264,7 @@ impl Summary {
             dlq_root: plan.dlq.describe(),
             review_root: plan.review.describe(),
             kafka: None,
+            warehouse: Vec::new(),
             elapsed,
             interrupted,
         }

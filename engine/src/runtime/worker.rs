@@ -13,6 +13,7 @@ use tributary_connectors::kafka::producer::{
 use tributary_connectors::parquet::{
     ParquetSinkError, PartitionedParquetWriter, Placement, PublishedFile,
 };
+use tributary_connectors::raw_zone;
 use tributary_connectors::source::{PartitionInfo, RawBatch, SourceError};
 use tributary_stages::{Reject, Route, StageError};
 
@@ -81,6 +82,7 @@ pub(crate) struct Worker<'p> {
     review: DeadLetterSink,
     pub(crate) counts: Counts,
     now: String,
+    error_rate: Option<std::sync::Arc<super::alerts::ErrorRate>>,
 }
 
 impl<'p> Worker<'p> {
@@ -95,10 +97,15 @@ impl<'p> Worker<'p> {
             .iter()
             .zip(&destinations.outputs)
             .map(|(o, location)| {
+                let schema = if o.raw {
+                    raw_zone::schema()
+                } else {
+                    plan.output_schema.clone()
+                };
                 PartitionedParquetWriter::new(
                     location.clone(),
                     o.options.clone(),
-                    &plan.output_schema,
+                    &schema,
                     &info.stream,
                 )
                 .map(|w| w.with_placement(placement))
@@ -131,12 +138,15 @@ impl<'p> Worker<'p> {
             review: sink(&destinations.review),
             counts: Counts::new(1 + plan.stages.len()),
             now: String::new(),
+            error_rate: destinations.error_rate.clone(),
         })
     }
 
     /// Runs one raw batch through every stage and writes what survives.
     pub(crate) async fn process(&mut self, raw: &RawBatch) -> Result<(), PartitionError> {
         self.now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let rejected_before = self.counts.dlq + self.counts.review;
+        self.archive(raw).await?;
         self.counts.records_in += raw.len() as u64;
         self.counts.bytes_in += raw.payloads.values().len() as u64;
         let validated =
@@ -172,7 +182,27 @@ impl<'p> Worker<'p> {
                 .await?;
             batch = out.batch;
         }
-        self.write(&batch, raw, &rows).await
+        self.write(&batch, raw, &rows).await?;
+        if let Some(alert) = &self.error_rate {
+            let rejected = self.counts.dlq + self.counts.review - rejected_before;
+            alert.record(raw.len() as u64, rejected);
+        }
+        Ok(())
+    }
+
+    /// Writes the batch as consumed to the raw-zone outputs.
+    async fn archive(&mut self, raw: &RawBatch) -> Result<(), PartitionError> {
+        if !self.plan.outputs.iter().any(|o| o.raw) || raw.is_empty() {
+            return Ok(());
+        }
+        let rows = raw_zone::batch(raw, chrono::Utc::now().timestamp_millis())
+            .map_err(PartitionError::Metadata)?;
+        for (writer, output) in self.parquet.iter_mut().zip(&self.plan.outputs) {
+            if output.raw {
+                writer.write(&rows, &raw.positions).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn write(
@@ -186,8 +216,10 @@ impl<'p> Worker<'p> {
             return Ok(());
         }
         let positions: Vec<u64> = rows.iter().map(|r| raw.positions[*r]).collect();
-        for writer in &mut self.parquet {
-            writer.write(batch, &positions).await?;
+        for (writer, output) in self.parquet.iter_mut().zip(&self.plan.outputs) {
+            if !output.raw {
+                writer.write(batch, &positions).await?;
+            }
         }
         if !self.topics.is_empty() {
             let keys: Vec<Option<&[u8]>> = rows

@@ -1,0 +1,312 @@
+//! Retrying transient failures: exponential backoff with full jitter, a
+//! budget of elapsed time per attempt chain, and a choice of what happens
+//! when the budget runs out.
+//!
+//! Every retry is logged with the target, the attempt number and the error.
+//! A sink that is still failing once its budget is spent either fails the
+//! caller ([`Exhausted::Fail`]) or keeps the caller waiting, retrying at the
+//! longest delay, until it is back ([`Exhausted::Wait`]). Waiting is how the
+//! engine pauses a partition: its task stops taking batches, the consumer
+//! stops fetching for it, memory stays flat, and lag grows until the sink
+//! answers again.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
+
+/// What to do once an attempt chain has spent its budget on transient errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exhausted {
+    /// Return the last error.
+    Fail,
+    /// Keep retrying at the longest delay until the target answers.
+    Wait,
+}
+
+/// How a target is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first delay (before jitter).
+    pub initial_delay: Duration,
+    /// The longest delay (before jitter).
+    pub max_delay: Duration,
+    /// How long one chain of attempts may take before it counts as exhausted.
+    pub max_elapsed: Duration,
+    /// What happens then.
+    pub exhausted: Exhausted,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            max_elapsed: Duration::from_secs(30),
+            exhausted: Exhausted::Wait,
+        }
+    }
+}
+
+/// Exponential delays (factor 2, capped) where each is drawn uniformly from
+/// zero to its nominal value ("full jitter"), so that many clients retrying
+/// the same server spread out instead of arriving together.
+#[derive(Debug, Clone, Copy)]
+struct FullJitter(ExponentialBuilder);
+
+struct FullJitterBackoff(ExponentialBackoff);
+
+impl Iterator for FullJitterBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.0.next().map(|d| d.mul_f64(fastrand::f64()))
+    }
+}
+
+impl BackoffBuilder for FullJitter {
+    type Backoff = FullJitterBackoff;
+
+    fn build(self) -> FullJitterBackoff {
+        FullJitterBackoff(self.0.build())
+    }
+}
+
+/// Whether a target is currently past its retry budget, shared with whoever reports health.
+#[derive(Debug, Default)]
+pub struct Health {
+    waiting: AtomicBool,
+    retries: AtomicU64,
+}
+
+impl Health {
+    /// Whether some caller is waiting for the target past its budget.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Retries made so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+}
+
+/// A named target retried under one policy.
+#[derive(Debug, Clone)]
+pub struct Retrier {
+    /// What is being called, for logs (e.g. `s3://bucket/orders`).
+    pub target: Arc<str>,
+    /// How.
+    pub policy: RetryPolicy,
+    /// Shared state for health reporting.
+    pub health: Arc<Health>,
+}
+
+impl Retrier {
+    /// A retrier for `target` under `policy`.
+    pub fn new(target: impl Into<Arc<str>>, policy: RetryPolicy) -> Self {
+        Retrier {
+            target: target.into(),
+            policy,
+            health: Arc::default(),
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails permanently (`transient` says
+    /// no), or the policy gives up; `what` names the operation in logs.
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        what: &str,
+        mut op: F,
+        transient: impl Fn(&E) -> bool,
+    ) -> Result<T, E>
+    where
+        E: Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 0u64;
+        let mut waiting_since: Option<Instant> = None;
+        loop {
+            let started = Instant::now();
+            let budget = self.policy.max_elapsed;
+            let backoff = FullJitter(
+                ExponentialBuilder::default()
+                    .with_min_delay(self.policy.initial_delay)
+                    .with_max_delay(self.policy.max_delay)
+                    .with_factor(2.0)
+                    .without_max_times(),
+            );
+            let result = (&mut op)
+                .retry(backoff)
+                .sleep(tokio::time::sleep)
+                .when(|e| transient(e) && started.elapsed() < budget)
+                .notify(|error, delay| {
+                    attempt += 1;
+                    self.health.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        target_name = %self.target,
+                        operation = what,
+                        attempt,
+                        retry_in_ms = delay.as_millis() as u64,
+                        %error,
+                        "transient failure; retrying"
+                    );
+                })
+                .await;
+            match result {
+                Ok(value) => {
+                    if let Some(since) = waiting_since {
+                        self.health.waiting.store(false, Ordering::Relaxed);
+                        tracing::info!(
+                            target_name = %self.target,
+                            operation = what,
+                            attempts = attempt + 1,
+                            waited_s = since.elapsed().as_secs(),
+                            "target is back; resuming"
+                        );
+                    }
+                    return Ok(value);
+                }
+                Err(error) if !transient(&error) => return Err(error),
+                Err(error) => {
+                    if self.policy.exhausted == Exhausted::Fail {
+                        tracing::error!(
+                            target_name = %self.target,
+                            operation = what,
+                            attempts = attempt + 1,
+                            %error,
+                            "retry budget spent; giving up"
+                        );
+                        return Err(error);
+                    }
+                    if waiting_since.is_none() {
+                        waiting_since = Some(Instant::now());
+                        self.health.waiting.store(true, Ordering::Relaxed);
+                        tracing::error!(
+                            target_name = %self.target,
+                            operation = what,
+                            attempts = attempt + 1,
+                            budget_s = budget.as_secs(),
+                            %error,
+                            "target still failing past its retry budget; pausing the partitions that write to it until it is back"
+                        );
+                    }
+                    attempt += 1;
+                    self.health.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(self.policy.max_delay).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn policy(exhausted: Exhausted) -> RetryPolicy {
+        RetryPolicy {
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+            max_elapsed: Duration::from_millis(30),
+            exhausted,
+        }
+    }
+
+    #[test]
+    fn delays_grow_exponentially_within_full_jitter_bounds() {
+        let builder = FullJitter(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(1))
+                .with_factor(2.0)
+                .without_max_times(),
+        );
+        let delays: Vec<Duration> = builder.build().take(6).collect();
+        let caps = [100, 200, 400, 800, 1000, 1000];
+        for (d, cap) in delays.iter().zip(caps) {
+            assert!(*d <= Duration::from_millis(cap), "{d:?} > {cap} ms");
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_success() {
+        let calls = AtomicUsize::new(0);
+        let retrier = Retrier::new("test", policy(Exhausted::Fail));
+        let value = retrier
+            .run(
+                "op",
+                || async {
+                    match calls.fetch_add(1, Ordering::SeqCst) {
+                        0..=2 => Err("down"),
+                        n => Ok(n),
+                    }
+                },
+                |_| true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(value, 3);
+        assert_eq!(retrier.health.retries(), 3);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() {
+        let calls = AtomicUsize::new(0);
+        let retrier = Retrier::new("test", policy(Exhausted::Wait));
+        let error = retrier
+            .run(
+                "op",
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err::<(), _>("forbidden")
+                },
+                |_| false,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error, "forbidden");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn failing_past_the_budget_gives_up_or_waits_as_configured() {
+        let retrier = Retrier::new("test", policy(Exhausted::Fail));
+        let started = Instant::now();
+        assert!(
+            retrier
+                .run("op", || async { Err::<(), _>("down") }, |_| true)
+                .await
+                .is_err()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(30));
+
+        // Waiting: the target comes back well after the budget.
+        let calls = AtomicUsize::new(0);
+        let retrier = Retrier::new("test", policy(Exhausted::Wait));
+        let started = Instant::now();
+        let value = retrier
+            .run(
+                "op",
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    if started.elapsed() < Duration::from_millis(120) {
+                        Err("down")
+                    } else {
+                        Ok("up")
+                    }
+                },
+                |_| true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(value, "up");
+        assert!(!retrier.health.is_waiting());
+    }
+}

@@ -1,0 +1,471 @@
+//! Loads published Parquet files into one table, each file exactly once.
+//!
+//! The load log `TRIBUTARY_LOAD_LOG` (in the target schema) records every
+//! file loaded, by path and SHA-256 of its content. A file is copied only
+//! when its (path, hash) is not in the log, with `FORCE = TRUE` so that
+//! Snowflake's own 64-day load metadata neither skips a file we have not
+//! loaded nor matters for one we have. The `COPY` and the log rows commit in
+//! one transaction, so a crash leaves either both or neither.
+
+use std::collections::HashSet;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use sha2::{Digest, Sha256};
+
+use super::SnowflakeError;
+use super::client::{Connection, QueryResult, Session};
+use crate::commit_log::STATE_DIR;
+use crate::store::Location;
+
+/// The load log's table name.
+pub const LOAD_LOG: &str = "TRIBUTARY_LOAD_LOG";
+/// Snowflake accepts at most this many names in `FILES = (…)`.
+const MAX_FILES_PER_COPY: usize = 1000;
+
+/// How Arrow timestamps become Snowflake columns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimestampKind {
+    /// `TIMESTAMP_TZ` for timestamps with a time zone, `TIMESTAMP_NTZ` without.
+    #[default]
+    Auto,
+    /// Always `TIMESTAMP_NTZ`.
+    Ntz,
+    /// Always `TIMESTAMP_TZ`.
+    Tz,
+}
+
+/// The Snowflake column type for an Arrow type (see docs/pipeline.md for the table).
+pub fn column_type(data_type: &DataType, timestamps: TimestampKind) -> Option<String> {
+    Some(match data_type {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => "NUMBER(38,0)".into(),
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => "FLOAT".into(),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+            format!("NUMBER({},{})", (*p).min(38), s)
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "VARCHAR".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BINARY".into(),
+        DataType::Date32 | DataType::Date64 => "DATE".into(),
+        DataType::Time32(_) | DataType::Time64(_) => "TIME".into(),
+        DataType::Timestamp(_, tz) => match (timestamps, tz) {
+            (TimestampKind::Ntz, _) | (TimestampKind::Auto, None) => "TIMESTAMP_NTZ".into(),
+            (TimestampKind::Tz, _) | (TimestampKind::Auto, Some(_)) => "TIMESTAMP_TZ".into(),
+        },
+        DataType::Struct(_)
+        | DataType::List(_)
+        | DataType::LargeList(_)
+        | DataType::FixedSizeList(_, _)
+        | DataType::Map(_, _) => "VARIANT".into(),
+        DataType::Dictionary(_, value) => column_type(value, timestamps)?,
+        _ => return None,
+    })
+}
+
+/// A quoted identifier that matches the unquoted, upper-cased name.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.to_ascii_uppercase().replace('"', "\"\""))
+}
+
+/// A string literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Where files are loaded to.
+#[derive(Debug, Clone)]
+pub struct LoadTarget {
+    /// Target table (created when absent).
+    pub table: String,
+    /// External stage over the output's root.
+    pub stage: String,
+    /// When set, the stage is created with this URL if absent.
+    pub stage_url: Option<String>,
+    /// Storage integration for a created stage.
+    pub storage_integration: Option<String>,
+    /// Columns of the files (the output's schema without partition columns).
+    pub schema: SchemaRef,
+    /// Timestamp mapping.
+    pub timestamps: TimestampKind,
+}
+
+/// What one load did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Files copied.
+    pub files_loaded: usize,
+    /// Files skipped because the log has them with the same hash.
+    pub files_skipped: usize,
+    /// Rows Snowflake reported loaded.
+    pub rows_loaded: u64,
+}
+
+/// Loads files from one output location into one table.
+pub struct Loader {
+    connection: Connection,
+    target: LoadTarget,
+    location: Location,
+    session: Option<Session>,
+    prepared: bool,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("table", &self.target.table)
+            .field("stage", &self.target.stage)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Loader {
+    /// A loader of files under `location` into `target`; it connects on first use.
+    pub fn new(connection: Connection, target: LoadTarget, location: Location) -> Self {
+        Loader {
+            connection,
+            target,
+            location,
+            session: None,
+            prepared: false,
+        }
+    }
+
+    /// The target table's name.
+    pub fn table(&self) -> &str {
+        &self.target.table
+    }
+
+    async fn query(&mut self, sql: &str) -> Result<QueryResult, SnowflakeError> {
+        if self.session.is_none() {
+            self.session = Some(Session::login(self.connection.clone()).await?);
+        }
+        let Some(session) = self.session.as_mut() else {
+            return Err(SnowflakeError::Protocol("no session".into()));
+        };
+        let result = session.query(sql).await;
+        if let Err(e) = &result
+            && e.is_transient()
+        {
+            // The server may have restarted: start over with a new session.
+            self.session = None;
+            self.prepared = false;
+        }
+        result
+    }
+
+    /// The `CREATE TABLE IF NOT EXISTS` statement for the target.
+    pub fn create_table_sql(&self) -> Result<String, SnowflakeError> {
+        let columns = self
+            .target
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                column_type(f.data_type(), self.target.timestamps)
+                    .map(|t| format!("{} {t}", ident(f.name())))
+                    .ok_or_else(|| SnowflakeError::Unmappable {
+                        column: f.name().clone(),
+                        data_type: f.data_type().to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            self.target.table,
+            columns.join(", ")
+        ))
+    }
+
+    async fn prepare(&mut self) -> Result<(), SnowflakeError> {
+        if self.prepared {
+            return Ok(());
+        }
+        let create = self.create_table_sql()?;
+        self.query(&create).await?;
+        self.query(&format!(
+            "CREATE TABLE IF NOT EXISTS {LOAD_LOG} (TARGET_TABLE VARCHAR, FILE_PATH VARCHAR, CONTENT_HASH VARCHAR, ROWS_LOADED NUMBER(38,0), LOADED_AT TIMESTAMP_TZ)"
+        ))
+        .await?;
+        if let Some(url) = self.target.stage_url.clone() {
+            let integration = self
+                .target
+                .storage_integration
+                .as_ref()
+                .map(|i| format!(" STORAGE_INTEGRATION = {i}"))
+                .unwrap_or_default();
+            let stage = self.target.stage.clone();
+            self.query(&format!(
+                "CREATE STAGE IF NOT EXISTS {stage} URL = {}{integration}",
+                literal(&url)
+            ))
+            .await?;
+        }
+        self.prepared = true;
+        Ok(())
+    }
+
+    async fn content_hash(&self, file: &str) -> Result<String, SnowflakeError> {
+        let path = Path::from(file);
+        let store_error = |source| SnowflakeError::Store {
+            path: file.to_string(),
+            source,
+        };
+        let mut stream = self
+            .location
+            .store
+            .get(&path)
+            .await
+            .map_err(store_error)?
+            .into_stream();
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = stream.try_next().await.map_err(store_error)? {
+            hasher.update(&chunk);
+        }
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+
+    /// (path, hash) pairs already in the log among `files` (all of this table's when `files` is `None`).
+    async fn logged(
+        &mut self,
+        files: Option<&[String]>,
+    ) -> Result<HashSet<(String, String)>, SnowflakeError> {
+        let mut sql = format!(
+            "SELECT FILE_PATH, CONTENT_HASH FROM {LOAD_LOG} WHERE TARGET_TABLE = {}",
+            literal(&self.target.table)
+        );
+        if let Some(files) = files {
+            let list: Vec<String> = files.iter().map(|f| literal(f)).collect();
+            sql.push_str(&format!(" AND FILE_PATH IN ({})", list.join(", ")));
+        }
+        let result = self.query(&sql).await?;
+        Ok((0..result.rows.len())
+            .filter_map(|r| {
+                Some((
+                    result.get(r, "FILE_PATH")?.to_string(),
+                    result.get(r, "CONTENT_HASH")?.to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Loads `files` (paths relative to the output root) that the log does not have.
+    pub async fn load(&mut self, files: &[String]) -> Result<LoadReport, SnowflakeError> {
+        self.prepare().await?;
+        let mut report = LoadReport::default();
+        for chunk in files.chunks(MAX_FILES_PER_COPY) {
+            let mut hashed = Vec::with_capacity(chunk.len());
+            for file in chunk {
+                hashed.push((file.clone(), self.content_hash(file).await?));
+            }
+            let logged = self.logged(Some(chunk)).await?;
+            let todo: Vec<(String, String)> = hashed
+                .into_iter()
+                .filter(|pair| !logged.contains(pair))
+                .collect();
+            report.files_skipped += chunk.len() - todo.len();
+            if todo.is_empty() {
+                continue;
+            }
+            self.query("BEGIN").await?;
+            match self.copy_and_log(&todo).await {
+                Ok(rows) => {
+                    self.query("COMMIT").await?;
+                    report.files_loaded += todo.len();
+                    report.rows_loaded += rows;
+                }
+                Err(e) => {
+                    if let Err(rollback) = self.query("ROLLBACK").await {
+                        tracing::debug!(error = %rollback, "rollback after a failed load");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn copy_and_log(&mut self, files: &[(String, String)]) -> Result<u64, SnowflakeError> {
+        let names: Vec<String> = files.iter().map(|(f, _)| literal(f)).collect();
+        let copy = format!(
+            "COPY INTO {} FROM @{}/ FILES = ({}) FILE_FORMAT = (TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE ON_ERROR = ABORT_STATEMENT FORCE = TRUE",
+            self.target.table,
+            self.target.stage,
+            names.join(", ")
+        );
+        let result = self.query(&copy).await?;
+        let mut rows_by_file = Vec::with_capacity(files.len());
+        let mut total_rows = 0;
+        for (file, hash) in files {
+            let row = (0..result.rows.len()).find(|&r| {
+                result
+                    .get(r, "file")
+                    .is_some_and(|f| f == file || f.ends_with(&format!("/{file}")))
+            });
+            let Some(row) = row else {
+                return Err(SnowflakeError::Protocol(format!(
+                    "COPY INTO {} did not report {file}",
+                    self.target.table
+                )));
+            };
+            let status = result.get(row, "status").unwrap_or("");
+            if !status.eq_ignore_ascii_case("LOADED") {
+                return Err(SnowflakeError::Statement {
+                    code: "COPY".into(),
+                    message: format!(
+                        "{file}: {status}: {}",
+                        result.get(row, "first_error").unwrap_or("")
+                    ),
+                    sql: copy.chars().take(300).collect(),
+                });
+            }
+            let rows: u64 = result
+                .get(row, "rows_loaded")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            total_rows += rows;
+            rows_by_file.push(format!(
+                "({}, {}, {}, {rows}, CURRENT_TIMESTAMP())",
+                literal(&self.target.table),
+                literal(file),
+                literal(hash)
+            ));
+        }
+        self.query(&format!(
+            "INSERT INTO {LOAD_LOG} (TARGET_TABLE, FILE_PATH, CONTENT_HASH, ROWS_LOADED, LOADED_AT) VALUES {}",
+            rows_by_file.join(", ")
+        ))
+        .await?;
+        Ok(total_rows)
+    }
+
+    /// Loads every Parquet file under the output that the log does not name
+    /// (files published before a crash, or while Snowflake was unreachable).
+    pub async fn reconcile(&mut self) -> Result<LoadReport, SnowflakeError> {
+        self.prepare().await?;
+        let listed: Vec<_> =
+            self.location
+                .store
+                .list(None)
+                .try_collect()
+                .await
+                .map_err(|source| SnowflakeError::Store {
+                    path: self.location.display.clone(),
+                    source,
+                })?;
+        let logged: HashSet<String> = self
+            .logged(None)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let mut missing: Vec<String> = listed
+            .into_iter()
+            .map(|o| o.location.to_string())
+            .filter(|p| {
+                p.ends_with(".parquet")
+                    && !p.starts_with(&format!("{STATE_DIR}/"))
+                    && !logged.contains(p)
+            })
+            .collect();
+        missing.sort();
+        if missing.is_empty() {
+            return Ok(LoadReport::default());
+        }
+        self.load(&missing).await
+    }
+
+    /// Ends the session.
+    pub async fn close(mut self) {
+        if let Some(session) = self.session.take() {
+            session.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::{Field, Fields, Schema, TimeUnit};
+
+    use super::*;
+
+    #[test]
+    fn arrow_types_map_to_snowflake_columns() {
+        let ts = |tz: Option<&str>| DataType::Timestamp(TimeUnit::Microsecond, tz.map(Into::into));
+        let cases = [
+            (ts(None), TimestampKind::Auto, "TIMESTAMP_NTZ"),
+            (ts(Some("UTC")), TimestampKind::Auto, "TIMESTAMP_TZ"),
+            (ts(None), TimestampKind::Tz, "TIMESTAMP_TZ"),
+            (ts(Some("UTC")), TimestampKind::Ntz, "TIMESTAMP_NTZ"),
+            (DataType::Int64, TimestampKind::Auto, "NUMBER(38,0)"),
+            (DataType::Float64, TimestampKind::Auto, "FLOAT"),
+            (DataType::Utf8, TimestampKind::Auto, "VARCHAR"),
+            (DataType::Boolean, TimestampKind::Auto, "BOOLEAN"),
+            (DataType::Date32, TimestampKind::Auto, "DATE"),
+            (
+                DataType::Struct(Fields::from(vec![Field::new("c", DataType::Utf8, true)])),
+                TimestampKind::Auto,
+                "VARIANT",
+            ),
+            (
+                DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+                TimestampKind::Auto,
+                "VARIANT",
+            ),
+        ];
+        for (arrow, kind, snowflake) in cases {
+            assert_eq!(
+                column_type(&arrow, kind).as_deref(),
+                Some(snowflake),
+                "{arrow}"
+            );
+        }
+        assert_eq!(column_type(&DataType::Null, TimestampKind::Auto), None);
+    }
+
+    #[test]
+    fn the_table_is_created_from_the_schema_with_quoted_upper_case_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("total", DataType::Float64, true),
+        ]));
+        let loader = Loader::new(
+            Connection {
+                url: "http://127.0.0.1:1".into(),
+                account: "a".into(),
+                user: "u".into(),
+                credentials: super::super::Credentials::Password("p".into()),
+                database: "D".into(),
+                schema: "S".into(),
+                warehouse: None,
+                role: None,
+                session_parameters: Default::default(),
+            },
+            LoadTarget {
+                table: "ORDERS".into(),
+                stage: "ORDERS_STAGE".into(),
+                stage_url: None,
+                storage_integration: None,
+                schema,
+                timestamps: TimestampKind::Auto,
+            },
+            Location::local(dir.path()).unwrap(),
+        );
+        assert_eq!(
+            loader.create_table_sql().unwrap(),
+            "CREATE TABLE IF NOT EXISTS ORDERS (\"EVENT_ID\" VARCHAR, \"TOTAL\" FLOAT)"
+        );
+        assert_eq!(literal("it's a\\b"), "'it''s a\\\\b'");
+    }
+}
