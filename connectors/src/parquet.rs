@@ -196,6 +196,22 @@ pub fn file_schema(
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// How every Parquet file of an output is encoded (codec, row groups, `created_by`).
+pub fn writer_properties(options: &ParquetOptions) -> Result<WriterProperties, ParquetSinkError> {
+    let compression = match options.compression {
+        Codec::Zstd(level) => Compression::ZSTD(
+            ZstdLevel::try_new(level).map_err(|_| ParquetSinkError::Level(level))?,
+        ),
+        Codec::Snappy => Compression::SNAPPY,
+        Codec::Uncompressed => Compression::UNCOMPRESSED,
+    };
+    Ok(WriterProperties::builder()
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
+        .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
+        .build())
+}
+
 impl PartitionedParquetWriter {
     /// A writer for batches of `schema` from source stream `stream`, under `location`.
     pub fn new(
@@ -213,18 +229,7 @@ impl PartitionedParquetWriter {
         let data_columns = (0..schema.fields().len())
             .filter(|i| !partition_columns.contains(i))
             .collect();
-        let compression = match options.compression {
-            Codec::Zstd(level) => Compression::ZSTD(
-                ZstdLevel::try_new(level).map_err(|_| ParquetSinkError::Level(level))?,
-            ),
-            Codec::Snappy => Compression::SNAPPY,
-            Codec::Uncompressed => Compression::UNCOMPRESSED,
-        };
-        let props = WriterProperties::builder()
-            .set_compression(compression)
-            .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
-            .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
-            .build();
+        let props = writer_properties(&options)?;
         Ok(PartitionedParquetWriter {
             location,
             options,

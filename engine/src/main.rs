@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tributary_engine::runtime::{self, StopHandle, Summary};
-use tributary_engine::workload::{self, WorkloadSpec};
+use tributary_engine::workload::{self, Workload, WorkloadSpec};
 use tributary_engine::{config, plan, query};
 
 #[global_allocator]
@@ -51,6 +51,9 @@ enum Command {
     },
     /// Write deterministic orders events (and the customers table beside them).
     Generate {
+        /// Which events: `orders` (OrderCreated, ~450 B) or `sessions` (SessionSummarized, ~2 KB, deeply nested).
+        #[arg(long, default_value = "orders")]
+        workload: Workload,
         /// Number of events.
         #[arg(long, default_value_t = 100_000)]
         events: u64,
@@ -128,6 +131,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(outcome(&summary))
         }
         Command::Generate {
+            workload,
             events,
             invalid_ratio,
             seed,
@@ -137,21 +141,23 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             topic,
             partitions,
             kafka_properties,
-        } => match to_kafka {
-            Some(brokers) => {
-                let spec = workload_spec(events, invalid_ratio, seed)?;
-                let connection = tributary_connectors::kafka::KafkaConnection {
-                    brokers,
-                    properties: kafka_properties.into_iter().collect(),
-                };
-                runtime_builder()?.block_on(publish(spec, &connection, &topic, partitions))?;
-                if let Some(path) = customers {
-                    write_customers(seed, &path)?;
+        } => {
+            let spec = workload_spec(workload, events, invalid_ratio, seed)?;
+            match to_kafka {
+                Some(brokers) => {
+                    let connection = tributary_connectors::kafka::KafkaConnection {
+                        brokers,
+                        properties: kafka_properties.into_iter().collect(),
+                    };
+                    runtime_builder()?.block_on(publish(spec, &connection, &topic, partitions))?;
+                    if let Some(path) = customers {
+                        write_customers(seed, &path)?;
+                    }
+                    Ok(ExitCode::SUCCESS)
                 }
-                Ok(ExitCode::SUCCESS)
+                None => generate(spec, out, customers),
             }
-            None => generate(events, invalid_ratio, seed, out, customers),
-        },
+        }
         Command::Query { sql, pipeline } => {
             let plan = load_plan(&pipeline)?;
             let batches = runtime_builder()?.block_on(query::run(
@@ -228,13 +234,11 @@ fn outcome(summary: &Summary) -> ExitCode {
 }
 
 fn generate(
-    events: u64,
-    invalid_ratio: f64,
-    seed: u64,
+    spec: WorkloadSpec,
     out: Option<PathBuf>,
     customers: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    let spec = workload_spec(events, invalid_ratio, seed)?;
+    let (events, seed) = (spec.events, spec.seed);
     let customers = customers.or_else(|| out.as_ref().map(|o| o.with_file_name("customers.csv")));
     match &out {
         Some(path) => {
@@ -276,11 +280,17 @@ fn parse_property(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn workload_spec(events: u64, invalid_ratio: f64, seed: u64) -> Result<WorkloadSpec> {
+fn workload_spec(
+    workload: Workload,
+    events: u64,
+    invalid_ratio: f64,
+    seed: u64,
+) -> Result<WorkloadSpec> {
     if !(0.0..=1.0).contains(&invalid_ratio) {
         bail!("--invalid-ratio must be between 0 and 1, got {invalid_ratio}");
     }
     Ok(WorkloadSpec {
+        workload,
         events,
         invalid_ratio,
         seed,
@@ -366,9 +376,7 @@ fn demo(events: u64, dir: &Path) -> Result<ExitCode> {
         input.display()
     );
     generate(
-        events,
-        0.02,
-        42,
+        workload_spec(Workload::Orders, events, 0.02, 42)?,
         Some(events_file.clone()),
         Some(customers_file.clone()),
     )?;

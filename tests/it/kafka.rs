@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tributary_engine::workload::{self, Expected, WorkloadSpec};
+use tributary_engine::workload::{self, Expected, Workload, WorkloadSpec};
 
 use crate::servers::{Broker, S3Server, serial};
 use crate::support::*;
@@ -74,6 +74,7 @@ impl Scenario {
             text(&out.stderr)
         );
         let spec = WorkloadSpec {
+            workload: Workload::Orders,
             events,
             invalid_ratio: 0.02,
             seed,

@@ -1,10 +1,11 @@
-//! The bundled orders pipeline on generated data, end to end.
+//! The bundled orders pipeline (and the benchmarks' sessions pipeline) on generated data, end to end.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use arrow::datatypes::{DataType, TimeUnit};
 use base64::Engine;
-use tributary_engine::workload::{Expected, InvalidClass};
+use tributary_engine::workload::{Expected, InvalidClass, Workload};
 
 use crate::support::*;
 
@@ -248,4 +249,53 @@ fn the_demo_runs_from_any_directory_and_prints_a_summary_and_a_query() {
     assert!(!files_under(&dir.join("out/orders")).is_empty());
     assert!(!files_under(&dir.join("out/dlq")).is_empty());
     assert!(!files_under(&dir.join("out/review")).is_empty());
+}
+
+#[test]
+fn the_sessions_workload_of_the_benchmarks_routes_every_record_as_generated() {
+    let ws = Workspace::generate_workload(Workload::Sessions, 6_000, 0.05, 5);
+    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/pipelines/sessions.yaml");
+    let summary = ws.run_pipeline(&pipeline);
+
+    let want_out: BTreeSet<String> = ws
+        .expected
+        .iter()
+        .filter_map(|e| match e {
+            Expected::Output { event_id } => Some(event_id.clone()),
+            _ => None,
+        })
+        .collect();
+    let want_review = ws
+        .expected
+        .iter()
+        .filter(|e| matches!(e, Expected::Review { .. }))
+        .count();
+    let want_dlq = ws
+        .expected
+        .iter()
+        .filter(|e| matches!(e, Expected::Dlq(_)))
+        .count();
+    assert!(
+        want_dlq > 100 && want_review > 20,
+        "both doors are exercised"
+    );
+
+    let out_ids = parquet_strings(&ws.path("out/sessions"), "event_id");
+    let out_set: BTreeSet<String> = out_ids.iter().cloned().collect();
+    assert_eq!(out_ids.len(), out_set.len(), "an event was written twice");
+    assert_eq!(out_set, want_out);
+    assert_eq!(dead_letters(&ws.path("out/dlq")).len(), want_dlq);
+    assert_eq!(dead_letters(&ws.path("out/review")).len(), want_review);
+    assert_eq!(summary["totals"]["records_in"], 6_000);
+
+    // The nested pages survive as a list of structs, five levels deep.
+    let files = files_under(&ws.path("out/sessions"));
+    let batch = &read_parquet(&ws.path("out/sessions").join(&files[0]))[0];
+    let pages = batch
+        .schema()
+        .field_with_name("pages")
+        .unwrap()
+        .data_type()
+        .to_string();
+    assert!(pages.contains("target"), "{pages}");
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use tributary_engine::workload::{self, Expected, WorkloadSpec};
+use tributary_engine::workload::{self, Expected, Workload, WorkloadSpec};
 
 /// The bundled orders pipeline.
 pub fn orders_pipeline() -> PathBuf {
@@ -24,11 +24,22 @@ pub struct Workspace {
 impl Workspace {
     /// Generates `events` orders events (and the customers table).
     pub fn generate(events: u64, invalid_ratio: f64, seed: u64) -> Workspace {
+        Self::generate_workload(Workload::Orders, events, invalid_ratio, seed)
+    }
+
+    /// Generates `events` events of `workload` into `input/orders.ndjson` (and the customers table).
+    pub fn generate_workload(
+        workload: Workload,
+        events: u64,
+        invalid_ratio: f64,
+        seed: u64,
+    ) -> Workspace {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("input")).unwrap();
         let mut out = BufWriter::new(File::create(dir.path().join("input/orders.ndjson")).unwrap());
         let expected = workload::write_events(
             WorkloadSpec {
+                workload,
                 events,
                 invalid_ratio,
                 seed,
@@ -64,8 +75,12 @@ impl Workspace {
 
     /// Runs the orders pipeline and returns the JSON summary.
     pub fn run_orders(&self) -> serde_json::Value {
+        self.run_pipeline(&orders_pipeline())
+    }
+
+    /// Runs `pipeline` on the input here and returns the JSON summary.
+    pub fn run_pipeline(&self, pipeline: &Path) -> serde_json::Value {
         let summary = self.path("summary.json");
-        let pipeline = orders_pipeline();
         let out = self.tributary(&[
             "run",
             pipeline.to_str().unwrap(),

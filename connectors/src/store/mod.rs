@@ -116,11 +116,16 @@ impl Location {
     /// keeps them as `name#N`, which listing hides; on S3 they are invisible
     /// parts that a bucket lifecycle rule (`AbortIncompleteMultipartUpload`)
     /// expires, so there is nothing to do here. Returns how many were removed.
-    pub fn remove_incomplete_uploads(&self, prefix: &object_store::path::Path) -> Result<usize, StoreError> {
+    pub fn remove_incomplete_uploads(
+        &self,
+        prefix: &object_store::path::Path,
+    ) -> Result<usize, StoreError> {
         let Some(root) = &self.local_root else {
             return Ok(0);
         };
-        let dir = prefix.parts().fold(root.clone(), |dir, part| dir.join(part.as_ref()));
+        let dir = prefix
+            .parts()
+            .fold(root.clone(), |dir, part| dir.join(part.as_ref()));
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),

@@ -1,11 +1,15 @@
-//! The orders workload: a deterministic generator of `OrderCreated` v1
-//! events and the matching customers table. The demo, the tests and the
-//! benchmarks all use it, so its output for a given seed never changes.
+//! The workloads: deterministic generators of `OrderCreated` v1 events (the
+//! orders pipeline's), of `SessionSummarized` v1 events (larger and deeper,
+//! for benchmarks) and the customers table both join with. The demo, the
+//! tests and the benchmarks all use them, so their output for a given seed
+//! never changes.
 //!
-//! Each generated line comes with what the orders pipeline must do with it
+//! Each generated line comes with what its pipeline must do with it
 //! ([`Expected`]): write it out, send it to review, or send it to the DLQ
 //! for a given reason. Invalid lines cover every bad-input class the engine
 //! promises to handle.
+
+mod sessions;
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -109,9 +113,34 @@ pub enum Expected {
     Dlq(InvalidClass),
 }
 
+/// Which events to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workload {
+    /// `OrderCreated` v1, about 450 bytes, two levels deep (`pipelines/orders.yaml`).
+    #[default]
+    Orders,
+    /// `SessionSummarized` v1, about 2 KB, five levels deep (`benches/pipelines/sessions.yaml`).
+    Sessions,
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "orders" => Ok(Workload::Orders),
+            "sessions" => Ok(Workload::Sessions),
+            other => Err(format!(
+                "unknown workload {other:?}; use orders or sessions"
+            )),
+        }
+    }
+}
+
 /// Workload parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkloadSpec {
+    /// Which events.
+    pub workload: Workload,
     /// Number of events (lines).
     pub events: u64,
     /// Fraction of invalid lines, 0–1.
@@ -137,6 +166,17 @@ impl Rng {
     }
     fn chance(&mut self, p: f64) -> bool {
         ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+    fn uuid(&mut self) -> String {
+        let (a, b) = (self.next(), self.next());
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0x0fff,
+            ((b >> 48) & 0x3fff) | 0x8000,
+            b & 0xffff_ffff_ffff
+        )
     }
 }
 
@@ -179,21 +219,9 @@ impl Generator {
         }
     }
 
-    fn uuid(&mut self) -> String {
-        let (a, b) = (self.rng.next(), self.rng.next());
-        format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0x0fff,
-            ((b >> 48) & 0x3fff) | 0x8000,
-            b & 0xffff_ffff_ffff
-        )
-    }
-
     fn order(&mut self) -> Order {
-        let event_id = self.uuid();
-        let order_id = self.uuid();
+        let event_id = self.rng.uuid();
+        let order_id = self.rng.uuid();
         let at = START * 1000 + self.rng.below((DAYS * 86_400_000) as u64) as i64;
         let occurred_at = chrono::DateTime::from_timestamp_millis(at)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -242,6 +270,9 @@ impl Generator {
     pub fn next_line(&mut self, out: &mut Vec<u8>) -> Expected {
         let i = self.index;
         self.index += 1;
+        if self.spec.workload == Workload::Sessions {
+            return sessions::next_line(&mut self.rng, self.spec.invalid_ratio, i, out);
+        }
         let mut order = self.order();
         let n = self.spec.events;
         let class = if self.spec.invalid_ratio > 0.0 && n >= 100 && i == n / 3 {
@@ -430,6 +461,7 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_bytes() {
         let spec = WorkloadSpec {
+            workload: Workload::Orders,
             events: 500,
             invalid_ratio: 0.05,
             seed: 7,
@@ -445,6 +477,7 @@ mod tests {
     #[test]
     fn valid_events_are_about_400_bytes() {
         let spec = WorkloadSpec {
+            workload: Workload::Orders,
             events: 2000,
             invalid_ratio: 0.0,
             seed: 1,
@@ -459,5 +492,36 @@ mod tests {
     fn the_customers_table_has_100k_rows() {
         let mut out = Vec::new();
         assert_eq!(write_customers(1, &mut out).unwrap(), 100_000);
+    }
+
+    #[test]
+    fn session_events_are_about_2_kb_and_follow_their_schema() {
+        let spec = WorkloadSpec {
+            workload: Workload::Sessions,
+            events: 500,
+            invalid_ratio: 0.0,
+            seed: 3,
+        };
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../schemas/events/session_summarized.v1.schema.json"
+        ))
+        .unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut total = 0;
+        for (line, expected) in events(spec) {
+            total += line.len();
+            assert!(!matches!(expected, Expected::Dlq(_)));
+            let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert!(
+                validator.is_valid(&value),
+                "{}",
+                String::from_utf8_lossy(&line)
+            );
+        }
+        let avg = total / 500;
+        assert!(
+            (1_000..=3_000).contains(&avg),
+            "average line is {avg} bytes"
+        );
     }
 }

@@ -449,5 +449,5 @@ fn the_bundled_event_schemas_accept_their_valid_example_and_reject_the_invalid_o
         assert_eq!(out.rejects[0].row, 1, "{name}: the valid example passes");
         checked += 1;
     }
-    assert_eq!(checked, 5);
+    assert_eq!(checked, 6);
 }
