@@ -99,7 +99,7 @@ def main():
           f"{subprocess.run([args.tributary, '--version'], capture_output=True, text=True).stdout.strip()}")
     reference = dict(rows)["Tributary"]["wall_s"]
     print()
-    print("| run | wall s | events/s | MB/s | peak RSS MiB | CPU s | Tributary is × faster |")
+    print("| run | wall s | events/s | MB/s | peak RSS MiB | CPU s | wall ÷ Tributary's |")
     print("|---|---|---|---|---|---|---|")
     for name, m in rows:
         rate = args.events / m["wall_s"]

@@ -42,14 +42,14 @@ def main(source, customers, out):
                 delim = E'\\x1f', quote = '', escape = '', auto_detect = false,
                 max_line_size = 20000000, store_rejects = true)
         ), decoded AS (
-            SELECT line, octet_length(line) AS bytes, json_valid(line) AS is_json,
-                CASE WHEN json_valid(line) AND octet_length(line) <= 1048576
+            SELECT line, strlen(line) AS bytes, json_valid(line) AS is_json,
+                CASE WHEN json_valid(line) AND strlen(line) <= 1048576
                      THEN json_transform(line, '{SHAPE}') END AS j
             FROM lines
         ), typed AS (
             SELECT *, try_cast(j.occurred_at AS TIMESTAMPTZ) AS occurred_at,
                 try_cast(j.total AS DOUBLE) AS total,
-                list_transform(j.items, i -> {{'sku': i.sku, 'qty': try_cast(i.qty AS BIGINT),
+                list_transform(j.items, lambda i: {{'sku': i.sku, 'qty': try_cast(i.qty AS BIGINT),
                     'unit_price': try_cast(i.unit_price AS DOUBLE)}}) AS items
             FROM decoded
         )
@@ -60,20 +60,20 @@ def main(source, customers, out):
             WHEN j.event_id IS NULL OR j.event_type IS NULL OR j.occurred_at IS NULL
                 OR j.order_id IS NULL OR j.customer_id IS NULL OR j.currency IS NULL
                 OR j.channel IS NULL OR j.items IS NULL OR j.total IS NULL THEN 'required'
-            WHEN list_bool_or(list_transform(j.items, i -> i.sku IS NULL OR i.qty IS NULL OR i.unit_price IS NULL))
+            WHEN list_bool_or(list_transform(j.items, lambda i: i.sku IS NULL OR i.qty IS NULL OR i.unit_price IS NULL))
                 THEN 'required'
-            WHEN total IS NULL OR list_bool_or(list_transform(items, i -> i.qty IS NULL OR i.unit_price IS NULL))
+            WHEN total IS NULL OR list_bool_or(list_transform(items, lambda i: i.qty IS NULL OR i.unit_price IS NULL))
                 THEN 'type'
             WHEN j.event_type <> 'OrderCreated' THEN 'const'
             WHEN occurred_at IS NULL OR NOT regexp_full_match(j.event_id, '{UUID}')
                 OR NOT regexp_full_match(j.order_id, '{UUID}') THEN 'format'
             WHEN NOT regexp_full_match(j.customer_id, '^C[0-9]{{6}}$')
-                OR list_bool_or(list_transform(items, i -> NOT regexp_full_match(i.sku, '^SKU-[0-9]{{5}}$')))
+                OR list_bool_or(list_transform(items, lambda i: NOT regexp_full_match(i.sku, '^SKU-[0-9]{{5}}$')))
                 THEN 'pattern'
             WHEN j.currency NOT IN ('USD','EUR','GBP','JPY','CAD','usd','eur','gbp','jpy','cad')
                 OR j.channel NOT IN ('web','mobile','store') THEN 'enum'
             WHEN len(items) NOT BETWEEN 1 AND 5 THEN 'items'
-            WHEN total < 0 OR list_bool_or(list_transform(items, i -> i.qty < 1 OR i.unit_price < 0))
+            WHEN total < 0 OR list_bool_or(list_transform(items, lambda i: i.qty < 1 OR i.unit_price < 0))
                 THEN 'minimum'
             WHEN j.shipping IS NOT NULL AND (j.shipping.country IS NULL
                 OR NOT regexp_full_match(j.shipping.country, '^[A-Z]{{2}}$')
@@ -87,7 +87,7 @@ def main(source, customers, out):
         SELECT j.event_id AS event_id, j.event_type AS event_type, occurred_at,
             CAST(occurred_at AS DATE) AS event_date, j.order_id AS order_id,
             p.customer_id AS customer_id, upper(j.currency) AS currency, j.channel AS channel,
-            CAST(list_sum(list_transform(items, i -> i.qty)) AS BIGINT) AS item_count, total,
+            CAST(list_sum(list_transform(items, lambda i: i.qty)) AS BIGINT) AS item_count, total,
             CAST(round(total * 100) AS BIGINT) AS total_cents, j.shipping.country AS ship_country,
             c.segment, c.region, total > 500 AS is_high_value,
             CASE WHEN total >= 50000 THEN 'plausible_total' WHEN c.customer_id IS NULL THEN 'customers' END AS review,

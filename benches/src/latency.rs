@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -101,24 +101,11 @@ fn measure(options: &Options, topic: &str, output: &Path, engine: &mut Child) ->
     let started_ms = now_ms();
     let warm_ms = started_ms + options.warmup as i64 * 1000;
     let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
     let producer = {
-        let (stop, sent, brokers, topic) = (
-            stop.clone(),
-            sent.clone(),
-            options.brokers.clone(),
-            topic.to_string(),
-        );
+        let (stop, brokers, topic) = (stop.clone(), options.brokers.clone(), topic.to_string());
         let (rate, seconds) = (options.rate, options.seconds);
         std::thread::spawn(move || {
-            produce(
-                &brokers,
-                &topic,
-                rate,
-                Duration::from_secs(seconds),
-                &stop,
-                &sent,
-            )
+            produce(&brokers, &topic, rate, Duration::from_secs(seconds), &stop)
         })
     };
 
@@ -193,7 +180,6 @@ fn produce(
     rate: u64,
     duration: Duration,
     stop: &AtomicBool,
-    sent: &AtomicU64,
 ) -> Result<u64> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -236,7 +222,6 @@ fn produce(
             }
             n += 1;
         }
-        sent.store(n, Ordering::Relaxed);
         producer.poll(Duration::from_millis(2));
     }
     producer.flush(Duration::from_secs(30))?;

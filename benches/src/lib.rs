@@ -28,6 +28,14 @@ pub fn pipeline_file(workload: Workload) -> PathBuf {
     }
 }
 
+/// The JSON Schema of `workload`'s events.
+pub fn event_schema(workload: Workload) -> PathBuf {
+    repo_root().join(match workload {
+        Workload::Orders => "schemas/events/order_created.v1.schema.json",
+        Workload::Sessions => "schemas/events/session_summarized.v1.schema.json",
+    })
+}
+
 /// One workload in memory: batches of raw lines and their total size.
 #[derive(Debug)]
 pub struct Lines {

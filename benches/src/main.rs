@@ -61,6 +61,9 @@ enum Bench {
         /// Partitions of the topic.
         #[arg(long, default_value_t = 6)]
         partitions: i32,
+        /// Publish one record per produce batch (tansu 0.6 drops records fetched from inside a batch after a pause).
+        #[arg(long)]
+        one_record_batches: bool,
         /// The `tributary` binary (default: beside this one).
         #[arg(long)]
         tributary: Option<PathBuf>,
@@ -120,8 +123,15 @@ fn main() -> Result<()> {
             input,
             brokers,
             partitions,
+            one_record_batches,
             tributary,
-        } => kafka(&input, &brokers, partitions, &tributary_binary(tributary)?),
+        } => kafka(
+            &input,
+            &brokers,
+            partitions,
+            one_record_batches,
+            &tributary_binary(tributary)?,
+        ),
         Bench::Consume {
             brokers,
             topic,
@@ -314,7 +324,13 @@ fn consume(brokers: &str, topic: &str, idle: Duration) -> Result<Read> {
 }
 
 /// Publishes the workload to a fresh topic, then reads it with the bare consumer and with the pipeline.
-fn kafka(input: &Input, brokers: &str, partitions: i32, tributary: &Path) -> Result<()> {
+fn kafka(
+    input: &Input,
+    brokers: &str,
+    partitions: i32,
+    one_record_batches: bool,
+    tributary: &Path,
+) -> Result<()> {
     if input.workload != Workload::Orders {
         bail!("the Kafka bench runs the orders workload (pipelines/orders-kafka.yaml)");
     }
@@ -325,12 +341,16 @@ fn kafka(input: &Input, brokers: &str, partitions: i32, tributary: &Path) -> Res
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()
     );
-    let publish = Command::new(tributary)
+    let mut publish = Command::new(tributary);
+    publish
         .args(["generate", "--events", &input.events.to_string()])
         .args(["--invalid-ratio", &input.invalid_ratio.to_string()])
         .args(["--to-kafka", brokers, "--topic", &topic])
-        .args(["--partitions", &partitions.to_string()])
-        .status()?;
+        .args(["--partitions", &partitions.to_string()]);
+    if one_record_batches {
+        publish.args(["--kafka-property", "batch.num.messages=1"]);
+    }
+    let publish = publish.status()?;
     if !publish.success() {
         bail!("publishing to {topic} failed");
     }
