@@ -75,16 +75,20 @@ pub(crate) fn decode_record<'s>(
     bytes: &[u8],
     ctx: &mut Ctx<'s>,
 ) -> Result<(), Violation> {
-    if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(Violation {
-            pointer: String::new(),
-            keyword: "utf8",
-            message: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-        });
-    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            return Err(Violation {
+                pointer: String::new(),
+                keyword: "utf8",
+                message: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            });
+        }
+    };
     ctx.path.clear();
     ctx.violation = None;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // From `str`: the record is checked as UTF-8 once, above, not again per string.
+    let mut de = serde_json::Deserializer::from_str(text);
     let seed = RootSeed {
         object: root,
         columns: &mut columns.columns,
@@ -626,6 +630,9 @@ enum Key {
 
 struct KeySeed<'s> {
     object: &'s Object,
+    /// The property expected next: the one after the previous key, since
+    /// producers write keys in a steady order (usually the schema's).
+    hint: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
@@ -641,13 +648,15 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         f.write_str("a property name")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-        Ok(
-            match self.object.properties.iter().position(|p| p.name == v) {
-                Some(i) => Key::Known(i),
-                None if self.object.additional => Key::Ignored,
-                None => Key::Unknown(v.to_string()),
-            },
-        )
+        let properties = &self.object.properties;
+        if properties.get(self.hint).is_some_and(|p| p.name == v) {
+            return Ok(Key::Known(self.hint));
+        }
+        Ok(match properties.iter().position(|p| p.name == v) {
+            Some(i) => Key::Known(i),
+            None if self.object.additional => Key::Ignored,
+            None => Key::Unknown(v.to_string()),
+        })
     }
 }
 
@@ -675,9 +684,11 @@ fn visit_object<'de, 's, A: MapAccess<'de>>(
     mut map: A,
 ) -> Result<(), A::Error> {
     let mut seen = Seen([0; MAX_PROPERTIES / 64]);
-    while let Some(key) = map.next_key_seed(KeySeed { object })? {
+    let mut hint = 0;
+    while let Some(key) = map.next_key_seed(KeySeed { object, hint })? {
         match key {
             Key::Known(i) => {
+                hint = i + 1;
                 let property = &object.properties[i];
                 if !seen.insert(i) {
                     return Err(ctx.fail("json", format!("duplicate property {:?}", property.name)));
