@@ -9,7 +9,7 @@
 #       rates, the ratio, peak RSS and CPU seconds.
 #   bash benches/kafka.sh latency [RATE] [SECONDS]
 #       publishes at a steady RATE events/s for SECONDS and reports event →
-#       visible-in-Parquet percentiles (5 s roll, 1 s commits).
+#       visible-in-Parquet percentiles (5 s roll, 5 s commits).
 #
 # Set ONE_RECORD_BATCHES=1 to publish one record per produce batch (tansu 0.6
 # answers a fetch from inside a batch with the next batch, which drops

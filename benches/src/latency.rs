@@ -1,6 +1,6 @@
 //! Event → visible in Parquet: a producer publishes orders at a steady rate,
 //! each message stamped with its send time; the engine runs
-//! `benches/pipelines/orders-latency.yaml` (5 s roll, 1 s commits); a
+//! `benches/pipelines/orders-latency.yaml` (5 s roll, 5 s commits); a
 //! watcher notes when each Parquet file appears under its final name and
 //! reads the Kafka timestamps in it. Latency = appearance − send time, for
 //! events sent after the warm-up.
@@ -155,7 +155,7 @@ fn measure(options: &Options, topic: &str, output: &Path, engine: &mut Child) ->
         latencies[i] as f64 / 1000.0
     };
     println!(
-        "latency at {:.0} events/s for {} s (warm-up {} s, {} partitions, 5 s roll, 1 s commits): {} events sent, {} measured",
+        "latency at {:.0} events/s for {} s (warm-up {} s, {} partitions, 5 s roll, 5 s commits): {} events sent, {} measured",
         sent_total as f64 / send_secs,
         options.seconds,
         options.warmup,

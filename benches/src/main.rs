@@ -297,7 +297,11 @@ fn consume(brokers: &str, topic: &str, idle: Duration) -> Result<Read> {
         .set("group.id", &group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        // The engine's fetch settings (connectors/src/kafka/consumer.rs), so
+        // the two read under the same broker conditions.
+        .set("fetch.wait.max.ms", "20")
         .set("fetch.queue.backoff.ms", "10")
+        .set("queued.max.messages.kbytes", "16384")
         .create()?;
     consumer.subscribe(&[topic])?;
     let started = Instant::now();

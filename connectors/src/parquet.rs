@@ -131,8 +131,16 @@ pub enum ParquetSinkError {
 /// An open file's encoded-but-unwritten row group is cut at about this size.
 const MAX_ROW_GROUP_BUFFER: usize = 8 << 20;
 
+/// Row-group bytes all open files of one writer hold together at most; past
+/// it the largest is cut, so memory does not grow with the number of Hive
+/// directories a partition writes to.
+const MAX_BUFFERED: usize = 16 << 20;
+
 /// Bytes an open file buffers before its upload starts (S3's smallest part).
 const UPLOAD_BUFFER: usize = 5 << 20;
+
+/// The same on local disk, where parts have no minimum size.
+const LOCAL_UPLOAD_BUFFER: usize = 256 << 10;
 
 /// Hive's name for a null partition value.
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -346,6 +354,8 @@ impl PartitionedParquetWriter {
                     // Some of the file is uploaded, not all.
                     crate::fault::crash_point("mid_upload");
                 }
+                self.cut_largest_row_group_over_budget().await?;
+                let open = &mut self.open[file];
                 open.rows += now.len();
                 open.last_position = positions[*now.last().expect("non-empty split") as usize];
                 open.last_write = self.writes;
@@ -354,6 +364,22 @@ impl PartitionedParquetWriter {
                 }
                 rows = later;
             }
+        }
+        Ok(())
+    }
+
+    /// Cuts the largest open row group while all of them together exceed [`MAX_BUFFERED`].
+    async fn cut_largest_row_group_over_budget(&mut self) -> Result<(), ParquetSinkError> {
+        let buffered: usize = self.open.iter().map(|f| f.writer.in_progress_size()).sum();
+        if buffered <= MAX_BUFFERED {
+            return Ok(());
+        }
+        if let Some(largest) = self
+            .open
+            .iter_mut()
+            .max_by_key(|f| f.writer.in_progress_size())
+        {
+            largest.writer.flush().await?;
         }
         Ok(())
     }
@@ -393,7 +419,12 @@ impl PartitionedParquetWriter {
             self.files_opened,
         );
         let target = staged.clone().unwrap_or_else(|| path.clone());
-        let object = BufWriter::with_capacity(self.location.store.clone(), target, UPLOAD_BUFFER);
+        let buffer = if self.location.is_local() {
+            LOCAL_UPLOAD_BUFFER
+        } else {
+            UPLOAD_BUFFER
+        };
+        let object = BufWriter::with_capacity(self.location.store.clone(), target, buffer);
         let writer =
             AsyncArrowWriter::try_new(object, self.file_schema.clone(), Some(self.props.clone()))?;
         self.open.push(OpenFile {

@@ -111,6 +111,11 @@ impl Location {
         })
     }
 
+    /// Whether the store is the local file system.
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// Removes the temporary files of multipart uploads that never completed
     /// under `prefix` (a writer killed mid-upload leaves them). The local store
     /// keeps them as `name#N`, which listing hides; on S3 they are invisible
