@@ -206,11 +206,12 @@ impl CommitLog {
 
 /// Moves each staged file to its final path; files already moved are left
 /// alone, so this can be repeated after a crash. `location_of` maps a
-/// destination name to its store.
-pub async fn publish<'a>(
-    files: &[StagedFile],
+/// destination name to its store. Returns the files this call moved.
+pub async fn publish<'a, 'f>(
+    files: &'f [StagedFile],
     location_of: impl Fn(&str) -> Option<&'a Location>,
-) -> Result<(), CommitLogError> {
+) -> Result<Vec<&'f StagedFile>, CommitLogError> {
+    let mut moved = Vec::new();
     for file in files {
         let staged = Path::from(file.staged.as_str());
         let Some(location) = location_of(&file.destination) else {
@@ -221,7 +222,7 @@ pub async fn publish<'a>(
         };
         let target = Path::from(file.path.as_str());
         match location.store.rename(&staged, &target).await {
-            Ok(()) => {}
+            Ok(()) => moved.push(file),
             Err(object_store::Error::NotFound { .. }) => {
                 // Moved by an earlier attempt: the final file must be there.
                 location
@@ -233,7 +234,7 @@ pub async fn publish<'a>(
             Err(source) => return Err(store_error(&staged)(source)),
         }
     }
-    Ok(())
+    Ok(moved)
 }
 
 /// Deletes every staged file of `stream` under `location` (left by an owner
@@ -306,8 +307,10 @@ mod tests {
             path: "event_date=2026-11-24/orders-0-000000000000-e1.parquet".into(),
             records: 1,
         }];
-        publish(&files, |_| Some(&location)).await.unwrap();
-        publish(&files, |_| Some(&location)).await.unwrap();
+        let moved = publish(&files, |_| Some(&location)).await.unwrap();
+        assert_eq!(moved.len(), files.len());
+        let again = publish(&files, |_| Some(&location)).await.unwrap();
+        assert!(again.is_empty(), "moved twice: {again:?}");
         assert!(dir.path().join(&files[0].path).is_file());
         assert_eq!(clear_staging(&location, "orders-0").await.unwrap(), 0);
     }

@@ -327,7 +327,8 @@ fn orders_land_in_snowflake_once_across_a_crash_and_a_server_outage() {
     assert_eq!(
         rows[0].as_deref(),
         Some(want.to_string().as_str()),
-        "rows in the table"
+        "rows in the table; summary: {}\nlog:\n{log}",
+        std::fs::read_to_string(&summary_path).unwrap_or_default()
     );
     assert_eq!(rows[0], rows[1], "an event loaded twice");
     // Sums come back as FLOAT from fakesnow (DuckDB); compare them as whole numbers.

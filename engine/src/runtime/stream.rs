@@ -100,10 +100,21 @@ impl Owner {
         loop {
             let latest = log.latest().await?;
             if let Some(m) = &latest {
-                commit_log::publish(&m.files, |name| {
+                let moved = commit_log::publish(&m.files, |name| {
                     self.destinations.location(&self.plan, name)
                 })
                 .await?;
+                // Published only now (the previous owner stopped before its
+                // renames): their loads are due too.
+                self.destinations
+                    .warehouse
+                    .published(
+                        moved
+                            .into_iter()
+                            .map(|f| (f.destination.clone(), f.path.clone()))
+                            .collect(),
+                    )
+                    .await;
             }
             let claim = Manifest {
                 seq: latest.as_ref().map_or(1, |m| m.seq + 1),

@@ -270,12 +270,17 @@ impl Summary {
         }
     }
 
-    /// Partitions that failed, with their errors.
+    /// Partitions and Snowflake loaders that failed, with their errors.
     pub fn failures(&self) -> Vec<(&str, &str)> {
-        self.partitions
+        let partitions = self
+            .partitions
             .iter()
-            .filter_map(|p| p.error.as_deref().map(|e| (p.label.as_str(), e)))
-            .collect()
+            .filter_map(|p| p.error.as_deref().map(|e| (p.label.as_str(), e)));
+        let loaders = self
+            .warehouse
+            .iter()
+            .filter_map(|w| w.error.as_deref().map(|e| (w.name.as_str(), e)));
+        partitions.chain(loaders).collect()
     }
 
     /// Records per second over the wall time.
@@ -350,6 +355,13 @@ impl fmt::Display for Summary {
                 o.files,
                 o.bytes as f64 / 1e6,
                 o.root
+            )?;
+        }
+        for w in &self.warehouse {
+            writeln!(
+                f,
+                "  snowflake {}: {} rows from {} files into {} ({} files already loaded)",
+                w.name, w.rows_loaded, w.files_loaded, w.table, w.files_skipped
             )?;
         }
         writeln!(f, "  dlq to    {}", self.dlq_root)?;
