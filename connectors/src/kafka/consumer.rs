@@ -136,6 +136,10 @@ impl LagTable {
     }
 }
 
+/// Messages taken from librdkafka's queue in one round of the polling loop
+/// (the checks between rounds cost a lock and a clock read per partition).
+const MAX_DRAIN: usize = 256;
+
 /// Messages of one partition collected into the next batch.
 struct BatchBuilder {
     data: Vec<u8>,
@@ -156,37 +160,47 @@ impl BatchBuilder {
         }
     }
 
-    fn push(&mut self, message: &BorrowedMessage<'_>) {
+    fn push(&mut self, message: &BorrowedMessage<'_>, now: Instant) {
         let payload = message.payload().unwrap_or_default();
         self.data.extend_from_slice(payload);
         self.offsets.push(self.data.len() as i32);
         self.positions.push(message.offset().max(0) as u64);
         self.meta.push(message);
-        self.opened.get_or_insert_with(Instant::now);
+        self.opened.get_or_insert(now);
     }
 
     fn is_empty(&self) -> bool {
         self.positions.is_empty()
     }
 
-    fn ready(&self, limits: &BatchLimits, max_wait: Duration) -> bool {
+    fn is_full(&self, limits: &BatchLimits) -> bool {
+        self.positions.len() >= limits.max_records || self.data.len() >= limits.max_bytes
+    }
+
+    fn ready(&self, limits: &BatchLimits, max_wait: Duration, now: Instant) -> bool {
         !self.is_empty()
-            && (self.positions.len() >= limits.max_records
-                || self.data.len() >= limits.max_bytes
-                || self.opened.is_some_and(|t| t.elapsed() >= max_wait))
+            && (self.is_full(limits)
+                || self
+                    .opened
+                    .is_some_and(|t| now.saturating_duration_since(t) >= max_wait))
     }
 
     fn finish(&mut self) -> RawBatch {
-        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        // The next batch is likely the size of this one: allocate it once
+        // rather than doubling up to it.
+        let (rows, bytes) = (self.positions.len(), self.data.len());
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        let offsets = std::mem::replace(&mut self.offsets, offsets);
         let payloads = BinaryArray::new(
             OffsetBuffer::new(ScalarBuffer::from(offsets)),
-            Buffer::from_vec(std::mem::take(&mut self.data)),
+            Buffer::from_vec(std::mem::replace(&mut self.data, Vec::with_capacity(bytes))),
             None,
         );
         self.opened = None;
         RawBatch {
             payloads,
-            positions: std::mem::take(&mut self.positions),
+            positions: std::mem::replace(&mut self.positions, Vec::with_capacity(rows)),
             byte_offsets: Vec::new(),
             meta: Some(self.meta.finish()),
         }
@@ -212,14 +226,14 @@ impl PartitionState {
     /// Hands over what can be handed over without blocking; returns whether
     /// the partition should be paused. At most four batches are held per
     /// partition: two in the channel, one waiting, one being filled.
-    fn offer(&mut self, limits: &BatchLimits, max_wait: Duration) -> bool {
+    fn offer(&mut self, limits: &BatchLimits, max_wait: Duration, now: Instant) -> bool {
         if self.abandoned {
             return true;
         }
         loop {
             let batch = match self.waiting.take() {
                 Some(batch) => batch,
-                None if self.building.ready(limits, max_wait) => self.building.finish(),
+                None if self.building.ready(limits, max_wait, now) => self.building.finish(),
                 None => return false,
             };
             match self.batches.try_send(batch) {
@@ -229,7 +243,7 @@ impl PartitionState {
                     // Keep filling the next batch meanwhile; pause (which makes
                     // librdkafka drop its prefetched messages and fetch them
                     // again on resume) only once that one is full as well.
-                    return self.building.ready(limits, max_wait);
+                    return self.building.ready(limits, max_wait, now);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     tracing::error!(partition = %self.partition, "partition task ended; pausing the partition");
@@ -540,8 +554,26 @@ impl KafkaConsumer {
             self.commit_requested();
             match self.consumer.poll(Duration::from_millis(20)) {
                 Some(Ok(message)) => {
-                    last_message = Instant::now();
-                    self.append(&context, &message);
+                    let now = Instant::now();
+                    last_message = now;
+                    let mut full = self.append(&context, &message, now);
+                    drop(message);
+                    // Take what librdkafka already holds before the per-round
+                    // bookkeeping below, until some partition's batch is full.
+                    let mut drained = 1;
+                    while !full && drained < MAX_DRAIN {
+                        match self.consumer.poll(Duration::ZERO) {
+                            Some(Ok(message)) => {
+                                full = self.append(&context, &message, now);
+                                drained += 1;
+                            }
+                            Some(Err(error)) => {
+                                tracing::warn!(%error, "kafka consumer error");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
                 }
                 Some(Err(error)) => {
                     // Not idle while the cluster is unreachable: what it would
@@ -552,7 +584,7 @@ impl KafkaConsumer {
                 None => {}
             }
             let generation = context.assignments.load(Ordering::SeqCst);
-            if self.offer_all(&context) || generation != assignments {
+            if self.offer_all(&context, Instant::now()) || generation != assignments {
                 // A paused partition is waiting for its task, and a new
                 // assignment has yet to be read: neither is idleness.
                 last_message = Instant::now();
@@ -609,7 +641,8 @@ impl KafkaConsumer {
         }
     }
 
-    fn append(&self, context: &OwnerContext, message: &BorrowedMessage<'_>) {
+    /// Adds `message` to its partition's batch; returns whether that batch is full.
+    fn append(&self, context: &OwnerContext, message: &BorrowedMessage<'_>, now: Instant) -> bool {
         let mut states = context.states();
         let Some(state) = states.iter_mut().find(|s| {
             s.partition.partition == message.partition() && s.partition.topic == message.topic()
@@ -619,7 +652,7 @@ impl KafkaConsumer {
                 partition = message.partition(),
                 "message for a partition not assigned here; ignored"
             );
-            return;
+            return false;
         };
         // Offsets only move forward within an assignment. A fetch answered from
         // an earlier position (seen with tansu 0.6 at the end of a partition) would
@@ -632,19 +665,20 @@ impl KafkaConsumer {
             if state.rewinds.is_power_of_two() {
                 tracing::warn!(partition = %state.partition, offset = message.offset(), expected = next, skipped = state.rewinds, "broker returned an offset already consumed; skipped");
             }
-            return;
+            return false;
         }
         state.next_offset = Some(message.offset() + 1);
-        state.building.push(message);
+        state.building.push(message, now);
+        state.building.is_full(&self.settings.limits)
     }
 
     /// Hands over ready batches; returns whether a partition is waiting on its task.
-    fn offer_all(&self, context: &OwnerContext) -> bool {
+    fn offer_all(&self, context: &OwnerContext, now: Instant) -> bool {
         let (limits, max_wait) = (self.settings.limits, self.settings.max_wait);
         let mut states = context.states();
         let mut waiting = false;
         for state in states.iter_mut() {
-            let pause = state.offer(&limits, max_wait);
+            let pause = state.offer(&limits, max_wait, now);
             waiting |= (pause || state.waiting.is_some()) && !state.abandoned;
             if pause != state.paused {
                 let mut tpl = TopicPartitionList::new();
