@@ -11,4 +11,5 @@ pub mod config;
 pub mod plan;
 pub mod query;
 pub mod runtime;
+pub mod telemetry;
 pub mod workload;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tributary_engine::runtime::{self, StopHandle, Summary};
 use tributary_engine::workload::{self, Workload, WorkloadSpec};
-use tributary_engine::{config, plan, query};
+use tributary_engine::{config, plan, query, telemetry};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,6 +43,9 @@ enum Command {
         /// Kafka sources: stop once every assigned partition is caught up and nothing arrived for this long (e.g. `5s`).
         #[arg(long, value_parser = humantime::parse_duration)]
         until_idle: Option<std::time::Duration>,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. `0.0.0.0:9898`).
+        #[arg(long, env = "TRIBUTARY_HTTP")]
+        http: Option<std::net::SocketAddr>,
     },
     /// Load and check a pipeline without running it.
     Check {
@@ -118,10 +121,20 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             pipeline,
             summary_json,
             until_idle,
+            http,
         } => {
             let plan = load_plan(&pipeline)?;
-            let options = runtime::RunOptions { until_idle };
-            let summary = runtime_builder()?.block_on(run_until_done(plan, options))?;
+            let options = runtime::RunOptions {
+                until_idle,
+                metrics: Default::default(),
+            };
+            let runtime = runtime_builder()?;
+            if let Some(addr) = http {
+                runtime
+                    .block_on(telemetry::serve(addr, options.metrics.clone()))
+                    .with_context(|| format!("binding the HTTP port {addr}"))?;
+            }
+            let summary = runtime.block_on(run_until_done(plan, options))?;
             print!("{summary}");
             if let Some(path) = summary_json {
                 let json = serde_json::to_string_pretty(&summary)?;

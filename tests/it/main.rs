@@ -8,3 +8,4 @@ mod kafka;
 mod orders;
 mod servers;
 mod support;
+mod telemetry;

@@ -36,6 +36,7 @@ use tributary_stages::enrich::LookupTable;
 use progress::{Progress, ProgressDisplay};
 
 use crate::plan::{Plan, PlannedDeadLetter, PlannedLookup, PlannedSource, PlannedTopic};
+use crate::telemetry::Metrics;
 pub use alerts::ErrorRateAlert;
 pub use summary::{
     Counts, KafkaPartitionSummary, KafkaSummary, PartitionSummary, StageCounts, Summary,
@@ -65,10 +66,12 @@ pub enum RunError {
 }
 
 /// How a run ends, beyond its source running dry or Ctrl-C.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Streaming sources: stop once every assigned partition is caught up and nothing arrived for this long.
     pub until_idle: Option<Duration>,
+    /// Where the run reports its metrics (whoever serves them holds a clone).
+    pub metrics: Arc<Metrics>,
 }
 
 /// A flag to stop a run; cloning shares it.
@@ -109,6 +112,7 @@ pub(crate) struct Destinations {
     pub(crate) review: DeadLetterDestination,
     pub(crate) warehouse: warehouse::Feeds,
     pub(crate) error_rate: Option<Arc<alerts::ErrorRate>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Destinations {
@@ -162,6 +166,7 @@ impl Destinations {
                 .error_rate
                 .clone()
                 .map(|settings| alerts::ErrorRate::new(&plan.name, settings)),
+            metrics: Arc::default(),
         })
     }
 
@@ -213,6 +218,7 @@ fn open(plan: &Plan, what: &str, path: &str) -> Result<Location, RunError> {
 pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Summary, RunError> {
     let started = Instant::now();
     let mut destinations = Destinations::open(&plan).await?;
+    destinations.metrics = options.metrics.clone();
     let (feeds, loaders) = start_loaders(&plan, &destinations);
     destinations.warehouse = feeds;
     let checker = destinations

@@ -57,6 +57,9 @@ pub(crate) async fn run(
     let outcome = consume(&mut worker, rx, progress).await;
     let _ = read.await;
     let summary = finish(worker, outcome).await;
+    for (output, file) in &summary.files {
+        destinations.metrics.file_published(output, file.bytes);
+    }
     destinations
         .warehouse
         .published(

@@ -170,6 +170,7 @@ impl PartitionOwner for Owner {
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.insert(partition.clone(), handle);
         }
+        self.destinations.metrics.partition_assigned(1);
         Ok(Assignment {
             resume_at: resume.next_offset,
             batches: tx,
@@ -179,6 +180,7 @@ impl PartitionOwner for Owner {
     fn revoked(&self, partition: &TopicPartition) -> Option<i64> {
         fault::crash_point("revoke");
         let handle = self.tasks.lock().ok()?.remove(partition)?;
+        self.destinations.metrics.partition_assigned(-1);
         let (summary, committed) = match self.runtime.block_on(handle) {
             Ok(done) => done,
             Err(join) => (
@@ -340,6 +342,7 @@ impl PartitionTask {
         if committer.next_offset == committer.committed {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let closed = worker.close_all().await?;
         fault::crash_point("before_manifest");
         let manifest = Manifest {
@@ -378,6 +381,11 @@ impl PartitionTask {
             self.commits.commit(&self.partition, offset);
         }
         tracing::debug!(partition = %self.partition, seq = manifest.seq, next_offset = ?manifest.next_offset, files = manifest.files.len(), "committed");
+        let metrics = &self.destinations.metrics;
+        metrics.committed(started.elapsed());
+        for (output, file) in &closed.parquet {
+            metrics.file_published(output, file.bytes);
+        }
         summary.files.extend(closed.parquet);
         summary.dead_letter_files.extend(closed.dead_letter_files);
         if committer.commits.is_multiple_of(MANIFESTS_KEPT as u64)
@@ -437,6 +445,7 @@ pub(crate) async fn run(
     let (consumer, commits) = KafkaConsumer::new(kafka.settings.clone(), owner.clone())?;
     let _ = owner.commits.set(commits);
     let lag = consumer.lag();
+    destinations.metrics.watch_lag(lag.clone());
     tracing::info!(
         pipeline = %plan.name,
         group = %kafka.settings.group,

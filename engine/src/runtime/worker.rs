@@ -3,6 +3,9 @@
 //! by Kafka partitions alike; only how files are placed and when they are
 //! closed differs.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use arrow::array::{Array, RecordBatch};
 use tributary_connectors::commit_log::StagedFile;
 use tributary_connectors::dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter};
@@ -14,12 +17,13 @@ use tributary_connectors::parquet::{
     ParquetSinkError, PartitionedParquetWriter, Placement, PublishedFile,
 };
 use tributary_connectors::raw_zone;
-use tributary_connectors::source::{PartitionInfo, RawBatch, SourceError};
+use tributary_connectors::source::{Origin, PartitionInfo, RawBatch, SourceError};
 use tributary_stages::{Reject, Route, StageError};
 
 use super::summary::Counts;
 use super::{DeadLetterDestination, Destinations};
 use crate::plan::Plan;
+use crate::telemetry::Metrics;
 
 /// Why a partition stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +86,10 @@ pub(crate) struct Worker<'p> {
     review: DeadLetterSink,
     pub(crate) counts: Counts,
     now: String,
-    error_rate: Option<std::sync::Arc<super::alerts::ErrorRate>>,
+    error_rate: Option<Arc<super::alerts::ErrorRate>>,
+    metrics: Arc<Metrics>,
+    /// The partition as metrics name it (bounded: Kafka partitions, or `batch`).
+    metrics_label: String,
 }
 
 impl<'p> Worker<'p> {
@@ -139,6 +146,11 @@ impl<'p> Worker<'p> {
             counts: Counts::new(1 + plan.stages.len()),
             now: String::new(),
             error_rate: destinations.error_rate.clone(),
+            metrics: destinations.metrics.clone(),
+            metrics_label: match &info.origin {
+                Origin::Kafka { topic, partition } => format!("{topic}/{partition}"),
+                Origin::File { .. } => "batch".to_string(),
+            },
         })
     }
 
@@ -146,7 +158,11 @@ impl<'p> Worker<'p> {
     pub(crate) async fn process(&mut self, raw: &RawBatch) -> Result<(), PartitionError> {
         self.now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let rejected_before = self.counts.dlq + self.counts.review;
+        let counted_before = self.counts.stages.clone();
+        let mut took = Vec::with_capacity(counted_before.len());
+        self.metrics.batch_read(raw.len());
         self.archive(raw).await?;
+        let mut clock = Instant::now();
         self.counts.records_in += raw.len() as u64;
         self.counts.bytes_in += raw.payloads.values().len() as u64;
         let validated =
@@ -162,6 +178,7 @@ impl<'p> Worker<'p> {
         let mut rows: Vec<usize> = (0..raw.len()).collect();
         self.route(0, "validate", raw, &mut rows, &validated.rejects)
             .await?;
+        took.push(lap(&mut clock));
         let mut batch = validated.batch;
         if let Some(meta) = &raw.meta {
             batch = meta
@@ -180,14 +197,31 @@ impl<'p> Worker<'p> {
             self.counts.stages[i + 1].records_in += batch.num_rows() as u64;
             self.route(i + 1, planned.kind, raw, &mut rows, &out.rejects)
                 .await?;
+            took.push(lap(&mut clock));
             batch = out.batch;
         }
         self.write(&batch, raw, &rows).await?;
+        self.report_stages(&counted_before, &took);
         if let Some(alert) = &self.error_rate {
             let rejected = self.counts.dlq + self.counts.review - rejected_before;
             alert.record(raw.len() as u64, rejected);
         }
         Ok(())
+    }
+
+    /// Reports what each stage did to this batch, and how long it took.
+    fn report_stages(&self, before: &[super::StageCounts], took: &[Duration]) {
+        let names = std::iter::once("validate").chain(self.plan.stages.iter().map(|s| s.kind));
+        for (((name, now), then), took) in names.zip(&self.counts.stages).zip(before).zip(took) {
+            let delta = super::StageCounts {
+                records_in: now.records_in - then.records_in,
+                records_out: now.records_out - then.records_out,
+                dlq: now.dlq - then.dlq,
+                review: now.review - then.review,
+            };
+            self.metrics
+                .stage_batch(&self.metrics_label, name, &delta, *took);
+        }
     }
 
     /// Writes the batch as consumed to the raw-zone outputs.
@@ -342,4 +376,12 @@ impl<'p> Worker<'p> {
     pub(crate) fn info(&self) -> &PartitionInfo {
         &self.info
     }
+}
+
+/// The time since `clock`, which moves on to now.
+fn lap(clock: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let took = now - *clock;
+    *clock = now;
+    took
 }
