@@ -12,8 +12,8 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
@@ -78,19 +78,37 @@ impl BackoffBuilder for FullJitter {
 /// Whether a target is currently past its retry budget, shared with whoever reports health.
 #[derive(Debug, Default)]
 pub struct Health {
-    waiting: AtomicBool,
+    /// Callers waiting for the target past their budget.
+    waiting: AtomicU64,
     retries: AtomicU64,
 }
 
 impl Health {
     /// Whether some caller is waiting for the target past its budget.
     pub fn is_waiting(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed)
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// Retries made so far.
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+}
+
+/// One caller waiting past its budget; counted while it lives (a caller
+/// cancelled mid-wait stops counting too).
+struct Waiting<'a>(&'a Health);
+
+impl<'a> Waiting<'a> {
+    fn start(health: &'a Health) -> Self {
+        health.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(health)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -105,14 +123,35 @@ pub struct Retrier {
     pub health: Arc<Health>,
 }
 
+/// Every live retrier's target and health, so that metrics and readiness can
+/// report on all of them without each owner passing them along.
+static TARGETS: Mutex<Vec<(Arc<str>, Weak<Health>)>> = Mutex::new(Vec::new());
+
+/// The targets of the retriers alive now, with their health (oldest first).
+/// Several retriers may share a target name (one per store opened for it).
+pub fn targets() -> Vec<(Arc<str>, Arc<Health>)> {
+    let Ok(mut all) = TARGETS.lock() else {
+        return Vec::new();
+    };
+    all.retain(|(_, health)| health.strong_count() > 0);
+    all.iter()
+        .filter_map(|(target, health)| Some((target.clone(), health.upgrade()?)))
+        .collect()
+}
+
 impl Retrier {
-    /// A retrier for `target` under `policy`.
+    /// A retrier for `target` under `policy`, listed in [`targets`] while it lives.
     pub fn new(target: impl Into<Arc<str>>, policy: RetryPolicy) -> Self {
-        Retrier {
+        let retrier = Retrier {
             target: target.into(),
             policy,
             health: Arc::default(),
+        };
+        if let Ok(mut all) = TARGETS.lock() {
+            all.retain(|(_, health)| health.strong_count() > 0);
+            all.push((retrier.target.clone(), Arc::downgrade(&retrier.health)));
         }
+        retrier
     }
 
     /// Runs `op` until it succeeds, fails permanently (`transient` says
@@ -129,7 +168,7 @@ impl Retrier {
         Fut: Future<Output = Result<T, E>>,
     {
         let mut attempt = 0u64;
-        let mut waiting_since: Option<Instant> = None;
+        let mut waiting_since: Option<(Instant, Waiting<'_>)> = None;
         loop {
             let started = Instant::now();
             let budget = self.policy.max_elapsed;
@@ -159,8 +198,7 @@ impl Retrier {
                 .await;
             match result {
                 Ok(value) => {
-                    if let Some(since) = waiting_since {
-                        self.health.waiting.store(false, Ordering::Relaxed);
+                    if let Some((since, _waiting)) = waiting_since {
                         tracing::info!(
                             target_name = %self.target,
                             operation = what,
@@ -184,8 +222,7 @@ impl Retrier {
                         return Err(error);
                     }
                     if waiting_since.is_none() {
-                        waiting_since = Some(Instant::now());
-                        self.health.waiting.store(true, Ordering::Relaxed);
+                        waiting_since = Some((Instant::now(), Waiting::start(&self.health)));
                         tracing::error!(
                             target_name = %self.target,
                             operation = what,
@@ -289,6 +326,7 @@ mod tests {
 
         // Waiting: the target comes back well after the budget.
         let calls = AtomicUsize::new(0);
+        let seen_waiting = AtomicUsize::new(0);
         let retrier = Retrier::new("test", policy(Exhausted::Wait));
         let started = Instant::now();
         let value = retrier
@@ -296,6 +334,9 @@ mod tests {
                 "op",
                 || async {
                     calls.fetch_add(1, Ordering::SeqCst);
+                    if retrier.health.is_waiting() {
+                        seen_waiting.fetch_add(1, Ordering::SeqCst);
+                    }
                     if started.elapsed() < Duration::from_millis(120) {
                         Err("down")
                     } else {
@@ -307,6 +348,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(value, "up");
+        assert!(
+            seen_waiting.load(Ordering::SeqCst) > 0,
+            "never reported as waiting"
+        );
         assert!(!retrier.health.is_waiting());
+    }
+
+    #[tokio::test]
+    async fn live_retriers_are_listed_with_their_health() {
+        let retrier = Retrier::new("listed-target", policy(Exhausted::Fail));
+        let _ = retrier
+            .run("op", || async { Err::<(), _>("down") }, |_| true)
+            .await;
+        let listed = targets();
+        let (_, health) = listed
+            .iter()
+            .find(|(t, _)| &**t == "listed-target")
+            .expect("listed while alive");
+        assert!(health.retries() > 0);
+        drop(listed);
+        drop(retrier);
+        assert!(!targets().iter().any(|(t, _)| &**t == "listed-target"));
     }
 }

@@ -78,14 +78,29 @@ pub enum Origin {
         /// The partition.
         partition: i32,
     },
+    /// A dead-letter file being replayed; positions are its line numbers.
+    Replay {
+        /// The dead-letter file.
+        file: Arc<str>,
+        /// Where each of its records first came from (line `n` is `sources[n - 1]`).
+        sources: Arc<Vec<String>>,
+    },
 }
 
 impl Origin {
-    /// `path:line` for a file.
+    /// `path:line` for a file, `topic/partition@offset` for Kafka; a replayed
+    /// record names where it first came from and the dead-letter line.
     pub fn describe(&self, position: u64) -> String {
         match self {
             Origin::File { path } => format!("{path}:{position}"),
             Origin::Kafka { topic, partition } => format!("{topic}/{partition}@{position}"),
+            Origin::Replay { file, sources } => {
+                let first = (position as usize)
+                    .checked_sub(1)
+                    .and_then(|i| sources.get(i))
+                    .map_or("?", String::as_str);
+                format!("{first} (replayed from {file}:{position})")
+            }
         }
     }
 }

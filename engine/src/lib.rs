@@ -2,12 +2,14 @@
 //! orders workload generator. The `tributary` binary is a thin CLI over it.
 //!
 //! - [`config`]: the pipeline file as typed Rust, with located errors.
+//! - [`dlq`]: inspecting and replaying dead-letter queues.
 //! - [`plan`]: everything checked before data flows (`tributary check`).
 //! - [`runtime`]: partitions, bounded channels, routing to the three doors.
 //! - [`query`]: SQL over a pipeline's Parquet outputs.
 //! - [`workload`]: the deterministic orders event generator.
 
 pub mod config;
+pub mod dlq;
 pub mod plan;
 pub mod query;
 pub mod runtime;

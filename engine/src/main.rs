@@ -18,8 +18,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "tributary", version, about)]
 struct Cli {
+    /// How log lines are written to standard error: `text` for people, `json` (one object per line) for collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "TRIBUTARY_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable, colored on a terminal.
+    Text,
+    /// One JSON object per line, with the event's fields and its spans.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,6 +63,17 @@ enum Command {
         /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g. `0.0.0.0:9898`).
         #[arg(long, env = "TRIBUTARY_HTTP")]
         http: Option<std::net::SocketAddr>,
+        /// Run the first --sample records through the stages and print where each would go; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Records a dry run reads.
+        #[arg(long, default_value_t = 20, requires = "dry_run")]
+        sample: usize,
+    },
+    /// Inspect or replay a dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Load and check a pipeline without running it.
     Check {
@@ -95,22 +123,72 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Count dead letters by stage, rule and reason, with examples.
+    Inspect {
+        /// A directory, one file, `s3://bucket/prefix` or `kafka://host:port/topic` (default: the pipeline's DLQ).
+        source: Option<String>,
+        /// Take the default source and S3 settings from this pipeline.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// With --pipeline and no SOURCE: the review queue instead of the DLQ.
+        #[arg(long)]
+        review: bool,
+        /// Reasons listed per rule.
+        #[arg(long, default_value_t = 5)]
+        reasons: usize,
+        /// Example records listed per reason.
+        #[arg(long, default_value_t = 3)]
+        examples: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run dead letters through the (fixed) pipeline again; what passes goes to its outputs.
+    Replay {
+        /// A directory, one file or `s3://bucket/prefix` of dead-letter files (default: the pipeline's DLQ).
+        source: Option<String>,
+        /// The pipeline to run them through.
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// With no SOURCE: replay the review queue instead of the DLQ.
+        #[arg(long)]
+        review: bool,
+        /// Also write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs go to standard error, filtered by `RUST_LOG` (default `warn`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 
@@ -122,8 +200,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             summary_json,
             until_idle,
             http,
+            dry_run,
+            sample,
         } => {
             let plan = load_plan(&pipeline)?;
+            if dry_run {
+                let report = runtime_builder()?.block_on(runtime::dry_run(&plan, sample))?;
+                print!("{report}");
+                return Ok(ExitCode::SUCCESS);
+            }
             let options = runtime::RunOptions {
                 until_idle,
                 metrics: Default::default(),
@@ -136,13 +221,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
             let summary = runtime.block_on(run_until_done(plan, options))?;
             print!("{summary}");
-            if let Some(path) = summary_json {
-                let json = serde_json::to_string_pretty(&summary)?;
-                std::fs::write(&path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            write_summary(&summary, summary_json.as_deref())?;
             Ok(outcome(&summary))
         }
+        Command::Dlq { command } => dlq(command),
         Command::Generate {
             workload,
             events,
@@ -182,6 +264,69 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { events, dir } => demo(events, &dir),
+    }
+}
+
+fn write_summary(summary: &Summary, path: Option<&Path>) -> Result<()> {
+    if let Some(path) = path {
+        let json = serde_json::to_string_pretty(summary)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn dlq(command: DlqCommand) -> Result<ExitCode> {
+    use tributary_engine::dlq::{self, DlqSource, Report};
+    let source_of =
+        |source: Option<String>, plan: Option<&plan::Plan>, review: bool| match (source, plan) {
+            (Some(text), _) => Ok(DlqSource::parse(&text)?),
+            (None, Some(plan)) => Ok(DlqSource::of_pipeline(plan, review)),
+            (None, None) => Err(anyhow::anyhow!(
+                "name a SOURCE or a --pipeline whose DLQ to read"
+            )),
+        };
+    match command {
+        DlqCommand::Inspect {
+            source,
+            pipeline,
+            review,
+            reasons,
+            examples,
+            json,
+        } => {
+            let plan = pipeline.as_deref().map(load_plan).transpose()?;
+            let source = source_of(source, plan.as_ref(), review)?;
+            let storage = plan.as_ref().map(|p| p.storage.clone()).unwrap_or_default();
+            let letters = runtime_builder()?
+                .block_on(dlq::read_all(&source, &storage))
+                .with_context(|| format!("reading {source}"))?;
+            let report = Report::new(source.to_string(), &letters, reasons, examples);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Replay {
+            source,
+            pipeline,
+            review,
+            summary_json,
+        } => {
+            let plan = load_plan(&pipeline)?;
+            let source = source_of(source, Some(&plan), review)?;
+            let replayed = runtime_builder()?
+                .block_on(dlq::replay(plan, &source))
+                .with_context(|| format!("replaying {source}"))?;
+            print!("{}", replayed.summary);
+            println!(
+                "replayed {} dead-letter files from {source}; moved to _tributary/replayed/",
+                replayed.archived.len()
+            );
+            write_summary(&replayed.summary, summary_json.as_deref())?;
+            Ok(outcome(&replayed.summary))
+        }
     }
 }
 
@@ -230,12 +375,28 @@ async fn run_until_done(plan: plan::Plan, options: runtime::RunOptions) -> Resul
     let stop = StopHandle::default();
     let on_signal = stop.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if stop_requested().await {
             eprintln!("stopping: finishing batches in flight and publishing open files…");
             on_signal.stop();
         }
     });
     Ok(runtime::run(plan, stop, options).await?)
+}
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM (how Kubernetes and Docker stop a
+/// container); false if no signal can be awaited.
+async fn stop_requested() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                ctrl_c = tokio::signal::ctrl_c() => ctrl_c.is_ok(),
+                _ = term.recv() => true,
+            };
+        }
+    }
+    tokio::signal::ctrl_c().await.is_ok()
 }
 
 fn outcome(summary: &Summary) -> ExitCode {

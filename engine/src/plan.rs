@@ -10,14 +10,18 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use std::collections::BTreeMap;
 
+use arrow::array::RecordBatch;
 use tributary_connectors::kafka::KafkaConnection;
 use tributary_connectors::kafka::consumer::{ConsumerSettings, StartPosition};
 use tributary_connectors::kafka::meta as kafka_meta;
-use tributary_connectors::lookup::{FileFormat, FileLookup, LookupSource};
+use tributary_connectors::lookup::cache::CachedLookup;
+use tributary_connectors::lookup::postgres::PostgresLookup;
+use tributary_connectors::lookup::redis::{FieldType, RedisLookup, RedisValue};
+use tributary_connectors::lookup::{FileFormat, FileLookup, KeyedSource, LookupSource};
 use tributary_connectors::object_source::ObjectSource;
 use tributary_connectors::parquet::{Codec, ParquetOptions, file_schema};
 use tributary_connectors::raw_zone;
-use tributary_connectors::retry::{Exhausted, RetryPolicy};
+use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
 use tributary_connectors::source::{BatchLimits, FileSource, Source};
 use tributary_connectors::store::{S3Settings, Storage};
 use tributary_stages::Stage;
@@ -26,9 +30,10 @@ use tributary_stages::transform::{MappingSpec, Transform, TransformSpec};
 use tributary_stages::validate::{RuleSpec, Severity, Validate, ValidateSpec};
 
 use crate::config::{
-    ConfigError, DeadLetterConfig, EnrichConfig, KafkaSourceConfig, Loaded, LookupFormat,
-    OnMissConfig, OutputConfig, SeverityConfig, SnowflakeOutputConfig, SourceConfig, StageConfig,
-    StartConfig, Text, TimestampsConfig, TransformConfig, ValidateConfig, WhenExhausted,
+    CacheConfig, ConfigError, DeadLetterConfig, EnrichConfig, KafkaSourceConfig, Loaded,
+    LookupFormat, LookupMode, OnMissConfig, OutputConfig, RedisFieldType, RedisValueConfig,
+    SeverityConfig, SnowflakeOutputConfig, SourceConfig, StageConfig, StartConfig, Text,
+    TimestampsConfig, TransformConfig, ValidateConfig, WhenExhausted,
 };
 use crate::runtime::ErrorRateAlert;
 use tributary_connectors::snowflake::{
@@ -42,6 +47,19 @@ pub struct PlannedStage {
     pub kind: &'static str,
     /// The stage.
     pub stage: Arc<dyn Stage>,
+    /// For an enrich stage looking up on demand: what to ask before each batch.
+    pub keyed: Option<KeyedEnrich>,
+}
+
+/// An enrich stage whose table is fetched per batch, for the batch's keys.
+#[derive(Clone)]
+pub struct KeyedEnrich {
+    /// The stage (the same one as [`PlannedStage::stage`]).
+    pub enrich: Arc<Enrich>,
+    /// The cached source.
+    pub lookup: Arc<CachedLookup>,
+    /// The key column of the batches entering the stage.
+    pub key_column: String,
 }
 
 /// A Parquet output, ready to open.
@@ -139,19 +157,34 @@ pub enum PlannedSource {
     Kafka(PlannedKafkaSource),
 }
 
-/// A lookup table with its source and refresh interval.
+/// A lookup: a snapshot with its source and refresh interval, or an on-demand cache.
 #[derive(Clone)]
 pub struct PlannedLookup {
-    /// Name for logs.
+    /// Name for logs, metrics and `CacheInvalidated` events.
     pub name: String,
     /// Key columns.
     pub keys: Vec<String>,
-    /// Where snapshots come from.
-    pub source: Arc<dyn LookupSource>,
+    /// Where snapshots come from (`None` for on-demand lookups).
+    pub source: Option<Arc<dyn LookupSource>>,
     /// The handle the enrich stage reads.
     pub table: SharedTable,
     /// How often to reload, if at all.
     pub refresh: Option<Duration>,
+    /// The on-demand cache, if the lookup is on demand.
+    pub cache: Option<Arc<CachedLookup>>,
+    /// Wakes the refresher to reload now (an invalidation arrived).
+    pub reload: Arc<tokio::sync::Notify>,
+    /// Where invalidation events come from.
+    pub invalidate: Option<PlannedInvalidation>,
+}
+
+/// A topic of `CacheInvalidated` events.
+#[derive(Debug, Clone)]
+pub struct PlannedInvalidation {
+    /// How to reach it.
+    pub connection: KafkaConnection,
+    /// The topic.
+    pub topic: String,
 }
 
 /// Everything `run` needs.
@@ -277,6 +310,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
     }
     let mut stages = Vec::new();
     let mut lookups = Vec::new();
+    let mut keyed = None;
     for (i, located) in p.stages.iter().enumerate().skip(1) {
         let stage = &located.value;
         let key = format!("stages[{i}].{}", stage.kind());
@@ -292,15 +326,26 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
                 Arc::new(build_transform(loaded, t, &schema, &key, &located.span)?)
             }
             StageConfig::Enrich(e) => {
-                let (enrich, lookup) = build_enrich(loaded, e, &schema, &key)?;
+                let kafka = match &source {
+                    PlannedSource::Kafka(k) => Some(&k.settings.connection),
+                    PlannedSource::Bounded(_) => None,
+                };
+                let (enrich, lookup) = build_enrich(loaded, e, &schema, &key, kafka)?;
+                let enrich = Arc::new(enrich);
+                keyed = lookup.cache.clone().map(|cache| KeyedEnrich {
+                    enrich: enrich.clone(),
+                    lookup: cache,
+                    key_column: lookup.keys[0].clone(),
+                });
                 lookups.push(lookup);
-                Arc::new(enrich)
+                enrich
             }
         };
         schema = planned.output_schema();
         stages.push(PlannedStage {
             kind: stage.kind(),
             stage: planned,
+            keyed: keyed.take(),
         });
     }
 
@@ -855,43 +900,159 @@ fn build_enrich(
     config: &EnrichConfig,
     input: &SchemaRef,
     key: &str,
+    kafka: Option<&KafkaConnection>,
 ) -> Result<(Enrich, PlannedLookup), ConfigError> {
     let l = &config.lookup;
-    let path = PathBuf::from(loaded.resolve(l.path.as_str()));
-    let at_path = |message: String| {
-        ConfigError::at(
-            &loaded.file,
-            Some(&l.path.span),
-            format!("{key}.lookup.path"),
-            message,
-        )
-    };
-    let format = l.format.map(|f| match f {
-        LookupFormat::Csv => FileFormat::Csv,
-        LookupFormat::Parquet => FileFormat::Parquet,
-        LookupFormat::Ndjson => FileFormat::Ndjson,
-    });
-    let source = FileLookup::new(path.clone(), format).map_err(|e| at_path(e.to_string()))?;
-    let batch = source
-        .load_blocking()
-        .map_err(|e| at_path(format!("lookup table cannot be read: {e}")))?;
     let keys: Vec<String> = l.key.iter().into_iter().cloned().collect();
-    let table = LookupTable::new(batch, &keys).map_err(|e| at_path(e.to_string()))?;
+    let lookup_at = |span: Option<&crate::config::Span>, sub: &str, message: String| {
+        ConfigError::at(&loaded.file, span, format!("{key}.lookup{sub}"), message)
+    };
+    let kinds = [l.path.is_some(), l.postgres.is_some(), l.redis.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(lookup_at(
+            None,
+            "",
+            "give exactly one of `path` (a file), `postgres` or `redis`".into(),
+        ));
+    }
+    let mut snapshot: Option<Arc<dyn LookupSource>> = None;
+    let mut cache = None;
+    let (table, name) = if let Some(path_text) = &l.path {
+        let path = PathBuf::from(loaded.resolve(path_text.as_str()));
+        let at_path = |message: String| lookup_at(Some(&path_text.span), ".path", message);
+        let format = l.format.map(|f| match f {
+            LookupFormat::Csv => FileFormat::Csv,
+            LookupFormat::Parquet => FileFormat::Parquet,
+            LookupFormat::Ndjson => FileFormat::Ndjson,
+        });
+        let source = FileLookup::new(path.clone(), format).map_err(|e| at_path(e.to_string()))?;
+        let batch = source
+            .load_blocking()
+            .map_err(|e| at_path(format!("lookup table cannot be read: {e}")))?;
+        snapshot = Some(Arc::new(source));
+        let name = l.name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "lookup".into())
+        });
+        (
+            LookupTable::new(batch, &keys).map_err(|e| at_path(e.to_string()))?,
+            name,
+        )
+    } else if let Some(pg) = &l.postgres {
+        let at = |message: String| lookup_at(Some(&pg.url.span), ".postgres", message);
+        let query = match (&pg.table, &pg.query) {
+            (Some(table), None) => format!("SELECT * FROM {table}"),
+            (None, Some(query)) => query.value.trim().trim_end_matches(';').to_string(),
+            _ => return Err(at("give exactly one of `table` or `query`".into())),
+        };
+        let name = l
+            .name
+            .clone()
+            .or_else(|| pg.table.clone())
+            .unwrap_or_else(|| "lookup".into());
+        let on_demand = pg.mode == LookupMode::OnDemand;
+        let by_key = match (on_demand, keys.as_slice()) {
+            (false, _) => None,
+            (true, [one]) => Some(one.as_str()),
+            (true, _) => return Err(at("on-demand lookups take exactly one key column".into())),
+        };
+        let source = block_on_io(PostgresLookup::connect(
+            &name,
+            pg.url.as_str(),
+            &query,
+            by_key,
+        ))
+        .map_err(|e| at(format!("{e}")))?;
+        if on_demand {
+            check_key_type(input, &keys[0]).map_err(at)?;
+            let table = LookupTable::new(RecordBatch::new_empty(source.schema()), &keys)
+                .map_err(|e| at(e.to_string()))?;
+            cache = Some(cached(Arc::new(source), &name, &pg.cache));
+            (table, name)
+        } else {
+            let batch = block_on_io(source.load_now())
+                .map_err(|e| at(format!("lookup table cannot be read: {e}")))?;
+            snapshot = Some(Arc::new(source));
+            (
+                LookupTable::new(batch, &keys).map_err(|e| at(e.to_string()))?,
+                name,
+            )
+        }
+    } else if let Some(redis) = &l.redis {
+        let at = |message: String| lookup_at(Some(&redis.url.span), ".redis", message);
+        let [one] = keys.as_slice() else {
+            return Err(at("Redis lookups take exactly one key column".into()));
+        };
+        check_key_type(input, one).map_err(at)?;
+        let name = l.name.clone().unwrap_or_else(|| "lookup".into());
+        let fields = redis
+            .fields
+            .iter()
+            .map(|(f, t)| {
+                (
+                    f.clone(),
+                    match t {
+                        RedisFieldType::String => FieldType::String,
+                        RedisFieldType::Int => FieldType::Int,
+                        RedisFieldType::Float => FieldType::Float,
+                        RedisFieldType::Bool => FieldType::Bool,
+                    },
+                )
+            })
+            .collect();
+        let value = match redis.value {
+            RedisValueConfig::Hash => RedisValue::Hash,
+            RedisValueConfig::Json => RedisValue::Json,
+        };
+        let source = RedisLookup::new(
+            &name,
+            redis.url.as_str(),
+            &redis.key_prefix,
+            value,
+            one,
+            fields,
+        )
+        .map_err(|e| at(e.to_string()))?;
+        block_on_io(source.ping_now()).map_err(|e| at(e.to_string()))?;
+        let table = LookupTable::new(RecordBatch::new_empty(source.schema()), &keys)
+            .map_err(|e| at(e.to_string()))?;
+        cache = Some(cached(Arc::new(source), &name, &redis.cache));
+        (table, name)
+    } else {
+        unreachable!("exactly one lookup kind was checked above")
+    };
+    let invalidate = match &l.invalidate {
+        None => None,
+        Some(inv) => {
+            let connection = match (&inv.brokers, kafka) {
+                (Some(brokers), _) => KafkaConnection {
+                    brokers: brokers.value.clone(),
+                    properties: Default::default(),
+                },
+                (None, Some(kafka)) => kafka.clone(),
+                (None, None) => {
+                    return Err(lookup_at(
+                        Some(&inv.topic.span),
+                        ".invalidate.brokers",
+                        "name the brokers of the invalidation topic (the source is not Kafka)"
+                            .into(),
+                    ));
+                }
+            };
+            Some(PlannedInvalidation {
+                connection,
+                topic: inv.topic.value.clone(),
+            })
+        }
+    };
     let table = SharedTable::new(table);
-    let name = l.name.clone().unwrap_or_else(|| {
-        path.file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "lookup".into())
-    });
     let spec = EnrichSpec {
         name: name.clone(),
         keys: keys.iter().map(|k| (k.clone(), k.clone())).collect(),
         columns: l.columns.clone(),
-        on_miss: match config.on_miss {
-            OnMissConfig::Null => OnMiss::Null,
-            OnMissConfig::Review => OnMiss::Review,
-            OnMissConfig::Dlq => OnMiss::Dlq,
-        },
+        on_miss: on_miss(config.on_miss),
+        on_error: on_miss(config.on_error),
         derive: config
             .derive
             .iter()
@@ -911,7 +1072,7 @@ fn build_enrich(
                     format!("derive[{i}].sql"),
                 )
             }
-            _ => (Some(&l.path.span), "lookup".to_string()),
+            _ => (None, "lookup".to_string()),
         };
         ConfigError::at(
             &loaded.file,
@@ -925,9 +1086,74 @@ fn build_enrich(
         PlannedLookup {
             name,
             keys,
-            source: Arc::new(source),
+            source: snapshot,
             table,
             refresh: l.refresh_interval.map(|d| d.0),
+            cache,
+            reload: Arc::default(),
+            invalidate,
         },
     ))
+}
+
+fn on_miss(policy: OnMissConfig) -> OnMiss {
+    match policy {
+        OnMissConfig::Null => OnMiss::Null,
+        OnMissConfig::Review => OnMiss::Review,
+        OnMissConfig::Dlq => OnMiss::Dlq,
+    }
+}
+
+/// An on-demand source behind its cache; it retries for `retry_for`, then its records follow `on_error`.
+fn cached(source: Arc<dyn KeyedSource>, name: &str, cache: &CacheConfig) -> Arc<CachedLookup> {
+    let retrier = Retrier::new(
+        format!("lookup {name}"),
+        RetryPolicy {
+            initial_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(1),
+            max_elapsed: cache.retry_for.0,
+            exhausted: Exhausted::Fail,
+        },
+    );
+    Arc::new(CachedLookup::new(
+        source,
+        cache.max_entries,
+        cache.ttl.0,
+        retrier,
+    ))
+}
+
+/// On-demand keys travel as text: the batch's key column must render as one.
+fn check_key_type(input: &SchemaRef, key: &str) -> Result<(), String> {
+    use arrow::datatypes::DataType::*;
+    let field = input.field_with_name(key).map_err(|_| {
+        format!(
+            "key {key:?} is not a column of the input ({})",
+            describe_schema(input)
+        )
+    })?;
+    match field.data_type() {
+        Utf8 | LargeUtf8 | Utf8View | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32
+        | UInt64 => Ok(()),
+        other => Err(format!(
+            "key {key:?} is {other}; on-demand lookups take text or integer keys (cast it in a transform)"
+        )),
+    }
+}
+
+/// Runs `future` to completion on a runtime of its own, on a thread of its
+/// own (planning happens before, and sometimes inside, the run's runtime).
+fn block_on_io<T: Send>(future: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|runtime| runtime.block_on(future))
+            })
+            .join()
+    })
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    .unwrap_or_else(|e| panic!("cannot start a runtime to reach a lookup source: {e}"))
 }

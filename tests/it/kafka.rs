@@ -97,6 +97,19 @@ impl Scenario {
         }
     }
 
+    /// The headers of every message of `topic`, as text.
+    pub(crate) fn topic_headers(&self, topic: &str) -> Vec<Vec<(String, String)>> {
+        read_topic(&self.broker.address(), topic)
+            .into_iter()
+            .map(|r| {
+                r.headers
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .collect()
+            })
+            .collect()
+    }
+
     pub(crate) fn out(&self) -> PathBuf {
         self.dir.path().join("out")
     }

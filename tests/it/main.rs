@@ -4,7 +4,9 @@
 
 mod check;
 mod delivery;
+mod dlq;
 mod kafka;
+mod lookups;
 mod orders;
 mod servers;
 mod support;

@@ -1,14 +1,19 @@
-//! The HTTP port of a running engine: metrics, liveness and readiness.
+//! The HTTP port of a running engine: metrics, liveness and readiness, the
+//! status page (rendered in headless Chromium), and that the shipped
+//! dashboard and alerts only use metrics the engine exports.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::kafka::Scenario;
 use crate::servers::{Broker, free_port, serial};
 
 /// GET `path` on 127.0.0.1:`port`: (status, body), or `None` while nothing listens.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -38,13 +43,14 @@ fn metrics_and_probes_describe_a_kafka_run() {
     let scenario = Scenario::new(Broker::start(), events, 4);
     let path = scenario.pipeline(&[]);
     let port = free_port();
-    let mut child = scenario
+    // No --until-idle: the engine runs until SIGTERM, as in a container.
+    let child = scenario
         .engine(
             &path,
             "telemetry",
-            &["--until-idle", "6s", "--http", &format!("127.0.0.1:{port}")],
+            &["--http", &format!("127.0.0.1:{port}")],
         )
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
 
@@ -78,8 +84,52 @@ fn metrics_and_probes_describe_a_kafka_run() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    // The consumer's lag reaches the gauge while the run lasts.
+    let mut lag_seen = false;
+    while Instant::now() < deadline && !lag_seen {
+        if let Some((200, body)) = get(port, "/metrics") {
+            lag_seen = (0..4).all(|p| {
+                body.contains(&format!(
+                    "tributary_consumer_lag_records{{partition=\"orders/{p}\"}}"
+                ))
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(lag_seen, "no lag series for every partition");
+
+    // The status page: JSON with throughput samples, and a chart in a browser.
+    let status = wait_for_throughput(port, deadline);
+    assert_eq!(status["pipeline"], "orders", "{status}");
+    let partitions = status["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 4, "{status}");
+    let dlq: u64 = partitions.iter().map(|p| p["dlq"].as_u64().unwrap()).sum();
+    assert_eq!(dlq, scenario.want_dlq.len() as u64, "{status}");
+    let rejects: u64 = status["rejects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["door"] == "dlq")
+        .map(|r| r["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rejects, dlq, "{status}");
+    let shot = scenario.dir.path().join("status.png");
+    screenshot(port, &shot);
+    let rows = chart_rows(&shot, [0x09, 0x69, 0xda]);
+    assert!(
+        rows >= 20,
+        "the first partition's line spans {rows} pixel rows in {}: the chart shows no data",
+        shot.display()
+    );
+
+    // SIGTERM drains and exits 0, like Ctrl-C.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("stopped early"), "{summary}");
 
     let count = |labels: &[&str]| sum(&metrics, "tributary_records_total", labels);
     assert_eq!(
@@ -120,4 +170,98 @@ fn metrics_and_probes_describe_a_kafka_run() {
         "{metrics}"
     );
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+}
+
+/// Polls `/status.json` until its throughput has two rates and some records flowed.
+fn wait_for_throughput(port: u16, deadline: Instant) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        if let Some((200, body)) = get(port, "/status.json") {
+            last = serde_json::from_str(&body).unwrap();
+            let series = last["throughput"]["series"].as_object().unwrap();
+            let points = last["throughput"]["times"].as_array().unwrap().len();
+            let flowed = series
+                .values()
+                .flat_map(|v| v.as_array().unwrap())
+                .any(|r| r.as_f64().unwrap() > 0.0);
+            if points >= 2 && flowed {
+                return last;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("no throughput samples on the status page: {last}");
+}
+
+/// Renders the status page in headless Chromium to `png`.
+fn screenshot(port: u16, png: &Path) {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("Chromium is not installed; `bash .ci/tools` installs it (Debian packages chromium, chromium-driver)");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1100,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && png.exists(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// How many pixel rows of the screenshot hold a pixel of exactly `color`.
+fn chart_rows(png: &Path, color: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    let channels = frame.color_type.samples();
+    let width = frame.width as usize;
+    let mut rows = BTreeSet::new();
+    for (i, px) in pixels[..frame.buffer_size()].chunks(channels).enumerate() {
+        if px[..3] == color {
+            rows.insert(i / width);
+        }
+    }
+    rows.len()
+}
+
+/// Every `tributary_*` metric the shipped Grafana dashboard and Prometheus
+/// alerts query is one the engine registers.
+#[test]
+fn the_dashboard_and_alerts_query_metrics_the_engine_exports() {
+    let metrics = tributary_engine::telemetry::Metrics::new();
+    let families: BTreeSet<&str> = metrics.families().iter().map(String::as_str).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    let names = regex::Regex::new(r"tributary_[a-z_]+").unwrap();
+    for file in [
+        "deploy/grafana/dashboards/tributary.json",
+        "deploy/prometheus/alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for name in names.find_iter(&text).map(|m| m.as_str()) {
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            assert!(
+                families.contains(family),
+                "{file} queries {name}, which the engine does not export (it has {families:?})"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} metric references found");
 }

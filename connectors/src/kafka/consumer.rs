@@ -116,6 +116,21 @@ pub struct PartitionLag {
     pub committed: i64,
     /// `high_watermark - committed`: records not yet durably processed.
     pub lag: i64,
+    /// Fetching is paused because the partition's task is behind.
+    #[serde(skip)]
+    pub paused: bool,
+}
+
+impl Default for PartitionLag {
+    fn default() -> Self {
+        PartitionLag {
+            high_watermark: -1,
+            position: -1,
+            committed: -1,
+            lag: -1,
+            paused: false,
+        }
+    }
 }
 
 /// Lag per partition, refreshed every second from librdkafka's statistics;
@@ -129,9 +144,27 @@ impl LagTable {
         self.0.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
+    /// Records new offsets for `partition`, keeping its paused flag.
     fn update(&self, partition: TopicPartition, lag: PartitionLag) {
         if let Ok(mut table) = self.0.lock() {
-            table.insert(partition, lag);
+            let entry = table.entry(partition).or_default();
+            *entry = PartitionLag {
+                paused: entry.paused,
+                ..lag
+            };
+        }
+    }
+
+    fn set_paused(&self, partition: &TopicPartition, paused: bool) {
+        if let Ok(mut table) = self.0.lock() {
+            table.entry(partition.clone()).or_default().paused = paused;
+        }
+    }
+
+    /// Forgets a partition this member no longer owns.
+    fn remove(&self, partition: &TopicPartition) {
+        if let Ok(mut table) = self.0.lock() {
+            table.remove(partition);
         }
     }
 }
@@ -311,6 +344,10 @@ impl OwnerContext {
         for state in leaving {
             let partition = state.partition.clone();
             state.close();
+            if partitions.is_some() {
+                // Revoked: another member reports its lag now (the run's end keeps them for the summary).
+                self.lag.remove(&partition);
+            }
             if let Some(offset) = self.owner.revoked(&partition) {
                 let _ = commits.add_partition_offset(
                     &partition.topic,
@@ -351,6 +388,7 @@ impl ClientContext for OwnerContext {
                         } else {
                             p.consumer_lag
                         },
+                        paused: false,
                     },
                 );
             }
@@ -689,7 +727,10 @@ impl KafkaConsumer {
                     self.consumer.resume(&tpl)
                 };
                 match result {
-                    Ok(()) => state.paused = pause,
+                    Ok(()) => {
+                        state.paused = pause;
+                        context.lag.set_paused(&state.partition, pause);
+                    }
                     Err(error) => {
                         tracing::warn!(partition = %state.partition, %error, "pause/resume failed")
                     }

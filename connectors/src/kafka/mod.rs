@@ -6,13 +6,17 @@
 //!   engine can finish a partition's work before it is released.
 //! - [`producer`]: idempotent producers for dead letters (original bytes,
 //!   `tributary.*` context headers) and for records as JSON.
+//! - [`dead_letters`]: a dead-letter topic read back, for inspection.
+//! - [`tail`]: a topic followed from its end by every process (broadcast).
 //! - [`meta`]: message metadata (key, topic, partition, offset, timestamp,
 //!   headers) as Arrow columns.
 
 pub mod admin;
 pub mod consumer;
+pub mod dead_letters;
 pub mod meta;
 pub mod producer;
+pub mod tail;
 
 use std::collections::BTreeMap;
 

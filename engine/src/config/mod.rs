@@ -260,7 +260,7 @@ pub enum StageConfig {
     /// SQL or mapping.
     Transform(TransformConfig),
     /// Lookup join and derived fields.
-    Enrich(EnrichConfig),
+    Enrich(Box<EnrichConfig>),
 }
 
 impl StageConfig {
@@ -358,20 +358,33 @@ pub struct EnrichConfig {
     /// What to do with records whose key is not in the table.
     #[serde(default)]
     pub on_miss: OnMissConfig,
+    /// What to do with records whose lookup cannot be answered (the database or cache is down).
+    #[serde(default)]
+    pub on_error: OnMissConfig,
     /// Derived fields, in order.
     #[serde(default)]
     pub derive: Vec<DeriveConfig>,
 }
 
-/// A reference table.
+/// A reference table: exactly one of `path`, `postgres`, `redis`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LookupConfig {
-    /// Name used in messages (default: the file name).
+    /// Name used in messages and metrics (default: the file name, else the table).
     #[serde(default)]
     pub name: Option<String>,
     /// File (CSV with header, Parquet or NDJSON), relative to the pipeline file.
-    pub path: Text,
+    #[serde(default)]
+    pub path: Option<Text>,
+    /// A PostgreSQL table or query.
+    #[serde(default)]
+    pub postgres: Option<PostgresLookupConfig>,
+    /// Redis hashes or JSON values, one per key.
+    #[serde(default)]
+    pub redis: Option<RedisLookupConfig>,
+    /// Drop cached entries when `CacheInvalidated` events arrive on this topic.
+    #[serde(default)]
+    pub invalidate: Option<InvalidateConfig>,
     /// Format; by default from the extension.
     #[serde(default)]
     pub format: Option<LookupFormat>,
@@ -383,6 +396,129 @@ pub struct LookupConfig {
     /// Reload the table this often, without stopping the pipeline.
     #[serde(default)]
     pub refresh_interval: Option<DurationText>,
+}
+
+/// A PostgreSQL lookup: `table` or `query`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresLookupConfig {
+    /// `postgres://user:password@host:port/database` (use `${VAR}` for the password).
+    pub url: Text,
+    /// A table (or view), read whole.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// A `SELECT`, read whole.
+    #[serde(default)]
+    pub query: Option<Text>,
+    /// `snapshot` (default: load it all, refresh on `refresh_interval`) or `on_demand` (per batch, cached).
+    #[serde(default)]
+    pub mode: LookupMode,
+    /// The cache of on-demand lookups.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// How a database table is looked up.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupMode {
+    /// Load the whole table; reload on the refresh interval.
+    #[default]
+    Snapshot,
+    /// Ask for each batch's keys, through an LRU cache.
+    OnDemand,
+}
+
+/// A Redis lookup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisLookupConfig {
+    /// `redis://host:port/db`.
+    pub url: Text,
+    /// Prepended to each key (`customer:` → `customer:C000042`).
+    #[serde(default)]
+    pub key_prefix: String,
+    /// `hash` (default: `HGETALL`) or `json` (a JSON object per key: `MGET`).
+    #[serde(default)]
+    pub value: RedisValueConfig,
+    /// Field → type (`string`, `int`, `float`, `bool`): the columns looked up.
+    pub fields: std::collections::BTreeMap<String, RedisFieldType>,
+    /// The local cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// How Redis stores a key's fields.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisValueConfig {
+    /// A hash.
+    #[default]
+    Hash,
+    /// A string holding a JSON object.
+    Json,
+}
+
+/// The type of a Redis field.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFieldType {
+    /// Text.
+    String,
+    /// 64-bit integer.
+    Int,
+    /// 64-bit float.
+    Float,
+    /// Boolean.
+    Bool,
+}
+
+/// The cache in front of an on-demand lookup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Keys kept (least recently used go first).
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    /// How long an answer (or a miss) is trusted.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl: DurationText,
+    /// How long to retry a lookup source that does not answer before its records follow `on_error`.
+    #[serde(default = "default_lookup_retry")]
+    pub retry_for: DurationText,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: default_cache_entries(),
+            ttl: default_cache_ttl(),
+            retry_for: default_lookup_retry(),
+        }
+    }
+}
+
+fn default_cache_entries() -> usize {
+    100_000
+}
+
+fn default_cache_ttl() -> DurationText {
+    DurationText(std::time::Duration::from_secs(60))
+}
+
+fn default_lookup_retry() -> DurationText {
+    DurationText(std::time::Duration::from_secs(5))
+}
+
+/// Where `CacheInvalidated` events come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateConfig {
+    /// Kafka brokers (default: the Kafka source's).
+    #[serde(default)]
+    pub brokers: Option<Text>,
+    /// The topic of `CacheInvalidated` events.
+    pub topic: Text,
 }
 
 /// Lookup file formats.

@@ -132,4 +132,16 @@ fn the_pipeline_json_schema_matches_the_shipped_pipelines() {
             serde_saphyr::from_str(&text.replace("on_miss:", "on_mis:")).unwrap();
         assert!(!validator.is_valid(&typo));
     }
+    // The pipeline the Kubernetes ConfigMap ships, too.
+    let configmap: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root.join("deploy/k8s/configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let text = configmap["data"]["orders.yaml"].as_str().unwrap();
+    let value: serde_json::Value = serde_saphyr::from_str(text).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "deploy/k8s/configmap.yaml: {errors:?}");
 }

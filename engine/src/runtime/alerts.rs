@@ -95,6 +95,16 @@ impl ErrorRate {
         slot.1 += rejected;
     }
 
+    /// The share of records rejected over the window, as of the last check.
+    pub(crate) fn rate(&self) -> f64 {
+        self.rate_ppm.load(Ordering::Relaxed) as f64 / 1_000_000.0
+    }
+
+    /// The window the rate is taken over.
+    pub(crate) fn window(&self) -> Duration {
+        self.settings.window
+    }
+
     /// Whether the alert is firing.
     pub(crate) fn is_firing(&self) -> bool {
         self.firing.load(Ordering::Relaxed)

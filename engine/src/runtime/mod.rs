@@ -9,9 +9,12 @@
 //! reading; batches already read go through the stages and every open file
 //! is published before `run` returns.
 
-mod alerts;
+pub(crate) mod alerts;
+mod dry_run;
+mod lookups;
 mod partition;
 mod progress;
+mod stages;
 mod stream;
 mod summary;
 mod warehouse;
@@ -28,16 +31,16 @@ use tokio::sync::Semaphore;
 use tributary_connectors::kafka::KafkaError;
 use tributary_connectors::kafka::admin;
 use tributary_connectors::kafka::producer::producer;
-use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
+use tributary_connectors::retry::Retrier;
 use tributary_connectors::source::PartitionReader;
 use tributary_connectors::store::Location;
-use tributary_stages::enrich::LookupTable;
 
 use progress::{Progress, ProgressDisplay};
 
-use crate::plan::{Plan, PlannedDeadLetter, PlannedLookup, PlannedSource, PlannedTopic};
+use crate::plan::{Plan, PlannedDeadLetter, PlannedSource, PlannedTopic};
 use crate::telemetry::Metrics;
 pub use alerts::ErrorRateAlert;
+pub use dry_run::{DryReject, DryRun, dry_run};
 pub use summary::{
     Counts, KafkaPartitionSummary, KafkaSummary, PartitionSummary, StageCounts, Summary,
 };
@@ -63,6 +66,12 @@ pub enum RunError {
     /// A Kafka client cannot be created or the consumer failed.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// A dry run could not process a batch.
+    #[error("dry run: {0}")]
+    DryRun(PartitionError),
+    /// The request does not apply to this pipeline.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// How a run ends, beyond its source running dry or Ctrl-C.
@@ -219,6 +228,10 @@ pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Su
     let started = Instant::now();
     let mut destinations = Destinations::open(&plan).await?;
     destinations.metrics = options.metrics.clone();
+    destinations.metrics.pipeline(&plan.name);
+    if let Some(alert) = &destinations.error_rate {
+        destinations.metrics.watch_error_rate(alert.clone());
+    }
     let (feeds, loaders) = start_loaders(&plan, &destinations);
     destinations.warehouse = feeds;
     let checker = destinations
@@ -228,8 +241,16 @@ pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Su
     let refreshers: Vec<_> = plan
         .lookups
         .iter()
-        .filter_map(|l| spawn_refresher(l, plan.storage.retry))
+        .filter_map(|l| lookups::spawn_refresher(l, plan.storage.retry))
         .collect();
+    let invalidations = lookups::spawn_invalidation(&plan.lookups, &destinations.metrics);
+    for lookup in &plan.lookups {
+        if let Some(cache) = &lookup.cache {
+            destinations
+                .metrics
+                .watch_cache(&lookup.name, cache.clone());
+        }
+    }
     let result = match &plan.source {
         PlannedSource::Bounded(source) => match tokio::task::block_in_place(|| source.partitions())
         {
@@ -244,6 +265,7 @@ pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Su
     for r in refreshers.into_iter().chain(checker) {
         r.abort();
     }
+    drop(invalidations);
     // Every feed is dropped with the partitions; the loaders drain what they were given.
     let warehouse = loaders.finish().await;
     let mut summary = result?;
@@ -339,54 +361,8 @@ fn start_loaders(
         &planned,
         |from| destinations.location(plan, from).cloned(),
         |target| Retrier::new(target, plan.storage.retry),
+        &destinations.metrics,
     )
-}
-
-/// Reloads a lookup table on its interval; a failed reload keeps the old snapshot.
-/// A failed load is retried with backoff within the policy's budget before the old snapshot is kept.
-fn spawn_refresher(
-    lookup: &PlannedLookup,
-    retry: RetryPolicy,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let interval = lookup.refresh?;
-    let lookup = lookup.clone();
-    let retrier = Retrier::new(
-        format!("lookup {}", lookup.name),
-        RetryPolicy {
-            exhausted: Exhausted::Fail,
-            max_elapsed: retry.max_elapsed.min(interval),
-            ..retry
-        },
-    );
-    Some(tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.tick().await;
-        loop {
-            ticker.tick().await;
-            let loaded = retrier
-                .run("refresh", || lookup.source.load(), |_| true)
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|batch| LookupTable::new(batch, &lookup.keys).map_err(|e| e.to_string()))
-                .and_then(|table| {
-                    let rows = table.len();
-                    lookup
-                        .table
-                        .replace(table)
-                        .map(|()| rows)
-                        .map_err(|e| e.to_string())
-                });
-            match loaded {
-                Ok(rows) => tracing::info!(lookup = %lookup.name, rows, "lookup table refreshed"),
-                Err(error) => tracing::warn!(
-                    lookup = %lookup.name,
-                    source = %lookup.source.describe(),
-                    %error,
-                    "lookup refresh failed; keeping the previous snapshot"
-                ),
-            }
-        }
-    }))
 }
 
 #[cfg(test)]
@@ -397,7 +373,10 @@ mod tests {
     use tributary_connectors::lookup::FileLookup;
     use tributary_stages::enrich::{LookupTable, SharedTable};
 
+    use tributary_connectors::retry::RetryPolicy;
+
     use super::*;
+    use crate::plan::PlannedLookup;
 
     fn write(path: &std::path::Path, segment: &str) {
         std::fs::write(path, format!("customer_id,segment\nC000001,{segment}\n")).unwrap();
@@ -421,11 +400,14 @@ mod tests {
         let lookup = PlannedLookup {
             name: "customers".into(),
             keys,
-            source: Arc::new(source),
+            source: Some(Arc::new(source)),
             table: table.clone(),
             refresh: Some(Duration::from_millis(50)),
+            cache: None,
+            reload: Arc::default(),
+            invalidate: None,
         };
-        let task = spawn_refresher(&lookup, RetryPolicy::default()).unwrap();
+        let task = lookups::spawn_refresher(&lookup, RetryPolicy::default()).unwrap();
 
         write(&path, "vip");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -7,7 +7,7 @@
 //! before a crash, or while Snowflake was down).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
@@ -15,6 +15,7 @@ use tributary_connectors::retry::Retrier;
 use tributary_connectors::snowflake::{LoadReport, Loader};
 
 use crate::plan::PlannedSnowflake;
+use crate::telemetry::Metrics;
 
 /// What one loader did in a run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -60,6 +61,7 @@ pub(crate) fn start(
     planned: &[PlannedSnowflake],
     location_of: impl Fn(&str) -> Option<tributary_connectors::store::Location>,
     retrier: impl Fn(&str) -> Retrier,
+    metrics: &Arc<Metrics>,
 ) -> (Feeds, Loaders) {
     let mut feeds = Vec::new();
     let mut tasks = Vec::new();
@@ -77,6 +79,7 @@ pub(crate) fn start(
             p.max_files.max(1),
             p.max_wait,
             retrier(&format!("snowflake {} ({})", p.name, p.target.table)),
+            metrics.clone(),
         )));
     }
     (Feeds(feeds), Loaders { tasks })
@@ -103,6 +106,7 @@ async fn run(
     max_files: usize,
     max_wait: Duration,
     retrier: Retrier,
+    metrics: Arc<Metrics>,
 ) -> WarehouseSummary {
     let mut summary = WarehouseSummary {
         name: name.clone(),
@@ -110,6 +114,7 @@ async fn run(
         ..Default::default()
     };
     let loader = Arc::new(Mutex::new(loader));
+    let started = Instant::now();
     let reconciled = retrier
         .run(
             "reconcile",
@@ -120,7 +125,7 @@ async fn run(
             |e| e.is_transient(),
         )
         .await;
-    if let Err(e) = add(&mut summary, reconciled, &name) {
+    if let Err(e) = add(&mut summary, reconciled, &name, started, &metrics) {
         summary.error = Some(e);
         close(loader).await;
         return summary;
@@ -141,10 +146,12 @@ async fn run(
                 }
             }
         }
+        metrics.snowflake_backlog(&name, pending.len() + feed.len());
         if pending.is_empty() {
             continue;
         }
         let batch = std::mem::take(&mut pending);
+        let started = Instant::now();
         let loaded = retrier
             .run(
                 "load",
@@ -155,10 +162,11 @@ async fn run(
                 |e| e.is_transient(),
             )
             .await;
-        if let Err(e) = add(&mut summary, loaded, &name) {
+        if let Err(e) = add(&mut summary, loaded, &name, started, &metrics) {
             summary.error = Some(e);
             break;
         }
+        metrics.snowflake_backlog(&name, feed.len());
     }
     close(loader).await;
     summary
@@ -174,9 +182,17 @@ fn add(
     summary: &mut WarehouseSummary,
     result: Result<LoadReport, tributary_connectors::snowflake::SnowflakeError>,
     name: &str,
+    started: Instant,
+    metrics: &Metrics,
 ) -> Result<(), String> {
     match result {
         Ok(report) => {
+            metrics.snowflake_loaded(
+                name,
+                started.elapsed(),
+                report.files_loaded,
+                report.rows_loaded,
+            );
             if report.files_loaded > 0 || report.files_skipped > 0 {
                 tracing::info!(
                     output = name,

@@ -4,7 +4,6 @@
 //! closed differs.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arrow::array::{Array, RecordBatch};
 use tributary_connectors::commit_log::StagedFile;
@@ -18,8 +17,9 @@ use tributary_connectors::parquet::{
 };
 use tributary_connectors::raw_zone;
 use tributary_connectors::source::{Origin, PartitionInfo, RawBatch, SourceError};
-use tributary_stages::{Reject, Route, StageError};
+use tributary_stages::{Route, StageError};
 
+use super::stages::{self, Rejected};
 use super::summary::Counts;
 use super::{DeadLetterDestination, Destinations};
 use crate::plan::Plan;
@@ -57,6 +57,9 @@ pub enum PartitionError {
     /// The commit protocol failed (or this instance was fenced off).
     #[error(transparent)]
     Commit(#[from] tributary_connectors::commit_log::CommitLogError),
+    /// A lookup source answered with something unusable (not an outage: those follow `on_error`).
+    #[error("lookup: {0}")]
+    Lookup(String),
 }
 
 /// Dead letters for one destination.
@@ -149,7 +152,7 @@ impl<'p> Worker<'p> {
             metrics: destinations.metrics.clone(),
             metrics_label: match &info.origin {
                 Origin::Kafka { topic, partition } => format!("{topic}/{partition}"),
-                Origin::File { .. } => "batch".to_string(),
+                Origin::File { .. } | Origin::Replay { .. } => "batch".to_string(),
             },
         })
     }
@@ -157,71 +160,25 @@ impl<'p> Worker<'p> {
     /// Runs one raw batch through every stage and writes what survives.
     pub(crate) async fn process(&mut self, raw: &RawBatch) -> Result<(), PartitionError> {
         self.now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let rejected_before = self.counts.dlq + self.counts.review;
-        let counted_before = self.counts.stages.clone();
-        let mut took = Vec::with_capacity(counted_before.len());
         self.metrics.batch_read(raw.len());
         self.archive(raw).await?;
-        let mut clock = Instant::now();
         self.counts.records_in += raw.len() as u64;
         self.counts.bytes_in += raw.payloads.values().len() as u64;
-        let validated =
-            self.plan
-                .validate
-                .apply(&raw.payloads)
-                .map_err(|source| PartitionError::Stage {
-                    stage: "validate",
-                    source,
-                })?;
-        self.counts.stages[0].records_in += raw.len() as u64;
-        // rows[i]: the raw row of the current batch's row i.
-        let mut rows: Vec<usize> = (0..raw.len()).collect();
-        self.route(0, "validate", raw, &mut rows, &validated.rejects)
-            .await?;
-        took.push(lap(&mut clock));
-        let mut batch = validated.batch;
-        if let Some(meta) = &raw.meta {
-            batch = meta
-                .append_columns(&batch, &rows, &raw.positions)
-                .map_err(PartitionError::Metadata)?;
+        let processed = stages::process(self.plan, raw).await?;
+        for rejected in &processed.rejected {
+            self.route(raw, rejected).await?;
         }
-        let plan = self.plan;
-        for (i, planned) in plan.stages.iter().enumerate() {
-            let out = planned
-                .stage
-                .apply(&batch)
-                .map_err(|source| PartitionError::Stage {
-                    stage: planned.kind,
-                    source,
-                })?;
-            self.counts.stages[i + 1].records_in += batch.num_rows() as u64;
-            self.route(i + 1, planned.kind, raw, &mut rows, &out.rejects)
-                .await?;
-            took.push(lap(&mut clock));
-            batch = out.batch;
+        for (i, (name, counts, took)) in processed.stages.iter().enumerate() {
+            self.counts.stages[i].records_in += counts.records_in;
+            self.counts.stages[i].records_out += counts.records_out;
+            self.metrics
+                .stage_batch(&self.metrics_label, name, counts, *took);
         }
-        self.write(&batch, raw, &rows).await?;
-        self.report_stages(&counted_before, &took);
+        self.write(&processed.batch, raw, &processed.rows).await?;
         if let Some(alert) = &self.error_rate {
-            let rejected = self.counts.dlq + self.counts.review - rejected_before;
-            alert.record(raw.len() as u64, rejected);
+            alert.record(raw.len() as u64, processed.rejected.len() as u64);
         }
         Ok(())
-    }
-
-    /// Reports what each stage did to this batch, and how long it took.
-    fn report_stages(&self, before: &[super::StageCounts], took: &[Duration]) {
-        let names = std::iter::once("validate").chain(self.plan.stages.iter().map(|s| s.kind));
-        for (((name, now), then), took) in names.zip(&self.counts.stages).zip(before).zip(took) {
-            let delta = super::StageCounts {
-                records_in: now.records_in - then.records_in,
-                records_out: now.records_out - then.records_out,
-                dlq: now.dlq - then.dlq,
-                review: now.review - then.review,
-            };
-            self.metrics
-                .stage_batch(&self.metrics_label, name, &delta, *took);
-        }
     }
 
     /// Writes the batch as consumed to the raw-zone outputs.
@@ -265,70 +222,57 @@ impl<'p> Worker<'p> {
             }
         }
         self.counts.records_out += batch.num_rows() as u64;
+        self.metrics
+            .written(&self.metrics_label, batch.num_rows() as u64);
         Ok(())
     }
 
-    /// Sends a stage's rejects to their doors and drops them from `rows`.
-    async fn route(
-        &mut self,
-        stage_index: usize,
-        stage: &'static str,
-        raw: &RawBatch,
-        rows: &mut Vec<usize>,
-        rejects: &[Reject],
-    ) -> Result<(), PartitionError> {
-        if rejects.is_empty() {
-            self.counts.stages[stage_index].records_out += rows.len() as u64;
-            return Ok(());
-        }
-        let mut rejected = vec![false; rows.len()];
-        for reject in rejects {
-            let raw_row = rows[reject.row];
-            rejected[reject.row] = true;
-            let position = raw.positions[raw_row];
-            let original = if raw.payloads.is_null(raw_row) {
-                &[][..]
-            } else {
-                raw.payloads.value(raw_row)
-            };
-            let letter = DeadLetter {
-                time: self.now.clone(),
-                pipeline: self.plan.name.clone(),
-                stage: stage.to_string(),
-                rule: reject.rule.clone(),
-                reason: reject.reason.clone(),
-                source: self.info.origin.describe(position),
-                position,
-                byte_offset: raw.byte_offsets.get(raw_row).copied(),
-                original: None,
-                original_base64: None,
-            };
-            self.counts
-                .count_reject(stage_index, stage, &reject.rule, reject.route);
-            let sink = match reject.route {
-                Route::Dlq => &mut self.dlq,
-                Route::Review => &mut self.review,
-            };
-            match sink {
-                DeadLetterSink::Files(writer) => {
-                    writer.append(&letter.with_original(original)).await?
-                }
-                DeadLetterSink::Topic(topic) => {
-                    let meta = raw.meta.as_ref();
-                    let source = meta.map(|m| SourceMessage {
-                        topic: &m.topic,
-                        partition: m.partition,
-                        offset: position,
-                        key: m.key(raw_row),
-                    });
-                    let headers = meta.map(|m| m.headers(raw_row)).unwrap_or_default();
-                    topic.send(&letter, original, source, &headers).await?
-                }
+    /// Sends one rejected record to its door, with its original bytes.
+    async fn route(&mut self, raw: &RawBatch, rejected: &Rejected) -> Result<(), PartitionError> {
+        let (raw_row, reject) = (rejected.raw_row, &rejected.reject);
+        let position = raw.positions[raw_row];
+        let original = if raw.payloads.is_null(raw_row) {
+            &[][..]
+        } else {
+            raw.payloads.value(raw_row)
+        };
+        let letter = DeadLetter {
+            time: self.now.clone(),
+            pipeline: self.plan.name.clone(),
+            stage: rejected.stage.to_string(),
+            rule: reject.rule.clone(),
+            reason: reject.reason.clone(),
+            source: self.info.origin.describe(position),
+            position,
+            byte_offset: raw.byte_offsets.get(raw_row).copied(),
+            original: None,
+            original_base64: None,
+        };
+        self.counts.count_reject(
+            rejected.stage_index,
+            rejected.stage,
+            &reject.rule,
+            reject.route,
+        );
+        let (sink, door) = match reject.route {
+            Route::Dlq => (&mut self.dlq, "dlq"),
+            Route::Review => (&mut self.review, "review"),
+        };
+        self.metrics.rejected(rejected.stage, &reject.rule, door);
+        match sink {
+            DeadLetterSink::Files(writer) => writer.append(&letter.with_original(original)).await?,
+            DeadLetterSink::Topic(topic) => {
+                let meta = raw.meta.as_ref();
+                let source = meta.map(|m| SourceMessage {
+                    topic: &m.topic,
+                    partition: m.partition,
+                    offset: position,
+                    key: m.key(raw_row),
+                });
+                let headers = meta.map(|m| m.headers(raw_row)).unwrap_or_default();
+                topic.send(&letter, original, source, &headers).await?
             }
         }
-        let mut keep = rejected.iter().map(|r| !r);
-        rows.retain(|_| keep.next().unwrap_or(true));
-        self.counts.stages[stage_index].records_out += rows.len() as u64;
         Ok(())
     }
 
@@ -376,12 +320,4 @@ impl<'p> Worker<'p> {
     pub(crate) fn info(&self) -> &PartitionInfo {
         &self.info
     }
-}
-
-/// The time since `clock`, which moves on to now.
-fn lap(clock: &mut Instant) -> Duration {
-    let now = Instant::now();
-    let took = now - *clock;
-    *clock = now;
-    took
 }

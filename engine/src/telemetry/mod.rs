@@ -1,11 +1,14 @@
-//! What an operator sees of a running engine: Prometheus metrics and health
-//! probes on one HTTP port (`tributary run --http ADDR`).
+//! What an operator sees of a running engine, on one HTTP port
+//! (`tributary run --http ADDR`): a status page, Prometheus metrics and
+//! health probes.
 //!
-//! [`Metrics`] is always kept (updating it costs a few atomic adds per
-//! batch); [`serve`] exposes it with `/metrics`, `/healthz` and `/readyz`.
+//! [`Metrics`] is always kept (updating it costs a few atomic adds and one
+//! short lock per batch); [`serve`] exposes it with `/` (status page),
+//! `/status.json`, `/metrics`, `/healthz` and `/readyz`.
 
 mod http;
 mod metrics;
+mod status;
 
 pub use http::serve;
 pub use metrics::{Metrics, Readiness};

@@ -42,6 +42,8 @@ pub struct EnrichSpec {
     pub columns: Vec<String>,
     /// Policy for keys not found.
     pub on_miss: OnMiss,
+    /// Policy for keys the lookup source could not answer.
+    pub on_error: OnMiss,
     /// Derived fields: (name, SQL expression over the joined columns).
     pub derive: Vec<(String, String)>,
 }
@@ -183,7 +185,21 @@ impl Stage for Enrich {
     }
 
     fn apply(&self, batch: &RecordBatch) -> Result<StageOutput, StageError> {
-        let table = self.table.current();
+        self.apply_with(batch, &self.table.current(), &[])
+    }
+}
+
+impl Enrich {
+    /// The stage over `table` instead of the shared snapshot: the rows an
+    /// on-demand lookup returned for this batch's keys. `failed` lists the
+    /// rows whose key the lookup source could not answer, with why; they
+    /// follow `on_error` rather than `on_miss`.
+    pub fn apply_with(
+        &self,
+        batch: &RecordBatch,
+        table: &LookupTable,
+        failed: &[(usize, String)],
+    ) -> Result<StageOutput, StageError> {
         let keys: Vec<ArrayRef> = self
             .key_indices
             .iter()
@@ -206,35 +222,47 @@ impl Stage for Enrich {
         let joined = RecordBatch::try_new(self.joined_schema.clone(), columns)?;
 
         let mut rejects = Vec::new();
-        let route = match self.spec.on_miss {
+        let route = |policy: OnMiss| match policy {
             OnMiss::Null => None,
             OnMiss::Review => Some(Route::Review),
             OnMiss::Dlq => Some(Route::Dlq),
         };
+        let (on_miss, on_error) = (route(self.spec.on_miss), route(self.spec.on_error));
+        let mut failed = failed.iter().peekable();
         let mut kept_rows: Vec<usize> = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
-            if indices.is_valid(row) || route.is_none() {
-                kept_rows.push(row);
-            } else if let Some(route) = route {
-                rejects.push(Reject {
-                    row,
-                    route,
-                    rule: format!("{}:miss", self.spec.name),
-                    reason: format!(
+            let error = failed.next_if(|(r, _)| *r == row).map(|(_, why)| why);
+            let (route, rule, reason) = match error {
+                Some(why) => (on_error, "error", why.clone()),
+                None if indices.is_valid(row) => (None, "", String::new()),
+                None => (
+                    on_miss,
+                    "miss",
+                    format!(
                         "no row in lookup {:?} for {}",
                         self.spec.name,
                         describe_key(batch, &self.spec.keys, &self.key_indices, row)
                     ),
-                });
+                ),
+            };
+            match route {
+                None => kept_rows.push(row),
+                Some(route) => rejects.push(Reject {
+                    row,
+                    route,
+                    rule: format!("{}:{rule}", self.spec.name),
+                    reason,
+                }),
             }
         }
         let joined = if kept_rows.len() == batch.num_rows() {
             joined
         } else {
-            let mask: BooleanArray = (0..batch.num_rows())
-                .map(|r| Some(indices.is_valid(r)))
-                .collect();
-            filter_record_batch(&joined, &mask)?
+            let mut mask = vec![false; batch.num_rows()];
+            for row in &kept_rows {
+                mask[*row] = true;
+            }
+            filter_record_batch(&joined, &BooleanArray::from(mask))?
         };
         if self.derived.is_empty() {
             return Ok(StageOutput {

@@ -51,8 +51,39 @@ fn spec(on_miss: OnMiss) -> EnrichSpec {
         keys: vec![("customer_id".into(), "customer_id".into())],
         columns: vec!["segment".into()],
         on_miss,
+        on_error: OnMiss::Review,
         derive: vec![("big".into(), "total > 500".into())],
     }
+}
+
+#[test]
+fn rows_the_lookup_could_not_answer_follow_on_error_not_on_miss() {
+    let batch = orders();
+    let table = SharedTable::new(customers("vip"));
+    let mut spec = spec(OnMiss::Null);
+    spec.on_error = OnMiss::Dlq;
+    let stage = Enrich::new(spec, table.clone(), &batch.schema()).unwrap();
+    // The answer for this batch holds C1 only; C2's lookup failed.
+    let answered = customers("gold");
+    let failed = vec![(
+        0,
+        "lookup customers did not answer: connection refused".to_string(),
+    )];
+    let out = stage.apply_with(&batch, &answered, &failed).unwrap();
+    let rows: Vec<(usize, Route, &str)> = out
+        .rejects
+        .iter()
+        .map(|r| (r.row, r.route, r.rule.as_str()))
+        .collect();
+    assert_eq!(rows, vec![(0, Route::Dlq, "customers:error")]);
+    assert!(out.rejects[0].reason.contains("connection refused"));
+    // C9 and the null key are misses, kept with nulls (on_miss: null).
+    assert_eq!(out.batch.num_rows(), 3);
+    let segment = out.batch.column(2).as_string::<i32>();
+    assert_eq!(
+        segment.iter().collect::<Vec<_>>(),
+        vec![None, None, Some("gold")]
+    );
 }
 
 #[test]

@@ -1,11 +1,21 @@
 //! Where enrich reference tables come from.
 //!
-//! A [`LookupSource`] produces a whole snapshot of a reference table as one
-//! Arrow batch; the engine loads it before the pipeline starts (so `check`
-//! proves it readable) and again on the refresh interval, handing each
-//! snapshot to the enrich stage. Files are the first kind (CSV with a
-//! header, Parquet, NDJSON); database and cache sources implement the same
-//! trait.
+//! Two ways to look up reference data:
+//!
+//! - A [`LookupSource`] produces a whole snapshot of a reference table as one
+//!   Arrow batch; the engine loads it before the pipeline starts (so `check`
+//!   proves it readable) and again on the refresh interval, handing each
+//!   snapshot to the enrich stage. Files (CSV with a header, Parquet,
+//!   NDJSON) and PostgreSQL tables or queries ([`postgres`]) are snapshots.
+//! - A [`KeyedSource`] answers for given keys only: a large PostgreSQL table
+//!   looked up on demand, or Redis ([`redis`]). [`cache::CachedLookup`] keeps
+//!   recent answers (LRU with a time to live) in front of it, and the engine
+//!   asks it for the distinct keys of each batch before the enrich stage
+//!   runs.
+
+pub mod cache;
+pub mod postgres;
+pub mod redis;
 
 use std::fs::File;
 use std::io::{BufReader, Seek};
@@ -40,6 +50,32 @@ pub enum LookupError {
     /// The format cannot be told from the file name.
     #[error("{0}: cannot tell the format from the extension; set format to csv, parquet or ndjson")]
     UnknownFormat(String),
+    /// The database or cache did not answer (worth retrying).
+    #[error("{source_name}: {message}")]
+    Unavailable {
+        /// What was asked.
+        source_name: String,
+        /// Why.
+        message: String,
+    },
+    /// The database or cache answered with something that cannot be used.
+    #[error("{source_name}: {message}")]
+    Invalid {
+        /// What was asked.
+        source_name: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl LookupError {
+    /// Whether asking again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            LookupError::Unavailable { .. } | LookupError::Io { .. }
+        )
+    }
 }
 
 /// Formats of lookup files.
@@ -71,6 +107,27 @@ pub trait LookupSource: Send + Sync {
     fn describe(&self) -> String;
     /// Reads a full snapshot.
     fn load(&self) -> BoxFuture<'_, Result<RecordBatch, LookupError>>;
+}
+
+/// Answers lookups for given keys (rendered as text), without a snapshot.
+pub trait KeyedSource: Send + Sync {
+    /// What it reads, for messages.
+    fn describe(&self) -> String;
+    /// The rows it returns, key column included.
+    fn schema(&self) -> SchemaRef;
+    /// The key column's name.
+    fn key(&self) -> &str;
+    /// The rows for those of `keys` that exist (at most one per key, in any order).
+    fn fetch<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<Fetched, LookupError>>;
+}
+
+/// What a [`KeyedSource`] found for some keys.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// One row per key found, in the source's schema.
+    pub rows: RecordBatch,
+    /// Keys whose entry exists but cannot be read, with why.
+    pub failed: Vec<(String, String)>,
 }
 
 /// A reference table in a local file.

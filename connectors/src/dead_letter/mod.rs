@@ -4,7 +4,11 @@
 //! base64 when they are not UTF-8), which stage and rule rejected it and
 //! why, where it came from, the pipeline and the time. Like Parquet files,
 //! dead-letter files are named after the stream and the position of their
-//! first record, written whole and published atomically.
+//! first record, written whole and published atomically. [`read`] reads
+//! them back, and [`replay`] turns them into a source for `dlq replay`.
+
+pub mod read;
+pub mod replay;
 
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -42,6 +46,20 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The original bytes, exactly as they arrived.
+    pub fn original_bytes(&self) -> Result<Vec<u8>, String> {
+        match (&self.original, &self.original_base64) {
+            (Some(text), _) => Ok(text.as_bytes().to_vec()),
+            (None, Some(encoded)) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| format!("original_base64 does not decode: {e}"))
+            }
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+
     /// Stores `bytes` as text when it is UTF-8, as base64 otherwise.
     pub fn with_original(mut self, bytes: &[u8]) -> Self {
         match std::str::from_utf8(bytes) {

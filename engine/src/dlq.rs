@@ -1,0 +1,393 @@
+//! `tributary dlq`: what is in a dead-letter queue, and running it through
+//! a fixed pipeline again.
+//!
+//! **Inspect** reads dead-letter files (local or S3) or a dead-letter topic
+//! and counts records by stage and rule, then by reason, with examples.
+//!
+//! **Replay** runs dead-letter files through a pipeline as a bounded
+//! source (one partition per file, see
+//! [`ReplaySource`](tributary_connectors::dead_letter::replay::ReplaySource)).
+//! Records that now pass go to the pipeline's outputs; records that still
+//! fail go to its DLQ or review queue with the new reason. Output names
+//! derive from `(file hash, line)`, so a replay interrupted and run again
+//! rewrites the same files. Once every partition finished, each replayed
+//! file moves to `_tributary/replayed/` under the dead-letter location
+//! (kept, not deleted): the queue then holds exactly the records still
+//! failing, and running the replay again never duplicates output.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use tributary_connectors::dead_letter::DeadLetter;
+use tributary_connectors::dead_letter::read::{self, LetterFile, ReadError};
+use tributary_connectors::dead_letter::replay::ReplaySource;
+use tributary_connectors::kafka::{KafkaConnection, KafkaError, dead_letters};
+use tributary_connectors::store::{Location, Storage, StoreError};
+
+use crate::plan::{Plan, PlannedSource};
+use crate::runtime::{self, RunError, RunOptions, StopHandle, Summary};
+
+/// Why a dead-letter queue cannot be inspected or replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// The location cannot be opened.
+    #[error("opening {0}")]
+    Open(String, #[source] StoreError),
+    /// A file cannot be read back.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The topic cannot be read.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The replay run failed to start.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The source names nothing replayable.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Where dead letters are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DlqSource {
+    /// NDJSON files under a directory or S3 prefix, optionally only those whose key starts with `prefix`.
+    Files {
+        /// Directory or `s3://bucket/prefix`.
+        root: String,
+        /// Only keys starting with this (a single file's name).
+        prefix: Option<String>,
+    },
+    /// A dead-letter topic.
+    Topic {
+        /// How to reach it.
+        connection: KafkaConnection,
+        /// The topic.
+        topic: String,
+    },
+}
+
+impl DlqSource {
+    /// `kafka://host:port[,host:port]/topic`, `s3://bucket/prefix`, a directory, or one file.
+    pub fn parse(text: &str) -> Result<Self, DlqError> {
+        if let Some(rest) = text.strip_prefix("kafka://") {
+            return match rest.split_once('/') {
+                Some((brokers, topic)) if !brokers.is_empty() && !topic.is_empty() => {
+                    Ok(DlqSource::Topic {
+                        connection: KafkaConnection {
+                            brokers: brokers.to_string(),
+                            properties: Default::default(),
+                        },
+                        topic: topic.to_string(),
+                    })
+                }
+                _ => Err(DlqError::Unsupported(format!(
+                    "{text}: expected kafka://host:port/topic"
+                ))),
+            };
+        }
+        let path = std::path::Path::new(text);
+        if !text.contains("://") && path.is_file() {
+            let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| ".".to_string(), |p| p.display().to_string());
+            return Ok(DlqSource::Files {
+                root: parent,
+                prefix: name,
+            });
+        }
+        Ok(DlqSource::Files {
+            root: text.to_string(),
+            prefix: None,
+        })
+    }
+
+    /// The dead-letter queue (`review` = false) or review queue of a pipeline.
+    pub fn of_pipeline(plan: &Plan, review: bool) -> Self {
+        let planned = if review { &plan.review } else { &plan.dlq };
+        match planned {
+            crate::plan::PlannedDeadLetter::Files { path, .. } => DlqSource::Files {
+                root: path.clone(),
+                prefix: None,
+            },
+            crate::plan::PlannedDeadLetter::Topic(t) => DlqSource::Topic {
+                connection: t.connection.clone(),
+                topic: t.topic.clone(),
+            },
+        }
+    }
+
+    fn open(root: &str, storage: &Storage) -> Result<Location, DlqError> {
+        Location::open(root, storage).map_err(|e| DlqError::Open(root.to_string(), e))
+    }
+}
+
+impl fmt::Display for DlqSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DlqSource::Files { root, prefix } => match prefix {
+                Some(p) => write!(f, "{root}/{p}"),
+                None => write!(f, "{root}"),
+            },
+            DlqSource::Topic { connection, topic } => {
+                write!(f, "kafka://{}/{topic}", connection.brokers)
+            }
+        }
+    }
+}
+
+/// Reads every dead letter of `source`.
+pub async fn read_all(source: &DlqSource, storage: &Storage) -> Result<Vec<DeadLetter>, DlqError> {
+    match source {
+        DlqSource::Files { root, prefix } => {
+            let location = DlqSource::open(root, storage)?;
+            let files = read::read_files(&location, prefix.as_deref()).await?;
+            Ok(files.into_iter().flat_map(|f| f.letters).collect())
+        }
+        DlqSource::Topic { connection, topic } => {
+            let (connection, topic) = (connection.clone(), topic.clone());
+            tokio::task::spawn_blocking(move || {
+                dead_letters::read_topic(&connection, &topic, Duration::from_secs(60))
+            })
+            .await
+            .map_err(|e| DlqError::Unsupported(format!("reading the topic failed: {e}")))?
+            .map_err(DlqError::from)
+        }
+    }
+}
+
+/// Dead letters counted by stage and rule, then by reason, with examples.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// What was read.
+    pub source: String,
+    /// Records read.
+    pub records: usize,
+    /// Groups, largest first.
+    pub groups: Vec<Group>,
+}
+
+/// The records one rule of one stage rejected.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Group {
+    /// The stage.
+    pub stage: String,
+    /// The rule.
+    pub rule: String,
+    /// Records.
+    pub records: usize,
+    /// The most frequent reasons, most frequent first.
+    pub reasons: Vec<Reason>,
+    /// Distinct reasons not listed.
+    pub other_reasons: usize,
+}
+
+/// One reason and a few records that have it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reason {
+    /// The reason text.
+    pub reason: String,
+    /// Records with it.
+    pub records: usize,
+    /// Up to `examples` records: (source, original bytes shortened).
+    pub examples: Vec<(String, String)>,
+}
+
+impl Report {
+    /// Groups `letters`; lists up to `reasons` reasons per group and `examples` records per reason.
+    pub fn new(source: String, letters: &[DeadLetter], reasons: usize, examples: usize) -> Self {
+        let mut by_rule: BTreeMap<(&str, &str), BTreeMap<&str, Vec<&DeadLetter>>> = BTreeMap::new();
+        for letter in letters {
+            by_rule
+                .entry((&letter.stage, &letter.rule))
+                .or_default()
+                .entry(&letter.reason)
+                .or_default()
+                .push(letter);
+        }
+        let mut groups: Vec<Group> = by_rule
+            .into_iter()
+            .map(|((stage, rule), by_reason)| {
+                let mut listed: Vec<(&str, Vec<&DeadLetter>)> = by_reason.into_iter().collect();
+                listed.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+                let records = listed.iter().map(|(_, l)| l.len()).sum();
+                let other_reasons = listed.len().saturating_sub(reasons);
+                Group {
+                    stage: stage.to_string(),
+                    rule: rule.to_string(),
+                    records,
+                    reasons: listed
+                        .into_iter()
+                        .take(reasons)
+                        .map(|(reason, letters)| Reason {
+                            reason: reason.to_string(),
+                            records: letters.len(),
+                            examples: letters
+                                .iter()
+                                .take(examples)
+                                .map(|l| (l.source.clone(), shorten(&original_text(l), 160)))
+                                .collect(),
+                        })
+                        .collect(),
+                    other_reasons,
+                }
+            })
+            .collect();
+        groups.sort_by_key(|g| std::cmp::Reverse(g.records));
+        Report {
+            source,
+            records: letters.len(),
+            groups,
+        }
+    }
+}
+
+fn original_text(letter: &DeadLetter) -> String {
+    match (&letter.original, &letter.original_base64) {
+        (Some(text), _) => text.clone(),
+        (None, Some(b64)) => format!("(not UTF-8, base64) {b64}"),
+        (None, None) => String::new(),
+    }
+}
+
+fn shorten(text: &str, max_chars: usize) -> String {
+    let mut out: String = text.chars().take(max_chars).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}: {} records", self.source, self.records)?;
+        for g in &self.groups {
+            let share = 100.0 * g.records as f64 / self.records.max(1) as f64;
+            writeln!(
+                f,
+                "\n{}/{}: {} records ({share:.1} %)",
+                g.stage, g.rule, g.records
+            )?;
+            for r in &g.reasons {
+                writeln!(f, "  {} × {}", r.records, r.reason)?;
+                for (source, original) in &r.examples {
+                    writeln!(f, "      {source}  {original}")?;
+                }
+            }
+            if g.other_reasons > 0 {
+                writeln!(f, "  … and {} other reasons", g.other_reasons)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a replay did.
+#[derive(Debug)]
+pub struct Replayed {
+    /// The run over the dead letters.
+    pub summary: Summary,
+    /// Files replayed and moved to `_tributary/replayed/`.
+    pub archived: Vec<String>,
+}
+
+/// Replays the dead-letter files of `source` through `plan`.
+pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqError> {
+    let DlqSource::Files { root, prefix } = source else {
+        return Err(DlqError::Unsupported(
+            "replay reads dead-letter files; for a dead-letter topic, export it to files first"
+                .into(),
+        ));
+    };
+    let location = DlqSource::open(root, &plan.storage)?;
+    let files: Vec<LetterFile> = read::read_files(&location, prefix.as_deref()).await?;
+    let names: Vec<String> = files.iter().map(|f| f.display.clone()).collect();
+    tracing::info!(source = %source, files = files.len(), "replaying dead letters");
+    plan.source = PlannedSource::Bounded(Box::new(ReplaySource::new(files.clone())));
+    let summary = runtime::run(plan, StopHandle::default(), RunOptions::default()).await?;
+    let mut archived = Vec::new();
+    let finished = !summary.interrupted && summary.partitions.iter().all(|p| p.started);
+    if finished && summary.failures().is_empty() && summary.totals.balanced() {
+        for file in &files {
+            read::archive(&location, file).await?;
+            archived.push(file.display.clone());
+        }
+    } else {
+        tracing::warn!(
+            files = names.len(),
+            "the replay did not finish cleanly; the dead-letter files stay in the queue (running it again rewrites the same output)"
+        );
+    }
+    Ok(Replayed { summary, archived })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(stage: &str, rule: &str, reason: &str, line: u64) -> DeadLetter {
+        DeadLetter {
+            time: "t".into(),
+            pipeline: "p".into(),
+            stage: stage.into(),
+            rule: rule.into(),
+            reason: reason.into(),
+            source: format!("in.ndjson:{line}"),
+            position: line,
+            byte_offset: None,
+            original: Some("x".repeat(200)),
+            original_base64: None,
+        }
+    }
+
+    #[test]
+    fn groups_by_rule_then_reason_largest_first_with_examples() {
+        let letters = vec![
+            letter("validate", "required", "/: required: customer_id", 1),
+            letter("validate", "type", "/total: type: \"x\"", 2),
+            letter("validate", "required", "/: required: customer_id", 3),
+            letter("validate", "required", "/: required: order_id", 4),
+            letter("enrich", "customers:miss", "no row", 5),
+        ];
+        let report = Report::new("dlq".into(), &letters, 1, 1);
+        assert_eq!(report.records, 5);
+        let first = &report.groups[0];
+        assert_eq!((first.rule.as_str(), first.records), ("required", 3));
+        assert_eq!(first.reasons.len(), 1);
+        assert_eq!(first.reasons[0].records, 2);
+        assert_eq!(first.other_reasons, 1);
+        assert_eq!(first.reasons[0].examples.len(), 1);
+        assert_eq!(first.reasons[0].examples[0].0, "in.ndjson:1");
+        assert!(first.reasons[0].examples[0].1.ends_with('…'));
+        let text = report.to_string();
+        assert!(
+            text.contains("validate/required: 3 records (60.0 %)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn sources_parse_as_topics_folders_or_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.ndjson");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(
+            DlqSource::parse(file.to_str().unwrap()).unwrap(),
+            DlqSource::Files {
+                root: dir.path().display().to_string(),
+                prefix: Some("a.ndjson".into())
+            }
+        );
+        assert!(matches!(
+            DlqSource::parse("kafka://b1:9092,b2:9092/orders.dlq").unwrap(),
+            DlqSource::Topic { topic, .. } if topic == "orders.dlq"
+        ));
+        assert!(DlqSource::parse("kafka://nohost").is_err());
+        assert!(matches!(
+            DlqSource::parse("s3://lake/dlq").unwrap(),
+            DlqSource::Files { prefix: None, .. }
+        ));
+    }
+}

@@ -1,0 +1,211 @@
+//! Dead-letter tools: `dlq inspect`, `dlq replay` through a fixed pipeline
+//! (exactly once, twice in a row), and `run --dry-run`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use tributary_engine::workload::{Expected, InvalidClass};
+
+use crate::support::*;
+
+/// The bundled orders pipeline with `not_in_future` removed (the "fix") and
+/// the schema path made absolute, written into the workspace.
+fn fixed_pipeline(ws: &Workspace) -> PathBuf {
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/");
+    let text = std::fs::read_to_string(orders_pipeline())
+        .unwrap()
+        .replace("../schemas/", schemas.to_str().unwrap())
+        .replace(
+            "        - name: not_in_future\n          sql: occurred_at <= now() + INTERVAL '1 day'\n          severity: error\n",
+            "",
+        );
+    assert!(!text.contains("not_in_future"), "the fix did not apply");
+    let path = ws.path("orders-fixed.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn event_id(letter: &serde_json::Value) -> String {
+    let original: serde_json::Value =
+        serde_json::from_str(letter["original"].as_str().unwrap()).unwrap();
+    original["event_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn inspect_counts_dead_letters_by_stage_rule_and_reason() {
+    let ws = Workspace::generate(5_000, 0.05, 11);
+    let summary = ws.run_orders();
+    let dlq = ws.path("out/dlq");
+    let out = ws.tributary(&["dlq", "inspect", dlq.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["records"], summary["totals"]["dlq"], "{report}");
+    // Every rule the run counted, with the same count, and examples with their source line.
+    let by_rule = summary["totals"]["dlq_by_rule"].as_object().unwrap();
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), by_rule.len(), "{report}");
+    for group in groups {
+        let key = format!(
+            "{}/{}",
+            group["stage"].as_str().unwrap(),
+            group["rule"].as_str().unwrap()
+        );
+        assert_eq!(group["records"], by_rule[&key], "{key}");
+        let example = &group["reasons"][0]["examples"][0];
+        assert!(
+            example[0].as_str().unwrap().contains("orders.ndjson:"),
+            "{example}"
+        );
+    }
+    // The text form names the rules and their shares; --pipeline finds the same queue.
+    let out = ws.tributary(&[
+        "dlq",
+        "inspect",
+        "--pipeline",
+        orders_pipeline().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.contains("validate/not_in_future:"), "{report}");
+    assert!(report.contains(" %)"), "{report}");
+}
+
+#[test]
+fn replay_sends_fixed_records_to_the_output_once_and_the_rest_back() {
+    let ws = Workspace::generate(5_000, 0.05, 12);
+    ws.run_orders();
+    let (dlq, orders) = (ws.path("out/dlq"), ws.path("out/orders"));
+    let before = dead_letters(&dlq);
+    let fixed: BTreeSet<String> = before
+        .iter()
+        .filter(|l| l["rule"] == "not_in_future")
+        .map(event_id)
+        .collect();
+    let expected_future = ws
+        .expected
+        .iter()
+        .filter(|e| matches!(e, Expected::Dlq(InvalidClass::FutureTimestamp)))
+        .count();
+    assert!(!fixed.is_empty() && fixed.len() == expected_future);
+    let ids_before: BTreeSet<String> = parquet_strings(&orders, "event_id").into_iter().collect();
+    let pipeline = fixed_pipeline(&ws);
+
+    let replay = |round: usize| {
+        let summary = ws.path(&format!("replay-{round}.json"));
+        let out = ws.tributary(&[
+            "dlq",
+            "replay",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "replay {round} failed:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(summary).unwrap())
+            .unwrap()
+    };
+
+    let first = replay(1);
+    assert_eq!(first["totals"]["records_in"], before.len() as u64);
+    // A fixed record now passes validate; later stages may still send it to
+    // review (an unknown customer, say), like any other record.
+    let (out, review) = (
+        first["totals"]["records_out"].as_u64().unwrap(),
+        first["totals"]["review"].as_u64().unwrap(),
+    );
+    assert!(out > 0);
+    assert_eq!(out + review, fixed.len() as u64, "{first}");
+    let ids_after: BTreeSet<String> = parquet_strings(&orders, "event_id").into_iter().collect();
+    let gained: BTreeSet<String> = ids_after.difference(&ids_before).cloned().collect();
+    assert!(gained.is_subset(&fixed), "the output gained records that were not fixed");
+    assert_eq!(gained.len() as u64, out, "the output gained exactly the fixed records that pass");
+    assert_eq!(
+        parquet_strings(&orders, "event_id").len(),
+        ids_after.len(),
+        "an event is in the output twice"
+    );
+
+    // The queue now holds exactly the records still failing, with their first source.
+    let after = dead_letters(&dlq);
+    assert_eq!(after.len(), before.len() - fixed.len());
+    assert!(after.iter().all(|l| l["rule"] != "not_in_future"));
+    assert!(
+        after
+            .iter()
+            .all(|l| l["source"].as_str().unwrap().contains("orders.ndjson:")
+                && l["source"].as_str().unwrap().contains("(replayed from ")),
+        "{:?}",
+        after.first()
+    );
+    let originals = |letters: &[serde_json::Value]| -> BTreeSet<String> {
+        letters
+            .iter()
+            .map(|l| {
+                l.get("original")
+                    .or(l.get("original_base64"))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let still_failing: Vec<serde_json::Value> = before
+        .iter()
+        .filter(|l| l["rule"] != "not_in_future")
+        .cloned()
+        .collect();
+    assert_eq!(
+        originals(&after),
+        originals(&still_failing),
+        "original bytes (including non-UTF-8 ones) survive the round trip"
+    );
+    let archived = files_under(&dlq.join("_tributary/replayed"));
+    assert!(!archived.is_empty());
+
+    // Again: nothing new reaches the output; the failing records stay once in the queue.
+    let output_files = files_under(&orders);
+    let second = replay(2);
+    assert_eq!(second["totals"]["records_out"], 0);
+    assert_eq!(files_under(&orders), output_files);
+    assert_eq!(parquet_strings(&orders, "event_id").len(), ids_after.len());
+    assert_eq!(dead_letters(&dlq).len(), after.len());
+}
+
+#[test]
+fn a_dry_run_reports_where_records_would_go_and_writes_nothing() {
+    let ws = Workspace::generate(2_000, 0.05, 13);
+    let out = ws.tributary(&[
+        "run",
+        orders_pipeline().to_str().unwrap(),
+        "--dry-run",
+        "--sample",
+        "300",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    let first = &ws.expected[..300];
+    let dlq = first
+        .iter()
+        .filter(|e| matches!(e, Expected::Dlq(_)))
+        .count();
+    let review = first
+        .iter()
+        .filter(|e| matches!(e, Expected::Review { .. }))
+        .count();
+    assert!(report.contains("dry run: 300 records"), "{report}");
+    assert!(
+        report.contains(&format!("→ outputs (orders): {}", 300 - dlq - review)),
+        "{report}"
+    );
+    assert!(report.contains(&format!("→ dlq: {dlq}\n")), "{report}");
+    assert!(
+        report.contains(&format!("→ review: {review}\n")),
+        "{report}"
+    );
+    assert!(report.contains("orders.ndjson:"), "{report}");
+    assert!(!ws.path("out").exists(), "a dry run wrote output");
+}
