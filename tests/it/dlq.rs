@@ -122,8 +122,15 @@ fn replay_sends_fixed_records_to_the_output_once_and_the_rest_back() {
     assert_eq!(out + review, fixed.len() as u64, "{first}");
     let ids_after: BTreeSet<String> = parquet_strings(&orders, "event_id").into_iter().collect();
     let gained: BTreeSet<String> = ids_after.difference(&ids_before).cloned().collect();
-    assert!(gained.is_subset(&fixed), "the output gained records that were not fixed");
-    assert_eq!(gained.len() as u64, out, "the output gained exactly the fixed records that pass");
+    assert!(
+        gained.is_subset(&fixed),
+        "the output gained records that were not fixed"
+    );
+    assert_eq!(
+        gained.len() as u64,
+        out,
+        "the output gained exactly the fixed records that pass"
+    );
     assert_eq!(
         parquet_strings(&orders, "event_id").len(),
         ids_after.len(),

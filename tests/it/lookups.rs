@@ -106,9 +106,10 @@ fn load_redis(csv: &Path, prefix: &str, port: u16) {
 /// `pipeline` with its file lookup replaced by `lookup` (YAML lines at the lookup's indentation).
 fn with_lookup(pipeline: &Path, lookup: &str, out: &Path) -> std::path::PathBuf {
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/");
-    let text = std::fs::read_to_string(pipeline)
-        .unwrap()
-        .replace("../schemas/", schemas.to_str().unwrap());
+    let text = std::fs::read_to_string(pipeline).unwrap().replace(
+        "schema: ../schemas/",
+        &format!("schema: {}", schemas.display()),
+    );
     let (before, rest) = text
         .split_once("        path: ${TRIBUTARY_CUSTOMERS")
         .unwrap();
