@@ -26,6 +26,9 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// Export traces (a span per batch and per stage) to this OpenTelemetry collector over OTLP/HTTP.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -163,33 +166,62 @@ enum DlqCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
-    match dispatch(cli.command) {
+    let traces = match init_logs(cli.log_format, cli.otlp_endpoint.as_deref()) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // Sends the spans still buffered.
+    drop(traces);
+    code
 }
 
-/// Logs go to standard error, filtered by `RUST_LOG` (default `warn`).
-fn init_logs(format: LogFormat) {
+/// Logs go to standard error, filtered by `RUST_LOG` (default `warn`); with
+/// an OTLP endpoint, the engine's spans (batches and stages) go there too.
+fn init_logs(format: LogFormat, otlp: Option<&str>) -> Result<Option<telemetry::Traces>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+            .boxed(),
         LogFormat::Json => logs
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
-    }
+            .boxed(),
+    };
+    let (traces, spans) = match otlp.filter(|e| !e.trim().is_empty()) {
+        None => (None, None),
+        Some(endpoint) => {
+            let (traces, tracer) = telemetry::otlp(endpoint)?;
+            let spans = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("tributary_engine", tracing::Level::INFO),
+                );
+            (Some(traces), Some(spans))
+        }
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .init();
+    Ok(traces)
 }
 
 fn dispatch(command: Command) -> Result<ExitCode> {

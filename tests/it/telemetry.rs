@@ -272,3 +272,91 @@ fn the_dashboard_and_alerts_query_metrics_the_engine_exports() {
     }
     assert!(checked > 20, "only {checked} metric references found");
 }
+
+/// (path, body) of every POST a [`collector`] received.
+type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An OTLP/HTTP collector stand-in: answers 200 to every POST and keeps (path, body).
+fn collector() -> (u16, Posts) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            use std::io::BufRead;
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                kept.lock().unwrap().push((path, body));
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (port, received)
+}
+
+/// With an OTLP endpoint, each batch and each stage in it becomes a span,
+/// exported before the process exits.
+#[test]
+fn batches_and_stages_are_exported_as_otlp_spans() {
+    let (port, received) = collector();
+    let ws = crate::support::Workspace::generate(3_000, 0.02, 5);
+    let out = ws.tributary(&[
+        "run",
+        crate::support::orders_pipeline().to_str().unwrap(),
+        "--otlp-endpoint",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let received = received.lock().unwrap();
+    let traces: Vec<&Vec<u8>> = received
+        .iter()
+        .filter(|(path, _)| path == "/v1/traces")
+        .map(|(_, body)| body)
+        .collect();
+    assert!(!traces.is_empty(), "no POST to /v1/traces: {received:?}");
+    // Protobuf keeps strings as they are: span names, attribute values, the service.
+    let contains = |needle: &[u8]| {
+        traces
+            .iter()
+            .any(|body| body.windows(needle.len()).any(|w| w == needle))
+    };
+    for needle in [
+        &b"batch"[..],
+        b"stage",
+        b"validate",
+        b"transform",
+        b"enrich",
+        b"tributary",
+    ] {
+        assert!(
+            contains(needle),
+            "no {:?} in the exported spans",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use tracing::Instrument;
 use tributary_connectors::source::RawBatch;
 use tributary_stages::{Reject, Route};
 
@@ -48,9 +49,8 @@ pub(crate) async fn process(plan: &Plan, raw: &RawBatch) -> Result<Processed, Pa
         rejected: Vec::new(),
         stages: Vec::with_capacity(1 + plan.stages.len()),
     };
-    let validated = plan
-        .validate
-        .apply(&raw.payloads)
+    let validated = tracing::info_span!("stage", stage = "validate", records = raw.len())
+        .in_scope(|| plan.validate.apply(&raw.payloads))
         .map_err(|source| PartitionError::Stage {
             stage: "validate",
             source,
@@ -64,11 +64,15 @@ pub(crate) async fn process(plan: &Plan, raw: &RawBatch) -> Result<Processed, Pa
     }
     clock = Instant::now();
     for (i, planned) in plan.stages.iter().enumerate() {
+        let span = tracing::info_span!("stage", stage = planned.kind, records = batch.num_rows());
         let out = match &planned.keyed {
-            Some(keyed) => super::lookups::enrich_keyed(keyed, &batch).await?,
-            None => planned
-                .stage
-                .apply(&batch)
+            Some(keyed) => {
+                super::lookups::enrich_keyed(keyed, &batch)
+                    .instrument(span)
+                    .await?
+            }
+            None => span
+                .in_scope(|| planned.stage.apply(&batch))
                 .map_err(|source| PartitionError::Stage {
                     stage: planned.kind,
                     source,

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use arrow::array::{Array, RecordBatch};
 use tributary_connectors::commit_log::StagedFile;
 use tributary_connectors::dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter};
@@ -164,7 +166,15 @@ impl<'p> Worker<'p> {
         self.archive(raw).await?;
         self.counts.records_in += raw.len() as u64;
         self.counts.bytes_in += raw.payloads.values().len() as u64;
-        let processed = stages::process(self.plan, raw).await?;
+        let span = tracing::info_span!(
+            "batch",
+            pipeline = %self.plan.name,
+            partition = %self.metrics_label,
+            stream = %self.info.stream,
+            first_position = raw.positions.first().copied().unwrap_or_default(),
+            records = raw.len(),
+        );
+        let processed = stages::process(self.plan, raw).instrument(span).await?;
         for rejected in &processed.rejected {
             self.route(raw, rejected).await?;
         }
