@@ -216,3 +216,22 @@ fn a_dry_run_reports_where_records_would_go_and_writes_nothing() {
     assert!(report.contains("orders.ndjson:"), "{report}");
     assert!(!ws.path("out").exists(), "a dry run wrote output");
 }
+
+#[test]
+fn a_dry_run_on_kafka_samples_what_the_group_would_read_next_and_consumes_nothing() {
+    let _serial = crate::servers::serial();
+    let scenario = crate::kafka::Scenario::new(crate::servers::Broker::start(), 600, 2);
+    let pipeline = scenario.pipeline(&[]);
+    let out = scenario
+        .engine(&pipeline, "dry", &["--dry-run", "--sample", "200"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.contains("dry run: 200 records"), "{report}");
+    assert!(report.contains("orders/"), "{report}");
+    assert!(!scenario.out().exists(), "a dry run wrote output");
+    // The group still reads everything, exactly once.
+    scenario.run_to_end(&pipeline, "dry");
+    scenario.assert_exactly_once();
+}

@@ -174,7 +174,7 @@ impl LagTable {
 const MAX_DRAIN: usize = 256;
 
 /// Messages of one partition collected into the next batch.
-struct BatchBuilder {
+pub(crate) struct BatchBuilder {
     data: Vec<u8>,
     offsets: Vec<i32>,
     positions: Vec<u64>,
@@ -183,7 +183,7 @@ struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    fn new(partition: &TopicPartition) -> Self {
+    pub(crate) fn new(partition: &TopicPartition) -> Self {
         BatchBuilder {
             data: Vec::new(),
             offsets: vec![0],
@@ -193,7 +193,7 @@ impl BatchBuilder {
         }
     }
 
-    fn push(&mut self, message: &BorrowedMessage<'_>, now: Instant) {
+    pub(crate) fn push(&mut self, message: &BorrowedMessage<'_>, now: Instant) {
         let payload = message.payload().unwrap_or_default();
         self.data.extend_from_slice(payload);
         self.offsets.push(self.data.len() as i32);
@@ -202,7 +202,7 @@ impl BatchBuilder {
         self.opened.get_or_insert(now);
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.positions.is_empty()
     }
 
@@ -218,7 +218,7 @@ impl BatchBuilder {
                     .is_some_and(|t| now.saturating_duration_since(t) >= max_wait))
     }
 
-    fn finish(&mut self) -> RawBatch {
+    pub(crate) fn finish(&mut self) -> RawBatch {
         // The next batch is likely the size of this one: allocate it once
         // rather than doubling up to it.
         let (rows, bytes) = (self.positions.len(), self.data.len());

@@ -7,6 +7,7 @@
 //! - [`producer`]: idempotent producers for dead letters (original bytes,
 //!   `tributary.*` context headers) and for records as JSON.
 //! - [`dead_letters`]: a dead-letter topic read back, for inspection.
+//! - [`sample`]: the next records a group would read, for dry runs.
 //! - [`tail`]: a topic followed from its end by every process (broadcast).
 //! - [`meta`]: message metadata (key, topic, partition, offset, timestamp,
 //!   headers) as Arrow columns.
@@ -16,6 +17,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod meta;
 pub mod producer;
+pub mod sample;
 pub mod tail;
 
 use std::collections::BTreeMap;

@@ -1,11 +1,16 @@
-//! `run --dry-run --sample N`: the first N records of a bounded source
-//! through every stage, reporting where each would go. Nothing is opened
-//! for writing: no output, dead-letter or review file, no commit.
+//! `run --dry-run --sample N`: the first N records of the source (the
+//! next N a Kafka consumer group would read) through every stage, reporting
+//! where each would go. Nothing is opened for writing: no output,
+//! dead-letter or review file or topic, no commit.
 
 use std::fmt;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use arrow::array::RecordBatch;
-use tributary_connectors::source::BatchLimits;
+use tributary_connectors::kafka::sample as kafka_sample;
+use tributary_connectors::source::{BatchLimits, Origin, RawBatch};
 use tributary_stages::Route;
 
 use super::{RunError, stages};
@@ -51,52 +56,75 @@ impl DryRun {
     }
 }
 
-/// Runs the first `sample` records of the plan's source through its stages.
+/// Runs the first `sample` records of the plan's source through its stages:
+/// the first records of a file or object source, or the next records the
+/// consumer group would read from a Kafka source (read without joining the
+/// group or committing anything).
 pub async fn dry_run(plan: &Plan, sample: usize) -> Result<DryRun, RunError> {
-    let PlannedSource::Bounded(source) = &plan.source else {
-        return Err(RunError::Unsupported(
-            "--dry-run reads file and object sources; a Kafka source is sampled by pointing a file source at a few exported messages".into(),
-        ));
-    };
-    let mut partitions = tokio::task::block_in_place(|| source.partitions())?;
     let mut run = DryRun {
         records: 0,
         output: Vec::new(),
         rejected: Vec::new(),
         outputs: plan.outputs.iter().map(|o| o.name.clone()).collect(),
     };
-    for reader in &mut partitions {
-        while run.records < sample {
-            let limits = BatchLimits {
-                max_records: (sample - run.records).min(plan.limits.max_records),
-                max_bytes: plan.limits.max_bytes,
-            };
-            let Some(raw) = tokio::task::block_in_place(|| reader.next_batch(limits))? else {
-                break;
-            };
-            run.records += raw.len();
-            let processed = stages::process(plan, &raw)
-                .await
-                .map_err(RunError::DryRun)?;
-            for rejected in processed.rejected {
-                run.rejected.push(DryReject {
-                    source: reader
-                        .info()
-                        .origin
-                        .describe(raw.positions[rejected.raw_row]),
-                    door: match rejected.reject.route {
-                        Route::Dlq => "dlq",
-                        Route::Review => "review",
-                    },
-                    stage: rejected.stage,
-                    rule: rejected.reject.rule,
-                    reason: rejected.reject.reason,
-                });
+    match &plan.source {
+        PlannedSource::Bounded(source) => {
+            let mut partitions = tokio::task::block_in_place(|| source.partitions())?;
+            for reader in &mut partitions {
+                while run.records < sample {
+                    let limits = BatchLimits {
+                        max_records: (sample - run.records).min(plan.limits.max_records),
+                        max_bytes: plan.limits.max_bytes,
+                    };
+                    let Some(raw) = tokio::task::block_in_place(|| reader.next_batch(limits))?
+                    else {
+                        break;
+                    };
+                    let origin = reader.info().origin.clone();
+                    run.add(plan, &origin, &raw).await?;
+                }
             }
-            run.output.push(processed.batch);
+        }
+        PlannedSource::Kafka(kafka) => {
+            let settings = kafka.settings.clone();
+            let batches = tokio::task::spawn_blocking(move || {
+                kafka_sample::sample(&settings, sample, Duration::from_secs(10))
+            })
+            .await
+            .map_err(|e| RunError::Unsupported(format!("sampling the topics failed: {e}")))??;
+            for raw in batches {
+                let Some(meta) = &raw.meta else { continue };
+                let origin = Origin::Kafka {
+                    topic: Arc::from(meta.topic.as_ref()),
+                    partition: meta.partition,
+                };
+                run.add(plan, &origin, &raw).await?;
+            }
         }
     }
     Ok(run)
+}
+
+impl DryRun {
+    /// Runs one raw batch through the stages and notes where its records go.
+    async fn add(&mut self, plan: &Plan, origin: &Origin, raw: &RawBatch) -> Result<(), RunError> {
+        self.records += raw.len();
+        let processed = stages::process(plan, raw).await.map_err(RunError::DryRun)?;
+        for rejected in processed.rejected {
+            self.rejected.push(DryReject {
+                source: origin.describe(raw.positions[rejected.raw_row]),
+                door: match rejected.reject.route {
+                    Route::Dlq => "dlq",
+                    Route::Review => "review",
+                },
+                stage: rejected.stage,
+                rule: rejected.reject.rule,
+                reason: rejected.reject.reason,
+            });
+        }
+        self.output.push(processed.batch);
+        Ok(())
+    }
 }
 
 impl fmt::Display for DryRun {
