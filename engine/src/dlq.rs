@@ -301,6 +301,14 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
                 .into(),
         ));
     };
+    if let PlannedSource::Kafka(_) = &plan.source {
+        // Its later stages are planned with the Kafka metadata columns
+        // (_key, _topic, _partition, …), which dead-letter files do not carry.
+        return Err(DlqError::Unsupported(format!(
+            "{}: the pipeline reads Kafka, and its stages expect the Kafka metadata columns that dead letters do not carry; replay through a copy of it with a `source.file` (same stages and outputs)",
+            plan.file.display()
+        )));
+    }
     let location = DlqSource::open(root, &plan.storage)?;
     let files: Vec<LetterFile> = read::read_files(&location, prefix.as_deref()).await?;
     let names: Vec<String> = files.iter().map(|f| f.display.clone()).collect();

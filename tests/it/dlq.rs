@@ -235,3 +235,24 @@ fn a_dry_run_on_kafka_samples_what_the_group_would_read_next_and_consumes_nothin
     scenario.run_to_end(&pipeline, "dry");
     scenario.assert_exactly_once();
 }
+
+#[test]
+fn replay_through_a_kafka_pipeline_is_refused_with_what_to_do_instead() {
+    let ws = Workspace::generate(200, 0.05, 14);
+    ws.run_orders();
+    let kafka = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/orders-kafka.yaml");
+    let out = ws.tributary(&[
+        "dlq",
+        "replay",
+        ws.path("out/dlq").to_str().unwrap(),
+        "--pipeline",
+        kafka.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&out.stderr);
+    assert!(error.contains("source.file"), "{error}");
+    assert!(
+        !ws.path("out/dlq/_tributary").exists(),
+        "nothing was archived"
+    );
+}
