@@ -139,6 +139,17 @@ pub fn targets() -> Vec<(Arc<str>, Arc<Health>)> {
         .collect()
 }
 
+/// Per target name: retries so far and whether any of its retriers waits past its budget.
+pub fn by_target() -> std::collections::BTreeMap<Arc<str>, (u64, bool)> {
+    let mut all = std::collections::BTreeMap::<Arc<str>, (u64, bool)>::new();
+    for (target, health) in targets() {
+        let entry = all.entry(target).or_default();
+        entry.0 += health.retries();
+        entry.1 |= health.is_waiting();
+    }
+    all
+}
+
 impl Retrier {
     /// A retrier for `target` under `policy`, listed in [`targets`] while it lives.
     pub fn new(target: impl Into<Arc<str>>, policy: RetryPolicy) -> Self {

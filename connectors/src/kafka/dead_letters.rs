@@ -30,23 +30,7 @@ pub fn read_topic(
         ])
         .create()
         .map_err(KafkaError::client("creating a consumer"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(KafkaError::client(format!(
-            "reading the metadata of {topic}"
-        )))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(KafkaError::Delivery {
-            topic: topic.to_string(),
-            message: "no such topic (or it has no partitions)".into(),
-        });
-    }
+    let partitions = super::partitions_of(consumer.client(), topic, timeout)?;
     let mut assignment = TopicPartitionList::new();
     // partition → high-water mark still to reach.
     let mut remaining = BTreeMap::new();

@@ -45,6 +45,32 @@ pub enum KafkaError {
     },
 }
 
+/// The partition ids of `topic`, as the brokers report them now (an error if it has none).
+pub(crate) fn partitions_of<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<i32>, KafkaError> {
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(KafkaError::client(format!(
+            "reading the metadata of {topic}"
+        )))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(KafkaError::Delivery {
+            topic: topic.to_string(),
+            message: "no such topic (or it has no partitions)".into(),
+        });
+    }
+    Ok(partitions)
+}
+
 impl KafkaError {
     pub(crate) fn client(
         context: impl Into<String>,

@@ -39,19 +39,11 @@ pub fn sample(
                 message: "a dry run names its topics; patterns are not sampled".into(),
             });
         }
-        let metadata =
-            consumer
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(KafkaError::client(format!(
-                    "reading the metadata of {topic}"
-                )))?;
-        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-            for p in t.partitions() {
-                partitions
-                    .add_partition(topic, p.id())
-                    .set_offset(Offset::Invalid)
-                    .map_err(KafkaError::client("building the assignment"))?;
-            }
+        for partition in super::partitions_of(consumer.client(), topic, timeout)? {
+            partitions
+                .add_partition(topic, partition)
+                .set_offset(Offset::Invalid)
+                .map_err(KafkaError::client("building the assignment"))?;
         }
     }
     let committed = consumer

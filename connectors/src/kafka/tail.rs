@@ -29,34 +29,16 @@ impl Tail {
             .create()
             .map_err(KafkaError::client("creating a consumer"))?;
         let timeout = Duration::from_secs(10);
-        let metadata =
-            consumer
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(KafkaError::client(format!(
-                    "reading the metadata of {topic}"
-                )))?;
         let mut assignment = TopicPartitionList::new();
-        for partition in metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions())
-        {
+        for partition in super::partitions_of(consumer.client(), topic, timeout)? {
             let (_, high) = consumer
-                .fetch_watermarks(topic, partition.id(), timeout)
+                .fetch_watermarks(topic, partition, timeout)
                 .map_err(KafkaError::client(format!(
-                    "reading {topic}/{}'s offsets",
-                    partition.id()
+                    "reading {topic}/{partition}'s offsets"
                 )))?;
             assignment
-                .add_partition_offset(topic, partition.id(), Offset::Offset(high))
+                .add_partition_offset(topic, partition, Offset::Offset(high))
                 .map_err(KafkaError::client("building the assignment"))?;
-        }
-        if assignment.count() == 0 {
-            return Err(KafkaError::Delivery {
-                topic: topic.to_string(),
-                message: "no such topic (create it before starting)".into(),
-            });
         }
         consumer
             .assign(&assignment)

@@ -478,17 +478,14 @@ impl Metrics {
         if streaming && self.assigned.get() <= 0 {
             reasons.push("no Kafka partition assigned".to_string());
         }
-        let mut waiting: Vec<String> = retry::targets()
-            .into_iter()
-            .filter(|(_, health)| health.is_waiting())
-            .map(|(target, _)| {
-                format!(
-                    "{target} is failing past its retry budget; partitions writing to it are paused"
-                )
-            })
-            .collect();
-        waiting.dedup();
-        reasons.extend(waiting);
+        reasons.extend(
+            retry::by_target()
+                .into_iter()
+                .filter(|(_, (_, waiting))| *waiting)
+                .map(|(target, _)| {
+                    format!("{target} is failing past its retry budget; partitions writing to it are paused")
+                }),
+        );
         if reasons.is_empty() {
             Readiness::Ready
         } else {
@@ -537,13 +534,7 @@ impl Metrics {
                     .set(i64::from(lag.paused));
             }
         }
-        let mut by_target: BTreeMap<Arc<str>, (u64, bool)> = BTreeMap::new();
-        for (target, health) in retry::targets() {
-            let entry = by_target.entry(target).or_default();
-            entry.0 += health.retries();
-            entry.1 |= health.is_waiting();
-        }
-        for (target, (retries, waiting)) in by_target {
+        for (target, (retries, waiting)) in retry::by_target() {
             let labels = TargetLabels {
                 target: target.to_string(),
             };

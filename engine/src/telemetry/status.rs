@@ -166,12 +166,6 @@ impl Status {
                 }),
             }
         }
-        let mut by_target: BTreeMap<String, (u64, bool)> = BTreeMap::new();
-        for (target, health) in retry::targets() {
-            let entry = by_target.entry(target.to_string()).or_default();
-            entry.0 += health.retries();
-            entry.1 |= health.is_waiting();
-        }
         let mut rejects = rejects;
         rejects.sort_by_key(|r| std::cmp::Reverse(r.records));
         let (ready, not_ready) = match metrics.readiness() {
@@ -186,10 +180,10 @@ impl Status {
             partitions,
             throughput: history.rates(),
             rejects,
-            targets: by_target
+            targets: retry::by_target()
                 .into_iter()
                 .map(|(target, (retries, waiting))| TargetStatus {
-                    target,
+                    target: target.to_string(),
                     retries,
                     waiting,
                 })
