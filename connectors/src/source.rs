@@ -78,12 +78,13 @@ pub enum Origin {
         /// The partition.
         partition: i32,
     },
-    /// A dead-letter file being replayed; positions are its line numbers.
+    /// Dead letters being replayed; positions are their places in the queue
+    /// (lines of a file, offsets of a topic partition).
     Replay {
-        /// The dead-letter file.
-        file: Arc<str>,
-        /// Where each of its records first came from (line `n` is `sources[n - 1]`).
-        sources: Arc<Vec<String>>,
+        /// The queue partition, as a prefix to a position (`dlq/a.ndjson:`, `orders.dlq/0@`).
+        queue: Arc<str>,
+        /// Where each record first came from, as (position, source), by position.
+        sources: Arc<Vec<(u64, String)>>,
     },
 }
 
@@ -94,12 +95,11 @@ impl Origin {
         match self {
             Origin::File { path } => format!("{path}:{position}"),
             Origin::Kafka { topic, partition } => format!("{topic}/{partition}@{position}"),
-            Origin::Replay { file, sources } => {
-                let first = (position as usize)
-                    .checked_sub(1)
-                    .and_then(|i| sources.get(i))
-                    .map_or("?", String::as_str);
-                format!("{first} (replayed from {file}:{position})")
+            Origin::Replay { queue, sources } => {
+                let first = sources
+                    .binary_search_by_key(&position, |(p, _)| *p)
+                    .map_or("?", |i| sources[i].1.as_str());
+                format!("{first} (replayed from {queue}{position})")
             }
         }
     }

@@ -4,16 +4,26 @@
 //! **Inspect** reads dead-letter files (local or S3) or a dead-letter topic
 //! and counts records by stage and rule, then by reason, with examples.
 //!
-//! **Replay** runs dead-letter files through a pipeline as a bounded
-//! source (one partition per file, see
+//! **Replay** runs dead letters through a pipeline as a bounded source (one
+//! partition per file or topic partition, see
 //! [`ReplaySource`](tributary_connectors::dead_letter::replay::ReplaySource)).
 //! Records that now pass go to the pipeline's outputs; records that still
 //! fail go to its DLQ or review queue with the new reason. Output names
-//! derive from `(file hash, line)`, so a replay interrupted and run again
-//! rewrites the same files. Once every partition finished, each replayed
-//! file moves to `_tributary/replayed/` under the dead-letter location
-//! (kept, not deleted): the queue then holds exactly the records still
-//! failing, and running the replay again never duplicates output.
+//! derive from the record's place in the queue, so a replay interrupted and
+//! run again rewrites the same files. Once every partition finished:
+//!
+//! - each replayed **file** moves to `_tributary/replayed/` under the
+//!   dead-letter location (kept, not deleted): the queue then holds exactly
+//!   the records still failing;
+//! - for a **topic**, the replay group (`tributary-replay-<pipeline>`)
+//!   commits the offset after the last record replayed; the next replay
+//!   starts there, so it sees exactly the records appended since, among
+//!   them those that failed again.
+//!
+//! Either way, running the replay again never duplicates output. A pipeline
+//! that reads Kafka gets each record's metadata columns back from where it
+//! was first consumed; its raw-zone outputs are left out (the originals are
+//! archived there already).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,7 +32,9 @@ use std::time::Duration;
 use tributary_connectors::dead_letter::DeadLetter;
 use tributary_connectors::dead_letter::read::{self, LetterFile, ReadError};
 use tributary_connectors::dead_letter::replay::ReplaySource;
-use tributary_connectors::kafka::{KafkaConnection, KafkaError, dead_letters};
+use tributary_connectors::kafka::dead_letters::{self, TopicLetter};
+use tributary_connectors::kafka::{KafkaConnection, KafkaError};
+use tributary_connectors::source::SourceError;
 use tributary_connectors::store::{Location, Storage, StoreError};
 
 use crate::plan::{Plan, PlannedSource};
@@ -40,6 +52,9 @@ pub enum DlqError {
     /// The topic cannot be read.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// A dead letter cannot be replayed through the pipeline.
+    #[error(transparent)]
+    Letter(#[from] SourceError),
     /// The replay run failed to start.
     #[error(transparent)]
     Run(#[from] RunError),
@@ -147,15 +162,32 @@ pub async fn read_all(source: &DlqSource, storage: &Storage) -> Result<Vec<DeadL
             Ok(files.into_iter().flat_map(|f| f.letters).collect())
         }
         DlqSource::Topic { connection, topic } => {
-            let (connection, topic) = (connection.clone(), topic.clone());
-            tokio::task::spawn_blocking(move || {
-                dead_letters::read_topic(&connection, &topic, Duration::from_secs(60))
-            })
-            .await
-            .map_err(|e| DlqError::Unsupported(format!("reading the topic failed: {e}")))?
-            .map_err(DlqError::from)
+            let letters = read_topic(connection, topic, None).await?;
+            Ok(letters.into_iter().map(|l| l.letter).collect())
         }
     }
+}
+
+const TOPIC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads `topic` from the low-water marks, or from where `group`'s checkpoint says.
+async fn read_topic(
+    connection: &KafkaConnection,
+    topic: &str,
+    group: Option<&str>,
+) -> Result<Vec<TopicLetter>, DlqError> {
+    let (connection, topic) = (connection.clone(), topic.to_string());
+    let group = group.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        let from = match &group {
+            Some(group) => dead_letters::checkpoint(&connection, group, &topic, TOPIC_TIMEOUT)?,
+            None => BTreeMap::new(),
+        };
+        dead_letters::read_topic(&connection, &topic, &from, TOPIC_TIMEOUT)
+    })
+    .await
+    .map_err(|e| DlqError::Unsupported(format!("reading the topic failed: {e}")))?
+    .map_err(DlqError::from)
 }
 
 /// Dead letters counted by stage and rule, then by reason, with examples.
@@ -289,46 +321,141 @@ impl fmt::Display for Report {
 pub struct Replayed {
     /// The run over the dead letters.
     pub summary: Summary,
-    /// Files replayed and moved to `_tributary/replayed/`.
-    pub archived: Vec<String>,
+    /// What became of the queue.
+    pub settled: Settled,
 }
 
-/// Replays the dead-letter files of `source` through `plan`.
-pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqError> {
-    let DlqSource::Files { root, prefix } = source else {
-        return Err(DlqError::Unsupported(
-            "replay reads dead-letter files; for a dead-letter topic, export it to files first"
-                .into(),
-        ));
-    };
-    if let PlannedSource::Kafka(_) = &plan.source {
-        // Its later stages are planned with the Kafka metadata columns
-        // (_key, _topic, _partition, …), which dead-letter files do not carry.
-        return Err(DlqError::Unsupported(format!(
-            "{}: the pipeline reads Kafka, and its stages expect the Kafka metadata columns that dead letters do not carry; replay through a copy of it with a `source.file` (same stages and outputs)",
-            plan.file.display()
-        )));
-    }
-    let location = DlqSource::open(root, &plan.storage)?;
-    let files: Vec<LetterFile> = read::read_files(&location, prefix.as_deref()).await?;
-    let names: Vec<String> = files.iter().map(|f| f.display.clone()).collect();
-    tracing::info!(source = %source, files = files.len(), "replaying dead letters");
-    plan.source = PlannedSource::Bounded(Box::new(ReplaySource::new(files.clone())));
-    let summary = runtime::run(plan, StopHandle::default(), RunOptions::default()).await?;
-    let mut archived = Vec::new();
-    let finished = !summary.interrupted && summary.partitions.iter().all(|p| p.started);
-    if finished && summary.failures().is_empty() && summary.totals.balanced() {
-        for file in &files {
-            read::archive(&location, file).await?;
-            archived.push(file.display.clone());
+/// What became of the replayed part of the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// These files moved to `_tributary/replayed/`.
+    Archived(Vec<String>),
+    /// The replay group committed these offsets (partition → next offset).
+    Checkpointed {
+        /// The replay group.
+        group: String,
+        /// The topic.
+        topic: String,
+        /// Partition → the offset the next replay starts at.
+        next: BTreeMap<i32, i64>,
+    },
+    /// The replay did not finish cleanly: the queue is as it was.
+    Kept,
+}
+
+impl fmt::Display for Settled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Settled::Archived(files) => write!(
+                f,
+                "{} dead-letter files replayed and moved to _tributary/replayed/",
+                files.len()
+            ),
+            Settled::Checkpointed { group, topic, next } => {
+                let at: Vec<String> = next.iter().map(|(p, o)| format!("{p}@{o}")).collect();
+                write!(
+                    f,
+                    "{topic} replayed; group {group} will start the next replay at {}",
+                    if at.is_empty() {
+                        "the same offsets (nothing was new)".to_string()
+                    } else {
+                        at.join(", ")
+                    }
+                )
+            }
+            Settled::Kept => write!(
+                f,
+                "the replay did not finish cleanly: the queue is kept as it was (running it again rewrites the same output)"
+            ),
         }
-    } else {
+    }
+}
+
+/// The consumer group whose offsets on a dead-letter topic say where the
+/// next replay through `plan` starts.
+pub fn replay_group(plan: &Plan) -> String {
+    format!("tributary-replay-{}", plan.name)
+}
+
+/// Replays the dead letters of `source` through `plan`.
+pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqError> {
+    let kafka_meta = matches!(plan.source, PlannedSource::Kafka(_));
+    let raw_outputs = plan.outputs.iter().filter(|o| o.raw).count();
+    if raw_outputs > 0 {
+        tracing::info!(
+            outputs = raw_outputs,
+            "raw-zone outputs are left out of a replay: they archived the originals already"
+        );
+        plan.outputs.retain(|o| !o.raw);
+    }
+    match source {
+        DlqSource::Files { root, prefix } => {
+            let location = DlqSource::open(root, &plan.storage)?;
+            let files: Vec<LetterFile> = read::read_files(&location, prefix.as_deref()).await?;
+            let replay = ReplaySource::from_files(&files, kafka_meta)?;
+            tracing::info!(source = %source, files = files.len(), "replaying dead letters");
+            plan.source = PlannedSource::Bounded(Box::new(replay));
+            let summary = runtime::run(plan, StopHandle::default(), RunOptions::default()).await?;
+            let settled = if finished_cleanly(&summary) {
+                let mut archived = Vec::new();
+                for file in &files {
+                    read::archive(&location, file).await?;
+                    archived.push(file.display.clone());
+                }
+                Settled::Archived(archived)
+            } else {
+                Settled::Kept
+            };
+            Ok(Replayed { summary, settled })
+        }
+        DlqSource::Topic { connection, topic } => {
+            let group = replay_group(&plan);
+            let letters = read_topic(connection, topic, Some(&group)).await?;
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            for letter in &letters {
+                let at = next.entry(letter.partition).or_default();
+                *at = (*at).max(letter.offset + 1);
+            }
+            let replay = ReplaySource::from_topic(topic, &letters, kafka_meta)?;
+            tracing::info!(source = %source, %group, records = letters.len(), "replaying dead letters");
+            plan.source = PlannedSource::Bounded(Box::new(replay));
+            let summary = runtime::run(plan, StopHandle::default(), RunOptions::default()).await?;
+            let settled = if finished_cleanly(&summary) {
+                let (connection, topic_name, group_name, offsets) = (
+                    connection.clone(),
+                    topic.clone(),
+                    group.clone(),
+                    next.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    dead_letters::save_checkpoint(&connection, &group_name, &topic_name, &offsets)
+                })
+                .await
+                .map_err(|e| {
+                    DlqError::Unsupported(format!("committing the checkpoint failed: {e}"))
+                })??;
+                Settled::Checkpointed {
+                    group,
+                    topic: topic.clone(),
+                    next,
+                }
+            } else {
+                Settled::Kept
+            };
+            Ok(Replayed { summary, settled })
+        }
+    }
+}
+
+fn finished_cleanly(summary: &Summary) -> bool {
+    let finished = !summary.interrupted && summary.partitions.iter().all(|p| p.started);
+    let clean = finished && summary.failures().is_empty() && summary.totals.balanced();
+    if !clean {
         tracing::warn!(
-            files = names.len(),
-            "the replay did not finish cleanly; the dead-letter files stay in the queue (running it again rewrites the same output)"
+            "the replay did not finish cleanly; the dead letters stay in the queue (running it again rewrites the same output)"
         );
     }
-    Ok(Replayed { summary, archived })
+    clean
 }
 
 #[cfg(test)]
@@ -347,6 +474,7 @@ mod tests {
             byte_offset: None,
             original: Some("x".repeat(200)),
             original_base64: None,
+            kafka: None,
         }
     }
 

@@ -150,7 +150,7 @@ enum DlqCommand {
     },
     /// Run dead letters through the (fixed) pipeline again; what passes goes to its outputs.
     Replay {
-        /// A directory, one file or `s3://bucket/prefix` of dead-letter files (default: the pipeline's DLQ).
+        /// A directory, one file, `s3://bucket/prefix` or `kafka://host:port/topic` (default: the pipeline's DLQ).
         source: Option<String>,
         /// The pipeline to run them through.
         #[arg(long)]
@@ -352,10 +352,7 @@ fn dlq(command: DlqCommand) -> Result<ExitCode> {
                 .block_on(dlq::replay(plan, &source))
                 .with_context(|| format!("replaying {source}"))?;
             print!("{}", replayed.summary);
-            println!(
-                "replayed {} dead-letter files from {source}; moved to _tributary/replayed/",
-                replayed.archived.len()
-            );
+            println!("{source}: {}", replayed.settled);
             write_summary(&replayed.summary, summary_json.as_deref())?;
             Ok(outcome(&replayed.summary))
         }

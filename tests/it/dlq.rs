@@ -1,7 +1,7 @@
 //! Dead-letter tools: `dlq inspect`, `dlq replay` through a fixed pipeline
 //! (exactly once, twice in a row), and `run --dry-run`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use tributary_engine::workload::{Expected, InvalidClass};
@@ -237,7 +237,7 @@ fn a_dry_run_on_kafka_samples_what_the_group_would_read_next_and_consumes_nothin
 }
 
 #[test]
-fn replay_through_a_kafka_pipeline_is_refused_with_what_to_do_instead() {
+fn replay_of_file_letters_through_a_kafka_pipeline_names_the_record_it_cannot_place() {
     let ws = Workspace::generate(200, 0.05, 14);
     ws.run_orders();
     let kafka = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines/orders-kafka.yaml");
@@ -250,9 +250,170 @@ fn replay_through_a_kafka_pipeline_is_refused_with_what_to_do_instead() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     let error = text(&out.stderr);
-    assert!(error.contains("source.file"), "{error}");
+    assert!(error.contains("carries no Kafka topic"), "{error}");
+    assert!(error.contains("orders.ndjson:"), "{error}");
     assert!(
         !ws.path("out/dlq/_tributary").exists(),
         "nothing was archived"
     );
+}
+
+/// (event_id, kafka_partition, kafka_offset) of every row under `dir`.
+fn consumed_at(dir: &Path) -> Vec<(String, i32, i64)> {
+    use arrow::array::{Int32Array, Int64Array, StringArray};
+    let mut rows = Vec::new();
+    for file in files_under(dir) {
+        for batch in read_parquet(&dir.join(file)) {
+            let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+            let (ids, partitions, offsets) = (
+                column("event_id"),
+                column("kafka_partition"),
+                column("kafka_offset"),
+            );
+            let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+            let partitions = partitions.as_any().downcast_ref::<Int32Array>().unwrap();
+            let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
+            for i in 0..batch.num_rows() {
+                rows.push((
+                    ids.value(i).to_string(),
+                    partitions.value(i),
+                    offsets.value(i),
+                ));
+            }
+        }
+    }
+    rows
+}
+
+#[test]
+fn replay_from_the_dead_letter_topic_through_the_fixed_kafka_pipeline_once() {
+    use crate::kafka::{Record, Scenario, TOPIC, read_topic};
+    let _serial = crate::servers::serial();
+    let scenario = Scenario::new(crate::servers::Broker::start(), 1_500, 2);
+    let pipeline = scenario.pipeline(&[]);
+    scenario.run_to_end(&pipeline, "replayed");
+    let brokers = scenario.broker.address();
+    let dlq_topic = format!("{TOPIC}.dlq");
+    let before = read_topic(&brokers, &dlq_topic);
+    let rule = |m: &Record| m.header("tributary.errors.rule").unwrap_or_default();
+    let fixed: Vec<&Record> = before
+        .iter()
+        .filter(|m| rule(m) == "not_in_future")
+        .collect();
+    assert!(!fixed.is_empty() && fixed.len() < before.len());
+
+    // inspect reads the topic back, reasons and all.
+    let queue = format!("kafka://{brokers}/{dlq_topic}");
+    let out = scenario
+        .command("replayed")
+        .args(["dlq", "inspect", &queue, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["records"], before.len() as u64, "{report}");
+
+    let fixed_pipeline = scenario.dir.path().join("orders-kafka-fixed.yaml");
+    let text_fixed = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "        - name: not_in_future\n          sql: occurred_at <= now() + INTERVAL '1 day'\n          severity: error\n",
+        "",
+    );
+    assert!(
+        !text_fixed.contains("not_in_future"),
+        "the fix did not apply"
+    );
+    std::fs::write(&fixed_pipeline, text_fixed).unwrap();
+    let orders = scenario.out().join("orders");
+    let rows_before = consumed_at(&orders);
+
+    let replay = |round: usize| {
+        let summary = scenario.dir.path().join(format!("replay-{round}.json"));
+        let out = scenario
+            .command("replayed")
+            .args(["dlq", "replay", "--pipeline"])
+            .arg(&fixed_pipeline)
+            .arg("--summary-json")
+            .arg(&summary)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "replay {round} failed:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(summary).unwrap())
+            .unwrap()
+    };
+
+    let first = replay(1);
+    assert_eq!(first["totals"]["records_in"], before.len() as u64);
+    let (passed, review) = (
+        first["totals"]["records_out"].as_u64().unwrap(),
+        first["totals"]["review"].as_u64().unwrap(),
+    );
+    assert!(passed > 0);
+    assert_eq!(passed + review, fixed.len() as u64, "{first}");
+
+    // The output gained exactly fixed records, each once, with the partition
+    // and offset they were first consumed at.
+    let consumed: BTreeMap<String, (i32, i64)> = fixed
+        .iter()
+        .map(|m| {
+            let event: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let at = |h: &str| m.header(h).unwrap().parse::<i64>().unwrap();
+            (
+                event["event_id"].as_str().unwrap().to_string(),
+                (
+                    at("tributary.errors.partition") as i32,
+                    at("tributary.errors.offset"),
+                ),
+            )
+        })
+        .collect();
+    let rows_after = consumed_at(&orders);
+    let gained: Vec<&(String, i32, i64)> = rows_after
+        .iter()
+        .filter(|r| !rows_before.contains(r))
+        .collect();
+    assert_eq!(gained.len() as u64, passed);
+    for (id, partition, offset) in &gained {
+        assert_eq!(consumed.get(id), Some(&(*partition, *offset)), "{id}");
+    }
+    let ids: BTreeSet<&String> = rows_after.iter().map(|r| &r.0).collect();
+    assert_eq!(
+        ids.len(),
+        rows_after.len(),
+        "an event is in the output twice"
+    );
+
+    // What still fails went back to the topic once, with its original key and origin.
+    let original: BTreeMap<&[u8], &Record> =
+        before.iter().map(|m| (m.payload.as_slice(), m)).collect();
+    let after = read_topic(&brokers, &dlq_topic);
+    let seen: BTreeSet<(i32, i64)> = before.iter().map(|m| (m.partition, m.offset)).collect();
+    let appended: Vec<&Record> = after
+        .iter()
+        .filter(|m| !seen.contains(&(m.partition, m.offset)))
+        .collect();
+    assert_eq!(appended.len(), before.len() - fixed.len());
+    for m in &appended {
+        let first = original[m.payload.as_slice()];
+        assert_ne!(rule(m), "not_in_future");
+        assert_eq!(m.key, first.key, "the original key is kept");
+        for h in [
+            "tributary.errors.topic",
+            "tributary.errors.partition",
+            "tributary.errors.offset",
+        ] {
+            assert_eq!(m.header(h), first.header(h), "{h}");
+        }
+    }
+
+    // Again: only what was appended since is replayed, and nothing new reaches the output.
+    let files = files_under(&orders);
+    let second = replay(2);
+    assert_eq!(second["totals"]["records_in"], appended.len() as u64);
+    assert_eq!(second["totals"]["records_out"], 0);
+    assert_eq!(files_under(&orders), files);
 }

@@ -14,7 +14,7 @@ use tributary_engine::workload::{self, Expected, Workload, WorkloadSpec};
 use crate::servers::{Broker, S3Server, serial};
 use crate::support::*;
 
-const TOPIC: &str = "orders";
+pub(crate) const TOPIC: &str = "orders";
 const SEED: u64 = 7;
 
 /// Generated events published to a topic, with what must become of each.
@@ -135,11 +135,15 @@ impl Scenario {
 
     /// `tributary run` on the Kafka pipeline, configured through its variables.
     pub(crate) fn engine(&self, pipeline: &Path, group: &str, extra: &[&str]) -> Command {
+        let mut cmd = self.command(group);
+        cmd.arg("run").arg(pipeline).args(extra);
+        cmd
+    }
+
+    /// `tributary` with the Kafka pipeline's variables set.
+    pub(crate) fn command(&self, group: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tributary"));
-        cmd.arg("run")
-            .arg(pipeline)
-            .args(extra)
-            .env("KAFKA_BROKERS", self.broker.address())
+        cmd.env("KAFKA_BROKERS", self.broker.address())
             .env("ORDERS_TOPIC", TOPIC)
             .env("TRIBUTARY_GROUP", group)
             .env("TRIBUTARY_OUT", self.out())
@@ -326,7 +330,7 @@ fn client(brokers: &str, group: &str) -> BaseConsumer {
 }
 
 /// Every message of `topic`, read from the start of every partition to its end.
-fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
+pub(crate) fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     let consumer = client(brokers, &format!("reader-{}", unique()));
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))

@@ -7,8 +7,11 @@
 //! first record, written whole and published atomically. [`read`] reads
 //! them back, and [`replay`] turns them into a source for `dlq replay`.
 
+mod origin;
 pub mod read;
 pub mod replay;
+
+pub use origin::{KafkaHeader, KafkaOrigin};
 
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -30,7 +33,7 @@ pub struct DeadLetter {
     pub rule: String,
     /// Why, naming the field and the value.
     pub reason: String,
-    /// Where it came from: `file:line` or `topic/partition/offset`.
+    /// Where it came from: `file:line` or `topic/partition@offset`.
     pub source: String,
     /// Its position in the source partition (line or offset).
     pub position: u64,
@@ -43,6 +46,9 @@ pub struct DeadLetter {
     /// The original bytes in base64, when they are not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub original_base64: Option<String>,
+    /// The Kafka message it was, for records consumed from Kafka.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kafka: Option<KafkaOrigin>,
 }
 
 impl DeadLetter {
@@ -209,6 +215,7 @@ mod tests {
             byte_offset: Some(0),
             original: None,
             original_base64: None,
+            kafka: None,
         }
     }
 

@@ -1,35 +1,111 @@
-//! Reading a dead-letter topic back (`tributary dlq inspect kafka://…`).
+//! Reading a dead-letter topic back (`tributary dlq inspect kafka://…` and
+//! `dlq replay kafka://…`).
 //!
-//! Every partition is read from its low to its high-water mark as of the
-//! start, without joining a group or committing anything, and each message
-//! becomes a [`DeadLetter`] again from its `tributary.errors.*` headers.
+//! Every partition is read from a start offset (the low-water mark, or
+//! where a replay group's checkpoint says) up to its end as of the start,
+//! without joining a group, and each message becomes a [`DeadLetter`] again
+//! from its `tributary.errors.*` headers, with its original key, timestamp
+//! and headers as its [`KafkaOrigin`]. A replay then commits how far it got
+//! for its group ([`save_checkpoint`]), so the next replay starts there.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::producer::headers;
 use super::{KafkaConnection, KafkaError};
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, KafkaHeader, KafkaOrigin};
 
-/// Reads every message of `topic` present now; gives up after `timeout`.
-pub fn read_topic(
-    connection: &KafkaConnection,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Vec<DeadLetter>, KafkaError> {
-    let consumer: BaseConsumer = connection
+/// A dead letter and where it is in the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct TopicLetter {
+    /// The dead-letter topic's partition.
+    pub partition: i32,
+    /// The offset there.
+    pub offset: i64,
+    /// The record.
+    pub letter: DeadLetter,
+}
+
+fn consumer(connection: &KafkaConnection, group: &str) -> Result<BaseConsumer, KafkaError> {
+    connection
         .client_config(&[
-            ("group.id", "tributary-dlq-inspect"),
+            ("group.id", group),
             ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
             ("enable.partition.eof", "false"),
         ])
         .create()
-        .map_err(KafkaError::client("creating a consumer"))?;
+        .map_err(KafkaError::client("creating a consumer"))
+}
+
+/// Where `group` stopped on `topic` (partition → next offset); empty when it never committed.
+pub fn checkpoint(
+    connection: &KafkaConnection,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    let consumer = consumer(connection, group)?;
+    let mut partitions = TopicPartitionList::new();
+    for partition in super::partitions_of(consumer.client(), topic, timeout)? {
+        partitions
+            .add_partition(topic, partition)
+            .set_offset(Offset::Invalid)
+            .map_err(KafkaError::client("building the partition list"))?;
+    }
+    let committed = consumer
+        .committed_offsets(partitions, timeout)
+        .map_err(KafkaError::client(format!(
+            "reading group {group}'s offsets"
+        )))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Commits `next` (partition → next offset) as `group`'s position on `topic`.
+pub fn save_checkpoint(
+    connection: &KafkaConnection,
+    group: &str,
+    topic: &str,
+    next: &BTreeMap<i32, i64>,
+) -> Result<(), KafkaError> {
+    if next.is_empty() {
+        return Ok(());
+    }
+    let consumer = consumer(connection, group)?;
+    let mut offsets = TopicPartitionList::new();
+    for (partition, offset) in next {
+        offsets
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(KafkaError::client("building the offsets"))?;
+    }
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .map_err(KafkaError::client(format!(
+            "committing group {group}'s offsets on {topic}"
+        )))
+}
+
+/// Reads every message of `topic` present now, from `from` (partition →
+/// first offset; the low-water mark where missing); gives up after `timeout`.
+pub fn read_topic(
+    connection: &KafkaConnection,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<Vec<TopicLetter>, KafkaError> {
+    let consumer = consumer(connection, "tributary-dlq-read")?;
     let partitions = super::partitions_of(consumer.client(), topic, timeout)?;
     let mut assignment = TopicPartitionList::new();
     // partition → high-water mark still to reach.
@@ -40,25 +116,30 @@ pub fn read_topic(
             .map_err(KafkaError::client(format!(
                 "reading {topic}/{partition}'s offsets"
             )))?;
-        if high > low {
+        let start = from.get(&partition).copied().unwrap_or(low).max(low);
+        // Some brokers (tansu) report the base offset of the last record
+        // batch as the high-water mark, so a partition whose mark equals the
+        // start may still hold one batch: read it too, without waiting for it.
+        if high >= start && high > low {
             assignment
-                .add_partition_offset(topic, partition, Offset::Offset(low))
+                .add_partition_offset(topic, partition, Offset::Offset(start))
                 .map_err(KafkaError::client("building the assignment"))?;
-            remaining.insert(partition, high);
+            if high > start {
+                remaining.insert(partition, high);
+            }
         }
     }
     let mut letters = Vec::new();
-    if remaining.is_empty() {
+    if assignment.count() == 0 {
         return Ok(letters);
     }
     consumer
         .assign(&assignment)
         .map_err(KafkaError::client(format!("assigning {topic}")))?;
     let deadline = Instant::now() + timeout;
-    // Some brokers (tansu) report the base offset of the last record batch as
-    // the high-water mark: past it, read on until the topic stays quiet.
+    // Past the high-water marks, read on until the topic stays quiet (see above).
     let mut quiet_since = Instant::now();
-    while !remaining.is_empty() || quiet_since.elapsed() < Duration::from_secs(1) {
+    while !remaining.is_empty() || quiet_since.elapsed() < Duration::from_secs(2) {
         if Instant::now() > deadline {
             return Err(KafkaError::Delivery {
                 topic: topic.to_string(),
@@ -81,13 +162,18 @@ pub fn read_topic(
         {
             remaining.remove(&partition);
         }
-        letters.push(letter(topic, &message));
+        letters.push(TopicLetter {
+            partition,
+            offset: message.offset(),
+            letter: letter(topic, &message),
+        });
     }
     Ok(letters)
 }
 
 fn letter(topic: &str, message: &impl Message) -> DeadLetter {
     let mut fields: BTreeMap<&str, String> = BTreeMap::new();
+    let mut original_headers = Vec::new();
     if let Some(h) = message.headers() {
         for header in h.iter() {
             if header.key.starts_with("tributary.errors.") {
@@ -96,15 +182,34 @@ fn letter(topic: &str, message: &impl Message) -> DeadLetter {
                     .map(|v| String::from_utf8_lossy(v).into_owned())
                     .unwrap_or_default();
                 fields.insert(header.key, value);
+            } else {
+                original_headers.push(KafkaHeader {
+                    name: header.key.to_string(),
+                    value: header.value.map(<[u8]>::to_vec),
+                });
             }
         }
     }
     let mut take = |key: &str| fields.remove(key).unwrap_or_default();
-    let (source_topic, partition, offset) = (
+    let (source_topic, partition, offset, timestamp) = (
         take(headers::TOPIC),
         take(headers::PARTITION),
         take(headers::OFFSET),
+        take(headers::TIMESTAMP),
     );
+    // Where the record was consumed, when the headers say (they always do
+    // for letters Tributary wrote from a Kafka source).
+    let kafka = match (partition.parse(), offset.parse()) {
+        (Ok(partition), Ok(offset)) if !source_topic.is_empty() => Some(KafkaOrigin {
+            topic: source_topic.clone(),
+            partition,
+            offset,
+            timestamp_ms: timestamp.parse().ok(),
+            key: message.key().map(<[u8]>::to_vec),
+            headers: original_headers,
+        }),
+        _ => None,
+    };
     let source = if source_topic.is_empty() {
         format!("{topic}/{}@{}", message.partition(), message.offset())
     } else {
@@ -121,6 +226,64 @@ fn letter(topic: &str, message: &impl Message) -> DeadLetter {
         byte_offset: None,
         original: None,
         original_base64: None,
+        kafka,
     }
     .with_original(message.payload().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    #[test]
+    fn a_dead_letter_message_gives_back_its_reason_and_its_original_message() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "trace",
+                value: Some("t7"),
+            })
+            .insert(Header {
+                key: headers::REASON,
+                value: Some("/total: type"),
+            })
+            .insert(Header {
+                key: headers::RULE,
+                value: Some("type"),
+            })
+            .insert(Header {
+                key: headers::TOPIC,
+                value: Some("orders"),
+            })
+            .insert(Header {
+                key: headers::PARTITION,
+                value: Some("2"),
+            })
+            .insert(Header {
+                key: headers::OFFSET,
+                value: Some("41"),
+            })
+            .insert(Header {
+                key: headers::TIMESTAMP,
+                value: Some("1700000000000"),
+            });
+        let message = OwnedMessage::new(
+            Some(b"{\"total\":\"x\"}".to_vec()),
+            Some(b"k1".to_vec()),
+            "orders.dlq".into(),
+            Timestamp::CreateTime(1_800_000_000_000),
+            0,
+            9,
+            Some(headers),
+        );
+        let letter = letter("orders.dlq", &message);
+        assert_eq!(letter.source, "orders/2@41");
+        assert_eq!((letter.rule.as_str(), letter.position), ("type", 41));
+        let origin = letter.kafka.unwrap();
+        assert_eq!((origin.partition, origin.offset), (2, 41));
+        assert_eq!(origin.timestamp_ms, Some(1_700_000_000_000));
+        assert_eq!(origin.key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(origin.headers.len(), 1, "only the original headers");
+        assert_eq!(origin.headers[0].value.as_deref(), Some(&b"t7"[..]));
+    }
 }

@@ -14,6 +14,8 @@ use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use rdkafka::message::{Headers, Message};
 
+use crate::dead_letter::{KafkaHeader, KafkaOrigin};
+
 /// Names of the metadata columns, in the order they are appended.
 pub const COLUMNS: [&str; 6] = [
     "_key",
@@ -63,9 +65,50 @@ pub struct KafkaMeta {
     pub keys: BinaryArray,
     timestamps: TimestampMillisecondArray,
     headers: MapArray,
+    /// For replayed records, each row's own topic, partition and offset
+    /// (a replay mixes partitions); otherwise `topic`, `partition` and the
+    /// record's position.
+    origins: Option<Origins>,
+}
+
+/// Per-row topic, partition and offset.
+#[derive(Debug, Clone)]
+struct Origins {
+    topics: StringArray,
+    partitions: Int32Array,
+    offsets: Int64Array,
+}
+
+impl Origins {
+    fn slice(&self, offset: usize, len: usize) -> Origins {
+        Origins {
+            topics: self.topics.slice(offset, len),
+            partitions: self.partitions.slice(offset, len),
+            offsets: self.offsets.slice(offset, len),
+        }
+    }
 }
 
 impl KafkaMeta {
+    /// The topic, partition and offset of record `row`, whose position in the batch's partition is `position`.
+    pub fn source(&self, row: usize, position: u64) -> (&str, i32, i64) {
+        match &self.origins {
+            Some(o) => (
+                o.topics.value(row),
+                o.partitions.value(row),
+                o.offsets.value(row),
+            ),
+            None => (&self.topic, self.partition, position as i64),
+        }
+    }
+
+    /// The timestamp of record `row` (ms since the epoch), if any.
+    pub fn timestamp(&self, row: usize) -> Option<i64> {
+        self.timestamps
+            .is_valid(row)
+            .then(|| self.timestamps.value(row))
+    }
+
     /// The key of record `row`, if any.
     pub fn key(&self, row: usize) -> Option<&[u8]> {
         self.keys.is_valid(row).then(|| self.keys.value(row))
@@ -84,6 +127,7 @@ impl KafkaMeta {
             keys: self.keys.slice(offset, len),
             timestamps: self.timestamps.slice(offset, len),
             headers: self.headers.slice(offset, len),
+            origins: self.origins.as_ref().map(|o| o.slice(offset, len)),
         }
     }
 
@@ -105,6 +149,23 @@ impl KafkaMeta {
         }
     }
 
+    /// Record `row` as a [`KafkaOrigin`], for a dead letter.
+    pub fn origin(&self, row: usize, position: u64) -> KafkaOrigin {
+        let (topic, partition, offset) = self.source(row, position);
+        KafkaOrigin {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            timestamp_ms: self.timestamp(row),
+            key: self.key(row).map(<[u8]>::to_vec),
+            headers: self
+                .headers(row)
+                .into_iter()
+                .map(|(name, value)| KafkaHeader { name, value })
+                .collect(),
+        }
+    }
+
     /// `batch` with the metadata columns of raw rows `rows` appended; `offsets[r]` is raw row r's offset.
     pub fn append_columns(
         &self,
@@ -116,13 +177,22 @@ impl KafkaMeta {
         let n = rows.len();
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns.push(take(&self.keys, &indices, None)?);
-        columns.push(Arc::new(StringArray::from_iter_values(
-            std::iter::repeat_n(&*self.topic, n),
-        )));
-        columns.push(Arc::new(Int32Array::from(vec![self.partition; n])));
-        columns.push(Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|r| offsets[*r] as i64),
-        )));
+        match &self.origins {
+            Some(o) => {
+                columns.push(take(&o.topics, &indices, None)?);
+                columns.push(take(&o.partitions, &indices, None)?);
+                columns.push(take(&o.offsets, &indices, None)?);
+            }
+            None => {
+                columns.push(Arc::new(StringArray::from_iter_values(
+                    std::iter::repeat_n(&*self.topic, n),
+                )));
+                columns.push(Arc::new(Int32Array::from(vec![self.partition; n])));
+                columns.push(Arc::new(Int64Array::from_iter_values(
+                    rows.iter().map(|r| offsets[*r] as i64),
+                )));
+            }
+        }
         columns.push(take(&self.timestamps, &indices, None)?);
         columns.push(take(&self.headers, &indices, None)?);
         RecordBatch::try_new(extend_schema(&batch.schema()), columns)
@@ -136,6 +206,7 @@ pub(crate) struct MetaBuilder {
     keys: BinaryBuilder,
     timestamps: Vec<Option<i64>>,
     headers: MapBuilder<StringBuilder, BinaryBuilder>,
+    origins: Option<(StringBuilder, Vec<i32>, Vec<i64>)>,
 }
 
 impl MetaBuilder {
@@ -146,6 +217,31 @@ impl MetaBuilder {
             keys: BinaryBuilder::new(),
             timestamps: Vec::new(),
             headers: headers_builder(),
+            origins: None,
+        }
+    }
+
+    /// A builder for replayed records, each with its own topic, partition and offset.
+    pub(crate) fn replayed(label: Arc<str>) -> Self {
+        MetaBuilder {
+            origins: Some((StringBuilder::new(), Vec::new(), Vec::new())),
+            ..MetaBuilder::new(label, -1)
+        }
+    }
+
+    /// Appends a replayed record's metadata (on a [`replayed`](Self::replayed) builder).
+    pub(crate) fn push_origin(&mut self, origin: &KafkaOrigin) {
+        self.keys.append_option(origin.key.as_deref());
+        self.timestamps.push(origin.timestamp_ms);
+        for header in &origin.headers {
+            self.headers.keys().append_value(&header.name);
+            self.headers.values().append_option(header.value.as_deref());
+        }
+        let _ = self.headers.append(true);
+        if let Some((topics, partitions, offsets)) = &mut self.origins {
+            topics.append_value(&origin.topic);
+            partitions.push(origin.partition);
+            offsets.push(origin.offset);
         }
     }
 
@@ -170,6 +266,11 @@ impl MetaBuilder {
             timestamps: TimestampMillisecondArray::from(std::mem::take(&mut self.timestamps))
                 .with_timezone("UTC"),
             headers: self.headers.finish(),
+            origins: self.origins.as_mut().map(|(t, p, o)| Origins {
+                topics: t.finish(),
+                partitions: Int32Array::from(std::mem::take(p)),
+                offsets: Int64Array::from(std::mem::take(o)),
+            }),
         }
     }
 }

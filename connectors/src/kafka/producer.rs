@@ -38,6 +38,8 @@ pub mod headers {
     pub const PIPELINE: &str = "tributary.errors.pipeline";
     /// When it was rejected (RFC 3339, UTC).
     pub const TIME: &str = "tributary.errors.time";
+    /// The original message's timestamp (ms since the epoch), when it had one.
+    pub const TIMESTAMP: &str = "tributary.errors.timestamp";
 }
 
 /// An idempotent producer to one topic, tracking unacknowledged sends.
@@ -174,6 +176,8 @@ pub struct SourceMessage<'a> {
     pub offset: u64,
     /// The original key.
     pub key: Option<&'a [u8]>,
+    /// The original timestamp (ms since the epoch).
+    pub timestamp: Option<i64>,
 }
 
 /// Dead letters to a topic: value = the original bytes, key = the original key,
@@ -222,6 +226,9 @@ impl DeadLetterTopic {
             h = text(h, headers::TOPIC, s.topic);
             h = text(h, headers::PARTITION, &s.partition.to_string());
             h = text(h, headers::OFFSET, &s.offset.to_string());
+            if let Some(ms) = s.timestamp {
+                h = text(h, headers::TIMESTAMP, &ms.to_string());
+            }
         }
         self.producer.send(key, original, Some(h)).await
     }

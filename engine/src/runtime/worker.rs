@@ -257,6 +257,7 @@ impl<'p> Worker<'p> {
             byte_offset: raw.byte_offsets.get(raw_row).copied(),
             original: None,
             original_base64: None,
+            kafka: None,
         };
         self.counts.count_reject(
             rejected.stage_index,
@@ -269,15 +270,25 @@ impl<'p> Worker<'p> {
             Route::Review => (&mut self.review, "review"),
         };
         self.metrics.rejected(rejected.stage, &reject.rule, door);
+        let meta = raw.meta.as_ref();
         match sink {
-            DeadLetterSink::Files(writer) => writer.append(&letter.with_original(original)).await?,
+            DeadLetterSink::Files(writer) => {
+                let letter = DeadLetter {
+                    kafka: meta.map(|m| m.origin(raw_row, position)),
+                    ..letter
+                };
+                writer.append(&letter.with_original(original)).await?
+            }
             DeadLetterSink::Topic(topic) => {
-                let meta = raw.meta.as_ref();
-                let source = meta.map(|m| SourceMessage {
-                    topic: &m.topic,
-                    partition: m.partition,
-                    offset: position,
-                    key: m.key(raw_row),
+                let source = meta.map(|m| {
+                    let (topic, partition, offset) = m.source(raw_row, position);
+                    SourceMessage {
+                        topic,
+                        partition,
+                        offset: offset.max(0) as u64,
+                        key: m.key(raw_row),
+                        timestamp: m.timestamp(raw_row),
+                    }
                 });
                 let headers = meta.map(|m| m.headers(raw_row)).unwrap_or_default();
                 topic.send(&letter, original, source, &headers).await?
