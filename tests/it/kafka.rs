@@ -302,16 +302,16 @@ fn tributary(args: &[&str]) -> Output {
 }
 
 /// A message read back from a topic.
-struct Record {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
+pub(crate) struct Record {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Record {
-    fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)

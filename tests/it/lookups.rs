@@ -76,13 +76,31 @@ impl Drop for CustomersTable {
 
 /// The customers CSV as Redis hashes `<prefix><customer_id>`.
 fn load_redis(csv: &Path, prefix: &str, port: u16) {
+    redis_cli(csv, port, |f| {
+        format!("HSET {prefix}{} segment {} region {}", f[0], f[1], f[2])
+    });
+}
+
+/// The customers CSV as Redis strings `<prefix><customer_id>` holding a JSON object.
+fn load_redis_json(csv: &Path, prefix: &str, port: u16) {
+    redis_cli(csv, port, |f| {
+        let document = serde_json::json!({ "segment": f[1], "region": f[2], "since": f[3] });
+        // redis-cli takes a double-quoted argument with backslash escapes.
+        let quoted = document
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        format!("SET {prefix}{} \"{quoted}\"", f[0])
+    });
+}
+
+/// Runs one redis-cli command per customer row.
+fn redis_cli(csv: &Path, port: u16, command: impl Fn(&[&str]) -> String) {
     let mut commands = String::new();
     for line in std::fs::read_to_string(csv).unwrap().lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        commands.push_str(&format!(
-            "HSET {prefix}{} segment {} region {}\n",
-            f[0], f[1], f[2]
-        ));
+        commands.push_str(&command(&f));
+        commands.push('\n');
     }
     let mut child = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -139,6 +157,8 @@ fn postgres_and_redis_lookups_enrich_like_the_file_they_were_loaded_from() {
     let table = CustomersTable::load(&csv);
     let prefix = unique("tributary:customer") + ":";
     load_redis(&csv, &prefix, 6379);
+    let json_prefix = unique("tributary:customer-json") + ":";
+    load_redis_json(&csv, &json_prefix, 6379);
 
     let variants = [
         (
@@ -159,6 +179,12 @@ fn postgres_and_redis_lookups_enrich_like_the_file_they_were_loaded_from() {
             "redis",
             format!(
                 "        redis:\n          url: redis://127.0.0.1:6379\n          key_prefix: \"{prefix}\"\n          fields: {{ segment: string, region: string }}\n"
+            ),
+        ),
+        (
+            "redis-json",
+            format!(
+                "        redis:\n          url: redis://127.0.0.1:6379\n          key_prefix: \"{json_prefix}\"\n          value: json\n          fields: {{ segment: string, region: string }}\n"
             ),
         ),
     ];
@@ -270,6 +296,19 @@ fn a_lookup_source_that_is_down_sends_records_to_review_until_it_is_back() {
 
 #[test]
 fn an_invalidation_event_refreshes_one_cached_key_at_once() {
+    invalidation_applies_at_once(false);
+}
+
+#[test]
+fn an_invalidation_event_reloads_a_snapshot_table_at_once() {
+    invalidation_applies_at_once(true);
+}
+
+/// Customers x and y change in the database; only x's change is announced.
+/// An on-demand cache drops x alone (y's cached row holds for the TTL); a
+/// snapshot table reloads whole (y's change arrives too), not at its 5-minute
+/// interval.
+fn invalidation_applies_at_once(snapshot: bool) {
     let _serial = serial();
     let broker = Broker::start();
     let mut scenario = Scenario::new(broker, 0, 2);
@@ -292,10 +331,17 @@ fn an_invalidation_event_refreshes_one_cached_key_at_once() {
         .output()
         .unwrap();
     assert!(created.status.success(), "{}", text(&created.stderr));
-    let lookup = format!(
-        "        name: customers\n        postgres:\n          url: {POSTGRES}\n          table: {}\n          mode: on_demand\n          cache: {{ ttl: 1h }}\n        invalidate:\n          topic: {topic}\n",
-        table.0
-    );
+    let lookup = if snapshot {
+        format!(
+            "        name: customers\n        postgres:\n          url: {POSTGRES}\n          table: {}\n        invalidate:\n          topic: {topic}\n",
+            table.0
+        )
+    } else {
+        format!(
+            "        name: customers\n        postgres:\n          url: {POSTGRES}\n          table: {}\n          mode: on_demand\n          cache: {{ ttl: 1h }}\n        invalidate:\n          topic: {topic}\n",
+            table.0
+        )
+    };
     let pipeline = with_lookup(
         &scenario.pipeline(&[]),
         &lookup.replace("        name: customers\n", ""),
@@ -355,10 +401,13 @@ fn an_invalidation_event_refreshes_one_cached_key_at_once() {
         &topic,
         &format!(r#"{{"cache":"customers","key":"{x}"}}"#),
     );
+    let applied = if snapshot {
+        r#"tributary_lookup_reloads_total{lookup="customers",why="invalidated",outcome="ok"} 1"#
+    } else {
+        r#"tributary_cache_invalidations_total{lookup="customers"} 1"#
+    };
     wait_until(Duration::from_secs(30), || {
-        get(port, "/metrics").is_some_and(|(_, m)| {
-            m.contains(r#"tributary_cache_invalidations_total{lookup="customers"} 1"#)
-        })
+        get(port, "/metrics").is_some_and(|(_, m)| m.contains(applied))
     });
     scenario.publish(1_000, 42);
     wait_until(Duration::from_secs(90), || records_in(port) >= 2_000);
@@ -372,6 +421,11 @@ fn an_invalidation_event_refreshes_one_cached_key_at_once() {
             assert_eq!(
                 segment, "platinum",
                 "x was invalidated: the new segment applies at once"
+            );
+        } else if customer == y && snapshot {
+            assert_eq!(
+                segment, "platinum",
+                "the snapshot reloaded whole: y's new segment applies too"
             );
         } else if customer == y {
             assert_ne!(

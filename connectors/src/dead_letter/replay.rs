@@ -326,6 +326,35 @@ mod tests {
         assert_eq!(meta.source(0, 11), ("orders", 1, 40));
         assert_eq!(meta.source(1, 12), ("orders", 3, 70));
         assert_eq!(meta.key(1), Some(&b"k70"[..]));
+        // The stages see each row's own partition and offset.
+        use arrow::array::{Array, Int32Array, Int64Array, RecordBatch};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
+        let validated =
+            RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![0]))]).unwrap();
+        let columns = meta
+            .append_columns(&validated, &[1], &batch.positions)
+            .unwrap();
+        let column = |name: &str| columns.column_by_name(name).unwrap().clone();
+        let partitions = column("_partition");
+        let offsets = column("_offset");
+        assert_eq!(partitions.len(), 1);
+        assert_eq!(
+            partitions
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .unwrap()
+                .value(0),
+            3
+        );
+        assert_eq!(
+            offsets
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            70
+        );
         assert_eq!(
             reader.info().origin.describe(12),
             "orders/3@70 (replayed from orders.dlq/0@12)"

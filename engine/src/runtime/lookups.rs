@@ -30,7 +30,9 @@ use crate::telemetry::Metrics;
 pub(crate) fn spawn_refresher(
     lookup: &PlannedLookup,
     retry: RetryPolicy,
+    metrics: &Arc<Metrics>,
 ) -> Option<tokio::task::JoinHandle<()>> {
+    let metrics = metrics.clone();
     let source = lookup.source.clone()?;
     if lookup.refresh.is_none() && lookup.invalidate.is_none() {
         return None;
@@ -68,6 +70,7 @@ pub(crate) fn spawn_refresher(
                         .map(|()| rows)
                         .map_err(|e| e.to_string())
                 });
+            metrics.lookup_reloaded(&lookup.name, why, loaded.is_ok());
             match loaded {
                 Ok(rows) => {
                     tracing::info!(lookup = %lookup.name, rows, why, "lookup table reloaded")

@@ -241,7 +241,7 @@ pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Su
     let refreshers: Vec<_> = plan
         .lookups
         .iter()
-        .filter_map(|l| lookups::spawn_refresher(l, plan.storage.retry))
+        .filter_map(|l| lookups::spawn_refresher(l, plan.storage.retry, &destinations.metrics))
         .collect();
     let invalidations = lookups::spawn_invalidation(&plan.lookups, &destinations.metrics);
     for lookup in &plan.lookups {
@@ -407,7 +407,8 @@ mod tests {
             reload: Arc::default(),
             invalidate: None,
         };
-        let task = lookups::spawn_refresher(&lookup, RetryPolicy::default()).unwrap();
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let task = lookups::spawn_refresher(&lookup, RetryPolicy::default(), &metrics).unwrap();
 
         write(&path, "vip");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

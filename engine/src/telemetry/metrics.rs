@@ -58,6 +58,13 @@ struct LookupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    lookup: String,
+    why: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     lookup: String,
     result: &'static str,
@@ -115,6 +122,7 @@ pub struct Metrics {
     alert_firing: Family<WindowLabels, Gauge>,
     rejects: Family<RejectLabels, Counter>,
     invalidations: Family<LookupLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
     cache_requests: Family<CacheLabels, Counter>,
     caches: Mutex<Vec<(String, Arc<CachedLookup>)>>,
     streaming: AtomicI64,
@@ -276,6 +284,12 @@ impl Metrics {
             "CacheInvalidated events applied, by lookup",
             invalidations.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "lookup_reloads",
+            "Snapshot lookup reloads, by lookup, why (interval, invalidated) and outcome (ok, failed)",
+            reloads.clone(),
+        );
         let cache_requests = Family::<CacheLabels, Counter>::default();
         registry.register(
             "lookup_cache_requests",
@@ -316,6 +330,7 @@ impl Metrics {
             alert_firing,
             rejects,
             invalidations,
+            reloads,
             cache_requests,
             caches: Mutex::new(Vec::new()),
             streaming: AtomicI64::new(0),
@@ -390,6 +405,17 @@ impl Metrics {
         self.invalidations
             .get_or_create(&LookupLabels {
                 lookup: lookup.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a snapshot reload of `lookup`: `why` it ran, whether it succeeded.
+    pub(crate) fn lookup_reloaded(&self, lookup: &str, why: &'static str, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                lookup: lookup.to_string(),
+                why,
+                outcome: if ok { "ok" } else { "failed" },
             })
             .inc();
     }
