@@ -153,8 +153,13 @@ impl fmt::Display for DlqSource {
     }
 }
 
-/// Reads every dead letter of `source`.
-pub async fn read_all(source: &DlqSource, storage: &Storage) -> Result<Vec<DeadLetter>, DlqError> {
+/// Reads every dead letter of `source`; on a topic, only those past
+/// `replay_group`'s checkpoint when one is given (what a replay would read).
+pub async fn read_all(
+    source: &DlqSource,
+    storage: &Storage,
+    replay_group: Option<&str>,
+) -> Result<Vec<DeadLetter>, DlqError> {
     match source {
         DlqSource::Files { root, prefix } => {
             let location = DlqSource::open(root, storage)?;
@@ -162,7 +167,7 @@ pub async fn read_all(source: &DlqSource, storage: &Storage) -> Result<Vec<DeadL
             Ok(files.into_iter().flat_map(|f| f.letters).collect())
         }
         DlqSource::Topic { connection, topic } => {
-            let letters = read_topic(connection, topic, None).await?;
+            let letters = read_topic(connection, topic, replay_group).await?;
             Ok(letters.into_iter().map(|l| l.letter).collect())
         }
     }

@@ -147,6 +147,9 @@ enum DlqCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// On a topic with --pipeline: also the records its replays already took (by default, only those past the replay checkpoint).
+        #[arg(long)]
+        all: bool,
     },
     /// Run dead letters through the (fixed) pipeline again; what passes goes to its outputs.
     Replay {
@@ -325,14 +328,22 @@ fn dlq(command: DlqCommand) -> Result<ExitCode> {
             reasons,
             examples,
             json,
+            all,
         } => {
             let plan = pipeline.as_deref().map(load_plan).transpose()?;
             let source = source_of(source, plan.as_ref(), review)?;
             let storage = plan.as_ref().map(|p| p.storage.clone()).unwrap_or_default();
+            let group = plan.as_ref().filter(|_| !all).map(dlq::replay_group);
             let letters = runtime_builder()?
-                .block_on(dlq::read_all(&source, &storage))
+                .block_on(dlq::read_all(&source, &storage, group.as_deref()))
                 .with_context(|| format!("reading {source}"))?;
-            let report = Report::new(source.to_string(), &letters, reasons, examples);
+            let shown = match (&source, &group) {
+                (DlqSource::Topic { .. }, Some(group)) => {
+                    format!("{source} (past the checkpoint of {group})")
+                }
+                _ => source.to_string(),
+            };
+            let report = Report::new(shown, &letters, reasons, examples);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -416,4 +416,22 @@ fn replay_from_the_dead_letter_topic_through_the_fixed_kafka_pipeline_once() {
     assert_eq!(second["totals"]["records_in"], appended.len() as u64);
     assert_eq!(second["totals"]["records_out"], 0);
     assert_eq!(files_under(&orders), files);
+
+    // inspect with the pipeline shows what its next replay would take: exactly what still fails.
+    let inspect = |extra: &[&str]| {
+        let out = scenario
+            .command("replayed")
+            .args(["dlq", "inspect", "--json", "--pipeline"])
+            .arg(&fixed_pipeline)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["records"].clone()
+    };
+    assert_eq!(inspect(&[]), appended.len() as u64);
+    assert_eq!(
+        inspect(&["--all"]),
+        (before.len() + 2 * appended.len()) as u64
+    );
 }
