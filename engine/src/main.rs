@@ -463,12 +463,11 @@ fn generate(
             let mut file = BufWriter::new(
                 File::create(path).with_context(|| format!("creating {}", path.display()))?,
             );
-            let expected = workload::write_events(spec, &mut file)?;
+            let mut invalid = 0u64;
+            workload::stream_events(spec, &mut file, |e| {
+                invalid += u64::from(matches!(e, workload::Expected::Dlq(_)));
+            })?;
             file.flush()?;
-            let invalid = expected
-                .iter()
-                .filter(|e| matches!(e, workload::Expected::Dlq(_)))
-                .count();
             eprintln!(
                 "wrote {events} events ({invalid} invalid) to {}",
                 path.display()
@@ -477,7 +476,7 @@ fn generate(
         None => {
             let stdout = std::io::stdout();
             let mut lock = BufWriter::new(stdout.lock());
-            workload::write_events(spec, &mut lock)?;
+            workload::stream_events(spec, &mut lock, |_| {})?;
             lock.flush()?;
         }
     }

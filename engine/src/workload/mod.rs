@@ -414,16 +414,27 @@ pub fn events(spec: WorkloadSpec) -> impl Iterator<Item = (Vec<u8>, Expected)> {
 
 /// Writes `spec.events` lines to `out`; returns what must become of each.
 pub fn write_events(spec: WorkloadSpec, out: &mut impl Write) -> std::io::Result<Vec<Expected>> {
-    let mut generator = Generator::new(spec);
     let mut expected = Vec::with_capacity(spec.events as usize);
+    stream_events(spec, out, |e| expected.push(e))?;
+    Ok(expected)
+}
+
+/// Writes `spec.events` lines to `out`, handing what must become of each
+/// to `each` as it goes: memory stays flat whatever the count.
+pub fn stream_events(
+    spec: WorkloadSpec,
+    out: &mut impl Write,
+    mut each: impl FnMut(Expected),
+) -> std::io::Result<()> {
+    let mut generator = Generator::new(spec);
     let mut line = Vec::with_capacity(1024);
     for _ in 0..spec.events {
         line.clear();
-        expected.push(generator.next_line(&mut line));
+        each(generator.next_line(&mut line));
         line.push(b'\n');
         out.write_all(&line)?;
     }
-    Ok(expected)
+    Ok(())
 }
 
 /// Writes the customers table as CSV (`customer_id,segment,region,signup_date`):
