@@ -111,16 +111,7 @@ impl Source for ObjectSource {
         for object in objects {
             let key = object.location.to_string();
             let url = format!("{root}/{key}");
-            let stream: String = key
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
+            let stream = crate::source::filename_safe(&key);
             let progress = Arc::new(AtomicU64::new(0));
             let body = Counted {
                 inner: ObjectReader {

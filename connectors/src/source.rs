@@ -216,24 +216,30 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
     }
 }
 
+/// `text` with every character but ASCII letters, digits, `.`, `_` and `-`
+/// replaced by `_`: safe in a file or object name.
+pub fn filename_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// A filename-safe stream name for each file: its file name, plus a hash of
 /// the full path when two matched files share a name.
 fn stream_names(files: &[PathBuf]) -> Vec<String> {
     let base: Vec<String> = files
         .iter()
         .map(|f| {
-            f.file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_else(|| "input".into())
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
+            filename_safe(
+                &f.file_name()
+                    .map_or_else(|| "input".into(), |n| n.to_string_lossy()),
+            )
         })
         .collect();
     base.iter()

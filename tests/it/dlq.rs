@@ -25,6 +25,33 @@ fn fixed_pipeline(ws: &Workspace) -> PathBuf {
     path
 }
 
+/// Runs a `dlq replay` command with `--summary-json summary`; returns the summary.
+fn run_replay(mut replay: std::process::Command, summary: &Path) -> serde_json::Value {
+    let out = replay.arg("--summary-json").arg(summary).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the replay failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap()
+}
+
+/// Checks the first replay of `queued` dead letters, `fixed` of which the
+/// fix lets through validate; returns how many reached the output.
+fn fixed_ones_pass(first: &serde_json::Value, queued: usize, fixed: usize) -> u64 {
+    assert_eq!(first["totals"]["records_in"], queued as u64);
+    // A fixed record now passes validate; later stages may still send it to
+    // review (an unknown customer, say), like any other record.
+    let (out, review) = (
+        first["totals"]["records_out"].as_u64().unwrap(),
+        first["totals"]["review"].as_u64().unwrap(),
+    );
+    assert!(out > 0);
+    assert_eq!(out + review, fixed as u64, "{first}");
+    out
+}
+
 fn event_id(letter: &serde_json::Value) -> String {
     let original: serde_json::Value =
         serde_json::from_str(letter["original"].as_str().unwrap()).unwrap();
@@ -91,35 +118,12 @@ fn replay_sends_fixed_records_to_the_output_once_and_the_rest_back() {
     let pipeline = fixed_pipeline(&ws);
 
     let replay = |round: usize| {
-        let summary = ws.path(&format!("replay-{round}.json"));
-        let out = ws.tributary(&[
-            "dlq",
-            "replay",
-            "--pipeline",
-            pipeline.to_str().unwrap(),
-            "--summary-json",
-            summary.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "replay {round} failed:\n{}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(summary).unwrap())
-            .unwrap()
+        let command = ws.command(&["dlq", "replay", "--pipeline", pipeline.to_str().unwrap()]);
+        run_replay(command, &ws.path(&format!("replay-{round}.json")))
     };
 
     let first = replay(1);
-    assert_eq!(first["totals"]["records_in"], before.len() as u64);
-    // A fixed record now passes validate; later stages may still send it to
-    // review (an unknown customer, say), like any other record.
-    let (out, review) = (
-        first["totals"]["records_out"].as_u64().unwrap(),
-        first["totals"]["review"].as_u64().unwrap(),
-    );
-    assert!(out > 0);
-    assert_eq!(out + review, fixed.len() as u64, "{first}");
+    let out = fixed_ones_pass(&first, before.len(), fixed.len());
     let ids_after: BTreeSet<String> = parquet_strings(&orders, "event_id").into_iter().collect();
     let gained: BTreeSet<String> = ids_after.difference(&ids_before).cloned().collect();
     assert!(
@@ -327,33 +331,18 @@ fn replay_from_the_dead_letter_topic_through_the_fixed_kafka_pipeline_once() {
     let rows_before = consumed_at(&orders);
 
     let replay = |round: usize| {
-        let summary = scenario.dir.path().join(format!("replay-{round}.json"));
-        let out = scenario
-            .command("replayed")
+        let mut command = scenario.command("replayed");
+        command
             .args(["dlq", "replay", "--pipeline"])
-            .arg(&fixed_pipeline)
-            .arg("--summary-json")
-            .arg(&summary)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "replay {round} failed:\n{}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(summary).unwrap())
-            .unwrap()
+            .arg(&fixed_pipeline);
+        run_replay(
+            command,
+            &scenario.dir.path().join(format!("replay-{round}.json")),
+        )
     };
 
     let first = replay(1);
-    assert_eq!(first["totals"]["records_in"], before.len() as u64);
-    let (passed, review) = (
-        first["totals"]["records_out"].as_u64().unwrap(),
-        first["totals"]["review"].as_u64().unwrap(),
-    );
-    assert!(passed > 0);
-    assert_eq!(passed + review, fixed.len() as u64, "{first}");
+    let passed = fixed_ones_pass(&first, before.len(), fixed.len());
 
     // The output gained exactly fixed records, each once, with the partition
     // and offset they were first consumed at.

@@ -236,19 +236,7 @@ fn a_lookup_source_that_is_down_sends_records_to_review_until_it_is_back() {
         &lookup,
         &scenario.dir.path().join("redis.yaml"),
     );
-    let port = free_port();
-    let mut engine = scenario
-        .engine(
-            &pipeline,
-            "outage",
-            &["--http", &format!("127.0.0.1:{port}")],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(60), || {
-        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
-    });
+    let (mut engine, port) = start_ready(&scenario, &pipeline, "outage");
     assert!(csv.exists());
     load_redis(&csv, &prefix, 6379);
 
@@ -347,19 +335,7 @@ fn invalidation_applies_at_once(snapshot: bool) {
         &lookup.replace("        name: customers\n", ""),
         &scenario.dir.path().join("pg.yaml"),
     );
-    let port = free_port();
-    let mut engine = scenario
-        .engine(
-            &pipeline,
-            "invalidate",
-            &["--http", &format!("127.0.0.1:{port}")],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(60), || {
-        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
-    });
+    let (mut engine, port) = start_ready(&scenario, &pipeline, "invalidate");
 
     // Two customers that order in both rounds.
     let customers = |seed: u64| -> BTreeMap<String, String> {
@@ -439,6 +415,20 @@ fn invalidation_applies_at_once(snapshot: bool) {
             assert_ne!(&out[event].0, "platinum");
         }
     }
+}
+
+/// Starts the engine on `pipeline` with its HTTP port open; returns once it is ready.
+fn start_ready(scenario: &Scenario, pipeline: &Path, group: &str) -> (std::process::Child, u16) {
+    let port = free_port();
+    let engine = scenario
+        .engine(pipeline, group, &["--http", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), || {
+        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    (engine, port)
 }
 
 fn publish(brokers: &str, topic: &str, payload: &str) {

@@ -81,16 +81,7 @@ impl ReplaySource {
                 .or_default()
                 .push(letter);
         }
-        let safe: String = topic
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe = crate::source::filename_safe(topic);
         let partitions = by_partition
             .into_iter()
             .map(|(partition, mut letters)| {

@@ -53,17 +53,7 @@ struct Resume {
 
 /// A filename-safe name for a topic partition: `topic-partition`.
 fn stream_name(partition: &TopicPartition) -> String {
-    let topic: String = partition
-        .topic
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let topic = tributary_connectors::source::filename_safe(&partition.topic);
     format!("{topic}-{}", partition.partition)
 }
 
