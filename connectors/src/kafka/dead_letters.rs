@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -31,18 +31,6 @@ pub struct TopicLetter {
     pub letter: DeadLetter,
 }
 
-fn consumer(connection: &KafkaConnection, group: &str) -> Result<BaseConsumer, KafkaError> {
-    connection
-        .client_config(&[
-            ("group.id", group),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("enable.partition.eof", "false"),
-        ])
-        .create()
-        .map_err(KafkaError::client("creating a consumer"))
-}
-
 /// Where `group` stopped on `topic` (partition → next offset); empty when it never committed.
 pub fn checkpoint(
     connection: &KafkaConnection,
@@ -50,19 +38,8 @@ pub fn checkpoint(
     topic: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<i32, i64>, KafkaError> {
-    let consumer = consumer(connection, group)?;
-    let mut partitions = TopicPartitionList::new();
-    for partition in super::partitions_of(consumer.client(), topic, timeout)? {
-        partitions
-            .add_partition(topic, partition)
-            .set_offset(Offset::Invalid)
-            .map_err(KafkaError::client("building the partition list"))?;
-    }
-    let committed = consumer
-        .committed_offsets(partitions, timeout)
-        .map_err(KafkaError::client(format!(
-            "reading group {group}'s offsets"
-        )))?;
+    let consumer = super::standalone_consumer(connection, group)?;
+    let committed = super::committed_offsets(&consumer, group, &[topic], timeout)?;
     Ok(committed
         .elements()
         .iter()
@@ -83,7 +60,7 @@ pub fn save_checkpoint(
     if next.is_empty() {
         return Ok(());
     }
-    let consumer = consumer(connection, group)?;
+    let consumer = super::standalone_consumer(connection, group)?;
     let mut offsets = TopicPartitionList::new();
     for (partition, offset) in next {
         offsets
@@ -105,7 +82,7 @@ pub fn read_topic(
     from: &BTreeMap<i32, i64>,
     timeout: Duration,
 ) -> Result<Vec<TopicLetter>, KafkaError> {
-    let consumer = consumer(connection, "tributary-dlq-read")?;
+    let consumer = super::standalone_consumer(connection, "tributary-dlq-read")?;
     let partitions = super::partitions_of(consumer.client(), topic, timeout)?;
     let mut assignment = TopicPartitionList::new();
     // partition → high-water mark still to reach.

@@ -71,6 +71,48 @@ pub(crate) fn partitions_of<C: rdkafka::client::ClientContext>(
     Ok(partitions)
 }
 
+/// A consumer in `group` that commits nothing by itself: for reading from
+/// chosen offsets with a plain assignment, without joining the group.
+pub(crate) fn standalone_consumer(
+    connection: &KafkaConnection,
+    group: &str,
+) -> Result<rdkafka::consumer::BaseConsumer, KafkaError> {
+    connection
+        .client_config(&[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+        ])
+        .create()
+        .map_err(KafkaError::client("creating a consumer"))
+}
+
+/// `group`'s committed offsets on every partition of `topics`
+/// (`Offset::Invalid` where it has none).
+pub(crate) fn committed_offsets(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    group: &str,
+    topics: &[&str],
+    timeout: std::time::Duration,
+) -> Result<rdkafka::TopicPartitionList, KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        for partition in partitions_of(consumer.client(), topic, timeout)? {
+            partitions
+                .add_partition(topic, partition)
+                .set_offset(rdkafka::Offset::Invalid)
+                .map_err(KafkaError::client("building the partition list"))?;
+        }
+    }
+    consumer
+        .committed_offsets(partitions, timeout)
+        .map_err(KafkaError::client(format!(
+            "reading group {group}'s offsets"
+        )))
+}
+
 impl KafkaError {
     pub(crate) fn client(
         context: impl Into<String>,

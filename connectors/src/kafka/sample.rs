@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::KafkaError;
 use super::consumer::{BatchBuilder, ConsumerSettings, StartPosition, TopicPartition};
-use super::{KafkaConnection, KafkaError};
 use crate::source::RawBatch;
 
 /// Up to `records` records, one batch per partition that had any.
@@ -21,37 +21,15 @@ pub fn sample(
     records: usize,
     timeout: Duration,
 ) -> Result<Vec<RawBatch>, KafkaError> {
-    let connection: &KafkaConnection = &settings.connection;
-    let consumer: BaseConsumer = connection
-        .client_config(&[
-            ("group.id", &settings.group),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("enable.partition.eof", "false"),
-        ])
-        .create()
-        .map_err(KafkaError::client("creating a consumer"))?;
-    let mut partitions = TopicPartitionList::new();
-    for topic in &settings.topics {
-        if topic.starts_with('^') {
-            return Err(KafkaError::Delivery {
-                topic: topic.clone(),
-                message: "a dry run names its topics; patterns are not sampled".into(),
-            });
-        }
-        for partition in super::partitions_of(consumer.client(), topic, timeout)? {
-            partitions
-                .add_partition(topic, partition)
-                .set_offset(Offset::Invalid)
-                .map_err(KafkaError::client("building the assignment"))?;
-        }
+    if let Some(pattern) = settings.topics.iter().find(|t| t.starts_with('^')) {
+        return Err(KafkaError::Delivery {
+            topic: pattern.clone(),
+            message: "a dry run names its topics; patterns are not sampled".into(),
+        });
     }
-    let committed = consumer
-        .committed_offsets(partitions, timeout)
-        .map_err(KafkaError::client(format!(
-            "reading group {}'s offsets",
-            settings.group
-        )))?;
+    let consumer = super::standalone_consumer(&settings.connection, &settings.group)?;
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    let committed = super::committed_offsets(&consumer, &settings.group, &topics, timeout)?;
     let mut assignment = TopicPartitionList::new();
     // partition → offset where it ends now.
     let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
