@@ -11,9 +11,18 @@
 //!
 //! A new owner of a partition reads the newest manifest, finishes its moves,
 //! and claims the partition by writing the next sequence number with a
-//! higher epoch. A zombie that still believes it owns the partition then
-//! fails to write its next manifest (the sequence number is taken) and is
-//! fenced off: its staged files are never published.
+//! higher epoch. A zombie that still believes it owns the partition is
+//! fenced off at its next manifest, whichever way that write goes:
+//! - the sequence number is taken (by the new owner's claim or a later
+//!   commit): the create-if-absent write fails, and the manifest found there
+//!   is not the zombie's;
+//! - the sequence number is free again because the new owner pruned it: the
+//!   write lands, but the log already holds a higher sequence number, so the
+//!   zombie's manifest is not the newest; it is deleted again and never acted on.
+//!
+//! Either way the zombie's staged files are never published. A write whose
+//! reply was lost and which is retried finds its own manifest in place and
+//! counts as written: a commit that landed is never mistaken for a fence.
 
 use std::sync::Arc;
 
@@ -139,20 +148,13 @@ impl CommitLog {
         Ok(seqs)
     }
 
-    /// The newest manifest, if the partition was ever committed.
-    pub async fn latest(&self) -> Result<Option<Manifest>, CommitLogError> {
-        let Some(seq) = self.sequence_numbers().await?.pop() else {
-            return Ok(None);
-        };
+    async fn read(&self, seq: u64) -> Result<Option<Manifest>, CommitLogError> {
         let path = self.path(seq);
-        let bytes = self
-            .store
-            .get(&path)
-            .await
-            .map_err(store_error(&path))?
-            .bytes()
-            .await
-            .map_err(store_error(&path))?;
+        let bytes = match self.store.get(&path).await {
+            Ok(found) => found.bytes().await.map_err(store_error(&path))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(source) => return Err(store_error(&path)(source)),
+        };
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| CommitLogError::Corrupt {
@@ -161,7 +163,28 @@ impl CommitLog {
             })
     }
 
-    /// Writes `manifest` if its sequence number is free; [`CommitLogError::Fenced`] otherwise.
+    /// The newest manifest, if the partition was ever committed.
+    pub async fn latest(&self) -> Result<Option<Manifest>, CommitLogError> {
+        // A manifest pruned between the listing and the read: list again.
+        for _ in 0..3 {
+            let Some(seq) = self.sequence_numbers().await?.pop() else {
+                return Ok(None);
+            };
+            if let Some(manifest) = self.read(seq).await? {
+                return Ok(Some(manifest));
+            }
+        }
+        Err(CommitLogError::Corrupt {
+            path: self.prefix.to_string(),
+            message: "the newest manifest kept disappearing while being read".into(),
+        })
+    }
+
+    /// Writes `manifest` as the newest commit of the stream; [`CommitLogError::Fenced`]
+    /// if another owner holds its sequence number or has committed past it.
+    ///
+    /// A retried write whose first attempt landed (its reply lost) finds its
+    /// own manifest in place: that counts as written.
     pub async fn append(&self, manifest: &Manifest) -> Result<(), CommitLogError> {
         let path = self.path(manifest.seq);
         let body = serde_json::to_vec_pretty(manifest).map_err(|e| CommitLogError::Corrupt {
@@ -172,21 +195,45 @@ impl CommitLog {
             mode: PutMode::Create,
             ..Default::default()
         };
+        let fenced = || CommitLogError::Fenced {
+            stream: self.stream.clone(),
+            seq: manifest.seq,
+        };
         match self
             .store
             .put_opts(&path, PutPayload::from(Bytes::from(body)), options)
             .await
         {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(CommitLogError::Fenced {
-                stream: self.stream.clone(),
-                seq: manifest.seq,
-            }),
-            Err(source) => Err(CommitLogError::Store {
-                path: path.to_string(),
-                source,
-            }),
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                if self.read(manifest.seq).await?.as_ref() != Some(manifest) {
+                    return Err(fenced());
+                }
+                tracing::info!(stream = %self.stream, seq = manifest.seq, "manifest found in place: an earlier attempt wrote it");
+            }
+            Err(source) => {
+                return Err(CommitLogError::Store {
+                    path: path.to_string(),
+                    source,
+                });
+            }
         }
+        // The sequence number was free, but a newer owner may have pruned it
+        // after committing past it: then this manifest is not the newest and
+        // must never count. Take it back (best effort: it is older than the
+        // newest, so no reader acts on it, and pruning removes it anyway).
+        let newest = self.sequence_numbers().await?.pop().unwrap_or(manifest.seq);
+        if newest > manifest.seq {
+            tracing::warn!(stream = %self.stream, seq = manifest.seq, newest, "fenced: the commit log has moved past this owner's commit");
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(stream = %self.stream, %error, "cannot delete a fenced manifest; pruning will")
+                }
+            }
+            return Err(fenced());
+        }
+        Ok(())
     }
 
     /// Deletes manifests older than the newest `keep`.
@@ -289,6 +336,56 @@ mod tests {
         assert_eq!(log.latest().await.unwrap(), Some(manifest(3, 2)));
         log.prune(2).await.unwrap();
         assert_eq!(log.sequence_numbers().await.unwrap(), vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_retried_write_whose_reply_was_lost_counts_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::local(dir.path()).unwrap();
+        let log = CommitLog::new(&location, "orders-0");
+        let mine = manifest(4, 2);
+        // The first attempt landed; only its reply was lost, so the retry
+        // finds the object already there.
+        let body = serde_json::to_vec_pretty(&mine).unwrap();
+        location
+            .store
+            .put(&log.path(4), PutPayload::from(body))
+            .await
+            .unwrap();
+        log.append(&mine).await.unwrap();
+        assert_eq!(log.latest().await.unwrap(), Some(mine));
+        // Someone else's manifest under that number is still a fence.
+        let other = log.append(&manifest(4, 1)).await.unwrap_err();
+        assert!(
+            matches!(other, CommitLogError::Fenced { seq: 4, .. }),
+            "{other}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_zombie_is_fenced_even_after_its_sequence_number_was_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::local(dir.path()).unwrap();
+        let log = CommitLog::new(&location, "orders-0");
+        log.append(&manifest(1, 1)).await.unwrap();
+        // The zombie (epoch 1) is frozen before writing commit 2. The new
+        // owner claims 2 with epoch 2, commits up to 20 and prunes to 16.
+        for seq in 2..=20 {
+            log.append(&manifest(seq, 2)).await.unwrap();
+        }
+        log.prune(16).await.unwrap();
+        assert_eq!(log.sequence_numbers().await.unwrap().first(), Some(&5));
+        let zombie = log.append(&manifest(2, 1)).await.unwrap_err();
+        assert!(
+            matches!(zombie, CommitLogError::Fenced { seq: 2, .. }),
+            "{zombie}"
+        );
+        // Its manifest is taken back: nothing but the new owner's commits remain.
+        assert_eq!(
+            log.sequence_numbers().await.unwrap(),
+            (5..=20).collect::<Vec<_>>()
+        );
+        assert_eq!(log.latest().await.unwrap(), Some(manifest(20, 2)));
     }
 
     #[tokio::test]

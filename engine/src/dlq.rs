@@ -167,9 +167,18 @@ pub async fn read_all(
             Ok(files.into_iter().flat_map(|f| f.letters).collect())
         }
         DlqSource::Topic { connection, topic } => {
-            let letters = read_topic(connection, topic, replay_group).await?;
+            let mut letters = read_topic(connection, topic, replay_group).await?;
+            dedupe(&mut letters, topic);
             Ok(letters.into_iter().map(|l| l.letter).collect())
         }
+    }
+}
+
+/// Keeps one letter per rejected record (see [`dead_letters::dedupe_by_origin`]).
+fn dedupe(letters: &mut Vec<TopicLetter>, topic: &str) {
+    let dropped = dead_letters::dedupe_by_origin(letters);
+    if dropped > 0 {
+        tracing::info!(%topic, dropped, "dead letters repeated after a crash counted once");
     }
 }
 
@@ -421,6 +430,10 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
                 let at = next.entry(letter.partition).or_default();
                 *at = (*at).max(letter.offset + 1);
             }
+            // The checkpoint covers every message read, duplicates included;
+            // each record is replayed once.
+            let mut letters = letters;
+            dedupe(&mut letters, topic);
             let replay = ReplaySource::from_topic(topic, &letters, kafka_meta)?;
             tracing::info!(source = %source, %group, records = letters.len(), "replaying dead letters");
             plan.source = PlannedSource::Bounded(Box::new(replay));

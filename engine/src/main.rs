@@ -407,6 +407,24 @@ fn check(pipeline: &Path) -> Result<ExitCode> {
             o.name, o.path, o.options.partition_by
         );
     }
+    let mut topics: Vec<(String, &plan::PlannedTopic)> = plan
+        .topic_outputs
+        .iter()
+        .map(|o| (format!("output {}", o.name), &o.topic))
+        .collect();
+    for (what, destination) in [("dlq", &plan.dlq), ("review", &plan.review)] {
+        if let plan::PlannedDeadLetter::Topic(t) = destination {
+            topics.push((what.to_string(), t));
+        }
+    }
+    for (what, t) in topics {
+        if t.replication_factor.is_none() {
+            eprintln!(
+                "warning: {what}: topic {} is created with replication factor 1 when missing, so losing one broker loses its messages; set replication_factor (3 in production) or create the topic beforehand",
+                t.topic
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -534,7 +552,8 @@ async fn publish(
     use tributary_connectors::kafka::admin;
     use tributary_connectors::kafka::producer::{TopicProducer, producer};
     let brokers = &connection.brokers;
-    if admin::ensure_topic(connection, topic, partitions).await? {
+    let count = u32::try_from(partitions).unwrap_or(1).max(1);
+    if admin::ensure_topic(connection, topic, count, 1).await? {
         eprintln!("created topic {topic} with {partitions} partitions");
     }
     let started = std::time::Instant::now();

@@ -82,6 +82,11 @@ pub struct PlannedTopic {
     pub connection: KafkaConnection,
     /// The topic.
     pub topic: String,
+    /// Partitions, when Tributary creates the topic.
+    pub partitions: u32,
+    /// Replication factor, when Tributary creates the topic; `None`: not
+    /// given, 1 is used (and `check` warns).
+    pub replication_factor: Option<u32>,
 }
 
 /// A Kafka output: records as JSON.
@@ -263,37 +268,41 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
         SourceConfig::Kafka(k) => Some(k.brokers.value.clone()),
         SourceConfig::File(_) => None,
     };
-    let topic =
-        |at: &str, brokers: &Option<Text>, topic: &Text, properties: &BTreeMap<String, Text>| {
-            let brokers = match brokers {
-                Some(b) => b.value.clone(),
-                None => source_brokers.clone().ok_or_else(|| {
-                    err(
-                        Some(&topic.span),
-                        format!("{at}.brokers"),
-                        "give `brokers`: the source is not Kafka, so there are none to reuse"
-                            .into(),
-                    )
-                })?,
-            };
-            if topic.value.trim().is_empty() {
-                return Err(err(
+    let topic = |at: &str,
+                 brokers: &Option<Text>,
+                 topic: &Text,
+                 properties: &BTreeMap<String, Text>,
+                 (partitions, replication_factor): (Option<u32>, Option<u32>)| {
+        let brokers = match brokers {
+            Some(b) => b.value.clone(),
+            None => source_brokers.clone().ok_or_else(|| {
+                err(
                     Some(&topic.span),
-                    format!("{at}.topic"),
-                    "the topic name is empty".into(),
-                ));
-            }
-            Ok(PlannedTopic {
-                connection: KafkaConnection {
-                    brokers,
-                    properties: properties
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.value.clone()))
-                        .collect(),
-                },
-                topic: topic.value.clone(),
-            })
+                    format!("{at}.brokers"),
+                    "give `brokers`: the source is not Kafka, so there are none to reuse".into(),
+                )
+            })?,
         };
+        if topic.value.trim().is_empty() {
+            return Err(err(
+                Some(&topic.span),
+                format!("{at}.topic"),
+                "the topic name is empty".into(),
+            ));
+        }
+        Ok(PlannedTopic {
+            connection: KafkaConnection {
+                brokers,
+                properties: properties
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect(),
+            },
+            topic: topic.value.clone(),
+            partitions: partitions.unwrap_or(1).max(1),
+            replication_factor,
+        })
+    };
 
     let Some(StageConfig::Validate(first)) = p.stages.first().map(|s| &s.value) else {
         return Err(err(
@@ -408,6 +417,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
                         &k.brokers,
                         &k.topic,
                         &k.properties,
+                        (k.partitions, k.replication_factor),
                     )?,
                 });
                 continue;
@@ -465,6 +475,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
             &k.brokers,
             &k.topic,
             &k.properties,
+            (k.partitions, k.replication_factor),
         )?)),
         _ => Err(err(
             None,
@@ -474,6 +485,9 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
     };
     let dlq = dead_letter("dlq", &p.dlq)?;
     let review = dead_letter("review", &p.review)?;
+    if let Some((key, message)) = shared_root(&outputs, &dlq, &review) {
+        return Err(err(None, key, message));
+    }
     if let PlannedSource::Kafka(_) = &source
         && outputs.is_empty()
         && !matches!(dlq, PlannedDeadLetter::Files { .. })
@@ -884,6 +898,46 @@ fn build_transform(
             format!("{e}\n  input columns: {}", describe_schema(input)),
         )
     })
+}
+
+/// Two file destinations with one root, or one inside another, would stage
+/// and publish files under the same names and read each other's files: the
+/// first such pair, as (key, message).
+fn shared_root(
+    outputs: &[PlannedOutput],
+    dlq: &PlannedDeadLetter,
+    review: &PlannedDeadLetter,
+) -> Option<(String, String)> {
+    let mut roots: Vec<(String, &str)> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (format!("outputs[{i}].path"), o.path.as_str()))
+        .collect();
+    for (key, destination) in [("dlq", dlq), ("review", review)] {
+        if let PlannedDeadLetter::Files { path, .. } = destination {
+            roots.push((format!("{key}.path"), path.as_str()));
+        }
+    }
+    let dir = |p: &str| format!("{}/", p.trim_start_matches("file://").trim_end_matches('/'));
+    for (i, (first_key, first)) in roots.iter().enumerate() {
+        for (key, other) in &roots[i + 1..] {
+            let (a, b) = (dir(first), dir(other));
+            if a.starts_with(&b) || b.starts_with(&a) {
+                let how = if a == b {
+                    "is the same directory as"
+                } else {
+                    "overlaps"
+                };
+                return Some((
+                    key.clone(),
+                    format!(
+                        "{other} {how} {first_key} ({first}): their files would collide; give each destination its own directory"
+                    ),
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn describe_schema(schema: &SchemaRef) -> String {

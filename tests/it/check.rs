@@ -246,3 +246,40 @@ fn the_s3_pipeline_checks_its_snowflake_key_alert_and_raw_zone_before_running() 
         text(&out.stderr)
     );
 }
+
+#[test]
+fn destinations_that_share_a_directory_are_refused() {
+    let ws = Workspace::generate(10, 0.0, 1);
+    // DLQ and review in one folder: both would write `<stream>-<position>.ndjson`.
+    let err = refused(&ws, |t| t.replace("/review\n", "/dlq\n"));
+    assert!(err.contains("review.path"), "{err}");
+    assert!(err.contains("same directory as dlq.path"), "{err}");
+    // A dead-letter folder inside the Parquet output: readers would find NDJSON there.
+    let err = refused(&ws, |t| t.replace("out}/dlq\n", "out}/orders/dlq\n"));
+    assert!(err.contains("dlq.path"), "{err}");
+    assert!(err.contains("overlaps outputs[0].path"), "{err}");
+}
+
+#[test]
+fn check_warns_about_topics_it_would_create_with_one_replica() {
+    let ws = Workspace::generate(10, 0.0, 1);
+    let (ok, _, stderr) = check_kafka_edited(&ws, |t| t);
+    assert!(ok, "{stderr}");
+    for topic in ["dlq: topic orders.dlq", "review: topic orders.review"] {
+        assert!(stderr.contains(topic), "{stderr}");
+    }
+    assert!(stderr.contains("replication factor 1"), "{stderr}");
+    // Said explicitly, it is the user's choice: no warning.
+    let (ok, _, stderr) = check_kafka_edited(&ws, |t| {
+        t.replace(
+            "    topic: ${ORDERS_TOPIC:-orders}.dlq\n",
+            "    topic: ${ORDERS_TOPIC:-orders}.dlq\n    replication_factor: 3\n    partitions: 6\n",
+        )
+        .replace(
+            "    topic: ${ORDERS_TOPIC:-orders}.review\n",
+            "    topic: ${ORDERS_TOPIC:-orders}.review\n    replication_factor: 1\n",
+        )
+    });
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("replication factor 1"), "{stderr}");
+}

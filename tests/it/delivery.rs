@@ -14,6 +14,7 @@ use tributary_connectors::snowflake::{Connection, Credentials, Session};
 
 use tributary_engine::workload::Expected;
 
+use crate::faulty_http::{Fault, FaultyHttp};
 use crate::kafka::Scenario;
 use crate::servers::{Broker, Outage, S3Server, SnowflakeServer, download, serial};
 use crate::support::*;
@@ -227,7 +228,7 @@ fn an_s3_outage_pauses_consumption_and_the_run_completes_exactly_once() {
     let mut peak_during = 0;
     let started = Instant::now();
     let rss_at_cut = rss_mib(child.id());
-    while started.elapsed() < Duration::from_secs(60) {
+    while started.elapsed() < Duration::from_secs(outage_seconds(60)) {
         peak_during = peak_during.max(rss_mib(child.id()));
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -269,6 +270,16 @@ fn an_s3_outage_pauses_consumption_and_the_run_completes_exactly_once() {
     // Whatever the first run left uncommitted, a second run finishes; the lake is exactly once.
     scenario.run_to_end(&pipeline, "s3-outage");
     assert_lake(&scenario, &s3, 40_000);
+}
+
+/// How long an outage test keeps its server away: `default` seconds (longer
+/// than every timeout and retry budget the test configures), or
+/// `TRIBUTARY_OUTAGE_SECONDS` (`benches/outages.sh` sets six minutes).
+pub(crate) fn outage_seconds(default: u64) -> u64 {
+    std::env::var("TRIBUTARY_OUTAGE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A session on the fakesnow server, in database TRIBUTARY, schema PUBLIC.
@@ -594,4 +605,142 @@ fn a_batch_run_over_twenty_compressed_objects_in_s3() {
         totals["records_out"].as_u64().unwrap(),
         count(|e| matches!(e, Expected::Output { .. }))
     );
+}
+
+/// Counts requests by kind and picks the `nth` of each kind listed in `lose`.
+fn every_nth(lose: &'static [usize]) -> impl FnMut(&'static str) -> bool {
+    let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    move |kind| {
+        let n = counts.entry(kind).or_default();
+        *n += 1;
+        lose.contains(n)
+    }
+}
+
+#[test]
+fn replies_lost_after_s3_did_the_work_lose_and_double_nothing() {
+    let _serial = serial();
+    let s3 = S3Server::start();
+    s3.create_bucket("lake");
+    let pick = Mutex::new(every_nth(&[2, 5, 9]));
+    let proxy = FaultyHttp::start(s3.port, move |r| {
+        let kind = if r.line.starts_with("PUT ")
+            && r.line.contains("/_tributary/commits/")
+            && r.has_header("if-none-match")
+        {
+            "manifest"
+        } else if r.line.starts_with("PUT ") && r.has_header("x-amz-copy-source") {
+            "publish copy"
+        } else if r.line.starts_with("POST ") && r.line.contains("?delete") {
+            "delete"
+        } else if r.line.starts_with("POST ") && r.line.contains("uploadId=") {
+            "multipart completion"
+        } else {
+            return Fault::None;
+        };
+        if (*pick.lock().unwrap())(kind) {
+            Fault::LoseReply
+        } else {
+            Fault::None
+        }
+    });
+    let scenario = Scenario::new(Broker::start(), 20_000, 4);
+    let pipeline = s3_pipeline(&scenario, &proxy.endpoint(), "");
+    scenario.run_to_end(&pipeline, "lost-replies");
+    let injected = proxy.injected();
+    for (what, sign) in [
+        ("manifest writes", "/_tributary/commits/"),
+        ("publish copies", "PUT /lake/orders/"),
+        ("deletes", "?delete"),
+    ] {
+        assert!(
+            injected.iter().filter(|l| l.contains(sign)).count() >= 2,
+            "too few lost replies to {what}: {injected:#?}"
+        );
+    }
+    assert_lake(&scenario, &s3, 20_000);
+}
+
+#[test]
+fn two_loaders_lost_replies_and_an_expired_session_load_every_file_once() {
+    let _serial = serial();
+    let server = SnowflakeServer::start();
+    let mut session = snowflake_session(&server.url());
+    let pick = Mutex::new(every_nth(&[1, 3]));
+    let proxy = FaultyHttp::start(server.port, move |r| {
+        let sql = r.text();
+        let kind = if sql.contains("\"sqlText\":\"COMMIT\"") {
+            "commit"
+        } else if sql.contains("COPY INTO") {
+            "copy"
+        } else if sql.contains("INSERT INTO TRIBUTARY_LOAD_LOG") {
+            "log insert"
+        } else {
+            return Fault::None;
+        };
+        if !(*pick.lock().unwrap())(kind) {
+            return Fault::None;
+        }
+        if kind == "log insert" {
+            // Between COPY and the log row: the session expired.
+            Fault::Answer(
+                200,
+                r#"{"success":false,"code":"390112","message":"Your session has expired. Please login again.","data":null}"#.into(),
+            )
+        } else {
+            Fault::LoseReply
+        }
+    });
+    let scenario = Scenario::new(Broker::start(), 20_000, 4);
+    let group = "two-loaders";
+    // Everything published first, nothing loaded.
+    let path = scenario.pipeline(&[]);
+    scenario.run_to_end(&path, group);
+    let yaml = std::fs::read_to_string(&path).unwrap().replace(
+        "\ndlq:",
+        &format!(
+            "  - snowflake:\n      name: warehouse\n      from: orders\n      url: {}\n      account: test\n      user: tester\n      password: ${{SNOWFLAKE_TEST_PASSWORD}}\n      database: TRIBUTARY\n      schema: PUBLIC\n      table: ORDERS\n      stage: ORDERS_STAGE\n      create_stage: true\n      max_files: 4\n      max_wait: 1s\n\nretry:\n  max_delay: 1s\n  max_elapsed: 3s\n\ndlq:",
+            proxy.endpoint()
+        ),
+    );
+    std::fs::write(&path, yaml).unwrap();
+    // Two instances at once: each reconciles the same published, unloaded files.
+    let logs: Vec<PathBuf> = (0..2)
+        .map(|i| scenario.dir.path().join(format!("loader-{i}.log")))
+        .collect();
+    let mut loaders: Vec<_> = logs
+        .iter()
+        .map(|log| {
+            scenario
+                .engine(&path, group, &["--until-idle", "3s"])
+                .env("SNOWFLAKE_TEST_PASSWORD", "secret")
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (loader, log) in loaders.iter_mut().zip(&logs) {
+        let status = loader.wait().unwrap();
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(status.success(), "{log}");
+    }
+    let injected = proxy.injected();
+    assert!(injected.len() >= 3, "faults injected: {injected:?}");
+
+    let files = files_under(&scenario.out().join("orders"));
+    let rows = one_row(
+        &mut session,
+        "SELECT COUNT(*), COUNT(DISTINCT EVENT_ID) FROM ORDERS",
+    );
+    let want = scenario.want_out.len().to_string();
+    assert_eq!(rows[0].as_deref(), Some(want.as_str()), "rows in the table");
+    assert_eq!(rows[0], rows[1], "an event loaded twice");
+    let logged = one_row(
+        &mut session,
+        "SELECT COUNT(*), COUNT(DISTINCT FILE_PATH) FROM TRIBUTARY_LOAD_LOG WHERE TARGET_TABLE = 'ORDERS'",
+    );
+    assert_eq!(logged[0].as_deref(), Some(files.len().to_string().as_str()));
+    assert_eq!(logged[0], logged[1], "a file loaded twice");
 }

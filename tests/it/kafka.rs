@@ -15,7 +15,7 @@ use crate::servers::{Broker, S3Server, serial};
 use crate::support::*;
 
 pub(crate) const TOPIC: &str = "orders";
-const SEED: u64 = 7;
+pub(crate) const SEED: u64 = 7;
 
 /// Generated events published to a topic, with what must become of each.
 pub(crate) struct Scenario {
@@ -225,7 +225,7 @@ impl Scenario {
     }
 
     /// Every invalid record is in the DLQ topic with its key and context headers (once each when `exact`).
-    fn assert_dlq(&self, exact: bool) {
+    pub(crate) fn assert_dlq(&self, exact: bool) {
         let messages = read_topic(&self.broker.address(), &format!("{TOPIC}.dlq"));
         let mut seen: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
         for m in &messages {
@@ -282,7 +282,7 @@ impl Scenario {
     }
 
     /// The group's committed offsets equal the topic's end offsets.
-    fn assert_committed_to_end(&self, group: &str) {
+    pub(crate) fn assert_committed_to_end(&self, group: &str) {
         let (committed, ends) = offsets(&self.broker.address(), group, self.partitions);
         assert_eq!(committed, ends, "committed offsets vs end offsets");
     }
@@ -418,7 +418,11 @@ fn offsets(brokers: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) 
 }
 
 /// Waits for a child to exit within `limit`; kills it and fails otherwise.
-fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -688,7 +692,8 @@ fn the_engine_rides_out_a_broker_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
     scenario.broker.stop();
-    std::thread::sleep(Duration::from_secs(3));
+    // Longer than the session timeout (6 s): the group forgets the member.
+    std::thread::sleep(Duration::from_secs(crate::delivery::outage_seconds(10)));
     scenario.broker.restart();
     // More events after the restart: the engine must reconnect to read them.
     scenario.publish(1_500, SEED + 1);

@@ -5,6 +5,8 @@
 mod check;
 mod delivery;
 mod dlq;
+mod faults;
+mod faulty_http;
 mod kafka;
 mod lookups;
 mod orders;

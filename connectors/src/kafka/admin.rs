@@ -8,12 +8,15 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::{KafkaConnection, KafkaError};
 
-/// Creates `topic` with `partitions` partitions unless it exists; returns whether it was created.
+/// Creates `topic` with `partitions` partitions, each on `replication`
+/// brokers, unless it exists; returns whether it was created.
 pub async fn ensure_topic(
     connection: &KafkaConnection,
     topic: &str,
-    partitions: i32,
+    partitions: u32,
+    replication: u32,
 ) -> Result<bool, KafkaError> {
+    let to_i32 = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let admin: AdminClient<DefaultClientContext> = connection
         .client_config(&[])
         .create()
@@ -21,7 +24,11 @@ pub async fn ensure_topic(
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(
+                topic,
+                to_i32(partitions),
+                TopicReplication::Fixed(to_i32(replication)),
+            )],
             &options,
         )
         .await

@@ -85,12 +85,26 @@ pub struct Assignment {
 /// The engine's side of partition ownership. Both calls run on the polling
 /// thread and may block (the group waits for them).
 pub trait PartitionOwner: Send + Sync + 'static {
-    /// A partition was assigned to this member: prepare it and say where to resume.
-    fn assigned(&self, partition: &TopicPartition) -> Result<Assignment, String>;
+    /// A partition was assigned to this member: prepare it and say where to
+    /// resume. `start` is where the group would start it, resolved to an
+    /// offset now (its committed offset, else the start position's watermark;
+    /// `None` when the brokers could not say): an owner that records it
+    /// before reading resumes there after a crash, rather than at a `latest`
+    /// that has moved on since.
+    fn assigned(
+        &self,
+        partition: &TopicPartition,
+        start: Option<i64>,
+    ) -> Result<Assignment, String>;
     /// The partition is leaving this member (revoked, or the run is ending) and its
     /// channel is closed: return once its work is durable, with the next offset to
     /// commit (`None` when nothing may be committed).
     fn revoked(&self, partition: &TopicPartition) -> Option<i64>;
+    /// The partition's task ended on its own (it failed): collect it, and say
+    /// whether the partition may be started again here, through
+    /// [`assigned`](Self::assigned) after a backoff. `false` (another owner
+    /// has taken it over) leaves it paused until the group revokes it.
+    fn task_ended(&self, partition: &TopicPartition) -> bool;
 }
 
 /// Asks the polling thread to commit an offset to the group; cloning shares the queue.
@@ -248,8 +262,14 @@ struct PartitionState {
     /// A closed batch its task has not taken yet (the partition is paused meanwhile).
     waiting: Option<RawBatch>,
     paused: bool,
-    /// The task is gone (it failed): the partition stays paused.
+    /// The task is gone (it failed): the partition stays paused until restarted.
     abandoned: bool,
+    /// When an abandoned partition starts again (`None`: not yet decided, or never).
+    restart_at: Option<Instant>,
+    /// The owner was told its task ended.
+    ended_reported: bool,
+    /// Restarts so far, for the backoff.
+    restarts: u32,
     next_offset: Option<i64>,
     /// Messages dropped because their offset was below `next_offset`.
     rewinds: u64,
@@ -310,6 +330,8 @@ struct OwnerContext {
     assigned_once: AtomicBool,
     /// Bumped on every assignment: a new assignment is activity, not idleness.
     assignments: AtomicU64,
+    /// Where a partition without a committed offset starts.
+    start: StartPosition,
 }
 
 impl OwnerContext {
@@ -396,6 +418,42 @@ impl ClientContext for OwnerContext {
     }
 }
 
+impl OwnerContext {
+    /// Where the group would start `partition` now, as an offset: its
+    /// committed offset, else the low or high watermark per the start position.
+    fn start_offset(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partition: &TopicPartition,
+    ) -> Option<i64> {
+        let timeout = Duration::from_secs(10);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&partition.topic, partition.partition);
+        let committed = match consumer.committed_offsets(tpl, timeout) {
+            Ok(c) => c
+                .find_partition(&partition.topic, partition.partition)
+                .map(|e| e.offset()),
+            Err(error) => {
+                tracing::warn!(%partition, %error, "cannot read the group's committed offset");
+                return None;
+            }
+        };
+        if let Some(Offset::Offset(offset)) = committed {
+            return Some(offset);
+        }
+        match consumer.fetch_watermarks(&partition.topic, partition.partition, timeout) {
+            Ok((low, high)) => Some(match self.start {
+                StartPosition::Earliest => low,
+                StartPosition::Latest => high,
+            }),
+            Err(error) => {
+                tracing::warn!(%partition, %error, "cannot read the partition's watermarks");
+                None
+            }
+        }
+    }
+}
+
 impl ConsumerContext for OwnerContext {
     fn rebalance(
         &self,
@@ -418,7 +476,8 @@ impl ConsumerContext for OwnerContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 for partition in &partitions {
-                    match self.owner.assigned(partition) {
+                    let start = self.start_offset(consumer, partition);
+                    match self.owner.assigned(partition, start) {
                         Ok(assignment) => {
                             if let Some(offset) = assignment.resume_at {
                                 let _ = tpl.set_partition_offset(
@@ -435,6 +494,9 @@ impl ConsumerContext for OwnerContext {
                                 waiting: None,
                                 paused: false,
                                 abandoned: false,
+                                restart_at: None,
+                                ended_reported: false,
+                                restarts: 0,
                                 next_offset: assignment.resume_at,
                                 rewinds: 0,
                             });
@@ -542,6 +604,7 @@ impl KafkaConsumer {
             fatal: Mutex::new(None),
             assigned_once: AtomicBool::new(false),
             assignments: AtomicU64::new(0),
+            start: settings.start,
         };
         let consumer: BaseConsumer<OwnerContext> = config
             .create_with_context(context)
@@ -621,6 +684,7 @@ impl KafkaConsumer {
                 }
                 None => {}
             }
+            self.restart_ended(&context);
             let generation = context.assignments.load(Ordering::SeqCst);
             if self.offer_all(&context, Instant::now()) || generation != assignments {
                 // A paused partition is waiting for its task, and a new
@@ -710,6 +774,97 @@ impl KafkaConsumer {
         state.building.is_full(&self.settings.limits)
     }
 
+    /// Partitions whose task ended on its own: reported to the owner once,
+    /// then started again after a backoff (1 s, doubling to a minute) from
+    /// where the owner's recovery says, as if newly assigned.
+    fn restart_ended(&self, context: &OwnerContext) {
+        let now = Instant::now();
+        let (ended, due): (Vec<_>, Vec<_>) = {
+            let states = context.states();
+            let ended = states
+                .iter()
+                .filter(|s| s.abandoned && !s.ended_reported)
+                .map(|s| s.partition.clone())
+                .collect();
+            let due = states
+                .iter()
+                .filter(|s| s.abandoned && s.restart_at.is_some_and(|t| t <= now))
+                .map(|s| s.partition.clone())
+                .collect();
+            (ended, due)
+        };
+        for partition in ended {
+            let again = context.owner.task_ended(&partition);
+            if let Some(state) = context
+                .states()
+                .iter_mut()
+                .find(|s| s.partition == partition)
+            {
+                state.ended_reported = true;
+                if again {
+                    let delay = Duration::from_secs(1 << state.restarts.min(6))
+                        .min(Duration::from_secs(60));
+                    state.restart_at = Some(now + delay);
+                    state.restarts += 1;
+                    tracing::warn!(%partition, ?delay, restarts = state.restarts, "partition task failed; restarting it after a backoff");
+                }
+            }
+        }
+        for partition in due {
+            let start = context.start_offset(&self.consumer, &partition);
+            let retry_later = |context: &OwnerContext, why: String| {
+                tracing::error!(%partition, %why, "restarting the partition failed; trying again later");
+                if let Some(state) = context
+                    .states()
+                    .iter_mut()
+                    .find(|s| s.partition == partition)
+                {
+                    state.restart_at = Some(Instant::now() + Duration::from_secs(30));
+                }
+            };
+            let assignment = match context.owner.assigned(&partition, start) {
+                Ok(a) => a,
+                Err(why) => {
+                    retry_later(context, why);
+                    continue;
+                }
+            };
+            let Some(offset) = assignment.resume_at else {
+                // Without a position, records read by the failed task could be skipped.
+                retry_later(context, "no offset to resume from".into());
+                // Its channel closes with `assignment`: the new task ends at once.
+                drop(assignment);
+                let _ = context.owner.task_ended(&partition);
+                continue;
+            };
+            if let Err(error) = self.consumer.seek(
+                &partition.topic,
+                partition.partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                retry_later(context, format!("seeking to {offset}: {error}"));
+                drop(assignment);
+                let _ = context.owner.task_ended(&partition);
+                continue;
+            }
+            if let Some(state) = context
+                .states()
+                .iter_mut()
+                .find(|s| s.partition == partition)
+            {
+                state.batches = assignment.batches;
+                state.building = BatchBuilder::new(&partition);
+                state.waiting = None;
+                state.abandoned = false;
+                state.ended_reported = false;
+                state.restart_at = None;
+                state.next_offset = Some(offset);
+                tracing::info!(%partition, resume_at = offset, "partition restarted");
+            }
+        }
+    }
+
     /// Hands over ready batches; returns whether a partition is waiting on its task.
     fn offer_all(&self, context: &OwnerContext, now: Instant) -> bool {
         let (limits, max_wait) = (self.settings.limits, self.settings.max_wait);
@@ -752,8 +907,11 @@ impl KafkaConsumer {
         for (p, offset) in &latest {
             let _ = tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(*offset));
         }
-        if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
-            tracing::warn!(%error, "offset commit failed; the next commit supersedes it");
+        match self.consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => crate::fault::crash_point("after_group_commit"),
+            Err(error) => {
+                tracing::warn!(%error, "offset commit failed; the next commit supersedes it")
+            }
         }
     }
 

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::meta::{NativeHeaders, raw_headers};
 use super::producer::headers;
 use super::{KafkaConnection, KafkaError};
 use crate::dead_letter::{DeadLetter, KafkaHeader, KafkaOrigin};
@@ -148,20 +148,46 @@ pub fn read_topic(
     Ok(letters)
 }
 
-fn letter(topic: &str, message: &impl Message) -> DeadLetter {
-    let mut fields: BTreeMap<&str, String> = BTreeMap::new();
+/// Drops every letter that repeats an earlier one's origin (pipeline, and
+/// the topic, partition and offset it was consumed at), keeping the first.
+/// A dead-letter topic is written at least once: letters are produced as
+/// records are rejected, before the partition's commit, so a crash in
+/// between produces them again. Returns how many were dropped.
+pub fn dedupe_by_origin(letters: &mut Vec<TopicLetter>) -> usize {
+    let before = letters.len();
+    let mut seen = std::collections::HashSet::new();
+    letters.retain(|l| match &l.letter.kafka {
+        Some(origin) => seen.insert((
+            l.letter.pipeline.clone(),
+            origin.topic.clone(),
+            origin.partition,
+            origin.offset,
+        )),
+        None => true,
+    });
+    before - letters.len()
+}
+
+fn letter<M: Message>(topic: &str, message: &M) -> DeadLetter
+where
+    M::Headers: NativeHeaders,
+{
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
     let mut original_headers = Vec::new();
     if let Some(h) = message.headers() {
-        for header in h.iter() {
-            if header.key.starts_with("tributary.errors.") {
+        // Names are read as bytes: a letter of a record whose header name is
+        // not UTF-8 must not stop the reader.
+        for header in raw_headers(h) {
+            let name = String::from_utf8_lossy(header.name).into_owned();
+            if name.starts_with("tributary.errors.") {
                 let value = header
                     .value
                     .map(|v| String::from_utf8_lossy(v).into_owned())
                     .unwrap_or_default();
-                fields.insert(header.key, value);
+                fields.insert(name, value);
             } else {
                 original_headers.push(KafkaHeader {
-                    name: header.key.to_string(),
+                    name,
                     value: header.value.map(<[u8]>::to_vec),
                 });
             }
@@ -262,5 +288,53 @@ mod tests {
         assert_eq!(origin.key.as_deref(), Some(&b"k1"[..]));
         assert_eq!(origin.headers.len(), 1, "only the original headers");
         assert_eq!(origin.headers[0].value.as_deref(), Some(&b"t7"[..]));
+    }
+
+    #[test]
+    fn letters_repeated_after_a_crash_are_kept_once_per_origin() {
+        let message = |dlq_offset: i64, origin_offset: &str| {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::PIPELINE,
+                    value: Some("orders"),
+                })
+                .insert(Header {
+                    key: headers::TOPIC,
+                    value: Some("orders"),
+                })
+                .insert(Header {
+                    key: headers::PARTITION,
+                    value: Some("0"),
+                })
+                .insert(Header {
+                    key: headers::OFFSET,
+                    value: Some(origin_offset),
+                });
+            let m = OwnedMessage::new(
+                Some(b"{".to_vec()),
+                None,
+                "orders.dlq".into(),
+                Timestamp::NotAvailable,
+                0,
+                dlq_offset,
+                Some(headers),
+            );
+            TopicLetter {
+                partition: 0,
+                offset: dlq_offset,
+                letter: letter("orders.dlq", &m),
+            }
+        };
+        // Records 5 and 6 rejected, a crash, the same two rejected again, then 7.
+        let mut letters = vec![
+            message(0, "5"),
+            message(1, "6"),
+            message(2, "5"),
+            message(3, "6"),
+            message(4, "7"),
+        ];
+        assert_eq!(dedupe_by_origin(&mut letters), 2);
+        let kept: Vec<i64> = letters.iter().map(|l| l.offset).collect();
+        assert_eq!(kept, vec![0, 1, 4]);
     }
 }

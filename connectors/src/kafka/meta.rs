@@ -3,6 +3,13 @@
 //! Every record read from Kafka carries `_key` (binary, null without a key),
 //! `_topic`, `_partition`, `_offset`, `_timestamp` (ms, UTC; null when the
 //! broker gave none) and `_headers` (a map of header name to binary value).
+//!
+//! Headers are read from librdkafka directly: a header name need not be
+//! UTF-8 on the wire, and rdkafka's own accessor panics on one that is not
+//! (it would stop the polling thread at the same offset on every restart).
+//! Such a record is marked [`malformed`](KafkaMeta::malformed), and the
+//! engine sends it to the DLQ with the reason; `_headers` keeps the name
+//! with invalid bytes replaced.
 
 use std::sync::Arc;
 
@@ -12,7 +19,7 @@ use arrow::array::{
 };
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedHeaders, Headers, Message, OwnedHeaders};
 
 use crate::dead_letter::{KafkaHeader, KafkaOrigin};
 
@@ -69,6 +76,79 @@ pub struct KafkaMeta {
     /// (a replay mixes partitions); otherwise `topic`, `partition` and the
     /// record's position.
     origins: Option<Origins>,
+    /// Rows whose metadata cannot be carried as it is, with why (ascending rows).
+    malformed: Vec<(usize, String)>,
+}
+
+/// One header as the broker sent it.
+pub(crate) struct RawHeader<'a> {
+    /// The name's bytes (not necessarily UTF-8).
+    pub(crate) name: &'a [u8],
+    /// The value, `None` for a null value.
+    pub(crate) value: Option<&'a [u8]>,
+}
+
+/// Headers librdkafka holds, read without assuming UTF-8 names.
+pub(crate) trait NativeHeaders {
+    /// The borrowed view librdkafka's functions take.
+    fn native(&self) -> &BorrowedHeaders;
+}
+
+impl NativeHeaders for BorrowedHeaders {
+    fn native(&self) -> &BorrowedHeaders {
+        self
+    }
+}
+
+impl NativeHeaders for OwnedHeaders {
+    fn native(&self) -> &BorrowedHeaders {
+        self.as_borrowed()
+    }
+}
+
+/// Every header of a message, in order.
+pub(crate) fn raw_headers(headers: &impl NativeHeaders) -> Vec<RawHeader<'_>> {
+    use rdkafka::bindings as rd;
+    let headers = headers.native();
+    // A `&BorrowedHeaders` is librdkafka's `rd_kafka_headers_t *` (rdkafka
+    // converts it the same way).
+    let native = std::ptr::from_ref(headers).cast::<rd::rd_kafka_headers_t>();
+    let mut all = Vec::with_capacity(headers.count());
+    for idx in 0..headers.count() {
+        let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+        // SAFETY: `native` is a live header list borrowed for the lifetime of
+        // `headers`; librdkafka writes pointers into that list, which stay
+        // valid while it is borrowed.
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            break;
+        }
+        // SAFETY: librdkafka's header names are NUL-terminated, and values are
+        // `size` bytes long (or null); both live as long as the list.
+        let (name, value) = unsafe {
+            (
+                std::ffi::CStr::from_ptr(name).to_bytes(),
+                (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size)),
+            )
+        };
+        all.push(RawHeader { name, value });
+    }
+    all
+}
+
+/// Why a header name cannot be carried as it is, if it cannot.
+fn header_problem(index: usize, count: usize, name: &[u8]) -> Option<String> {
+    if std::str::from_utf8(name).is_ok() {
+        return None;
+    }
+    let shown: Vec<String> = name.iter().take(32).map(|b| format!("{b:02x}")).collect();
+    let more = if name.len() > 32 { " …" } else { "" };
+    Some(format!(
+        "kafka header {} of {count}: the name is not UTF-8 (bytes {}{more})",
+        index + 1,
+        shown.join(" ")
+    ))
 }
 
 /// Per-row topic, partition and offset.
@@ -128,7 +208,19 @@ impl KafkaMeta {
             timestamps: self.timestamps.slice(offset, len),
             headers: self.headers.slice(offset, len),
             origins: self.origins.as_ref().map(|o| o.slice(offset, len)),
+            malformed: self
+                .malformed
+                .iter()
+                .filter(|(row, _)| (offset..offset + len).contains(row))
+                .map(|(row, why)| (row - offset, why.clone()))
+                .collect(),
         }
+    }
+
+    /// Rows whose metadata is malformed (a header name that is not UTF-8),
+    /// with why: they go to the DLQ whatever their value holds.
+    pub fn malformed(&self) -> &[(usize, String)] {
+        &self.malformed
     }
 
     /// The headers of record `row` as (name, value) pairs.
@@ -207,6 +299,8 @@ pub(crate) struct MetaBuilder {
     timestamps: Vec<Option<i64>>,
     headers: MapBuilder<StringBuilder, BinaryBuilder>,
     origins: Option<(StringBuilder, Vec<i32>, Vec<i64>)>,
+    rows: usize,
+    malformed: Vec<(usize, String)>,
 }
 
 impl MetaBuilder {
@@ -218,6 +312,8 @@ impl MetaBuilder {
             timestamps: Vec::new(),
             headers: headers_builder(),
             origins: None,
+            rows: 0,
+            malformed: Vec::new(),
         }
     }
 
@@ -243,19 +339,37 @@ impl MetaBuilder {
             partitions.push(origin.partition);
             offsets.push(origin.offset);
         }
+        self.rows += 1;
     }
 
-    pub(crate) fn push(&mut self, message: &impl Message) {
+    pub(crate) fn push<M: Message>(&mut self, message: &M)
+    where
+        M::Headers: NativeHeaders,
+    {
         self.keys.append_option(message.key());
         self.timestamps.push(message.timestamp().to_millis());
         if let Some(headers) = message.headers() {
-            for header in headers.iter() {
-                self.headers.keys().append_value(header.key);
+            let all = raw_headers(headers);
+            for (i, header) in all.iter().enumerate() {
+                if let Some(why) = header_problem(i, all.len(), header.name) {
+                    // The first problem is reason enough.
+                    if self
+                        .malformed
+                        .last()
+                        .is_none_or(|(row, _)| *row != self.rows)
+                    {
+                        self.malformed.push((self.rows, why));
+                    }
+                }
+                self.headers
+                    .keys()
+                    .append_value(String::from_utf8_lossy(header.name));
                 self.headers.values().append_option(header.value);
             }
         }
         // Appending a map entry cannot fail: keys are never null here.
         let _ = self.headers.append(true);
+        self.rows += 1;
     }
 
     pub(crate) fn finish(&mut self) -> KafkaMeta {
@@ -271,6 +385,10 @@ impl MetaBuilder {
                 partitions: Int32Array::from(std::mem::take(p)),
                 offsets: Int64Array::from(std::mem::take(o)),
             }),
+            malformed: {
+                self.rows = 0;
+                std::mem::take(&mut self.malformed)
+            },
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Producing to Kafka: dead letters with context headers, records as JSON.
 //!
 //! Producers are idempotent (no duplicates or reordering from librdkafka's
-//! own retries). Sends are asynchronous; [`TopicProducer::flush`] waits for
+//! own retries) and never time a message out: through a broker outage a
+//! send waits, like a write to S3 past its retry budget. Sends are asynchronous; [`TopicProducer::flush`] waits for
 //! every acknowledgement, and the engine calls it before committing the
 //! offsets of the records that were sent.
 
@@ -38,9 +39,17 @@ pub mod headers {
     pub const PIPELINE: &str = "tributary.errors.pipeline";
     /// When it was rejected (RFC 3339, UTC).
     pub const TIME: &str = "tributary.errors.time";
+    /// Set when the letter was cut to fit the topic's message limit: what
+    /// was cut, and where the whole record is kept.
+    pub const TRUNCATED: &str = "tributary.errors.truncated";
     /// The original message's timestamp (ms since the epoch), when it had one.
     pub const TIMESTAMP: &str = "tributary.errors.timestamp";
 }
+
+/// A key longer than this is cut when its letter does not fit.
+const MAX_TRUNCATED_KEY: usize = 1024;
+/// Room left for the record and batch framing Kafka adds.
+const FRAMING_BYTES: usize = 512;
 
 /// An idempotent producer to one topic, tracking unacknowledged sends.
 pub struct TopicProducer {
@@ -67,10 +76,14 @@ pub fn producer(connection: &KafkaConnection) -> Result<FutureProducer, KafkaErr
             ("acks", "all"),
             ("linger.ms", "5"),
             ("compression.type", "lz4"),
-            ("message.timeout.ms", "300000"),
-            // Dead letters include records too large for the pipeline; the
-            // broker's own limit still applies (and fails loudly).
-            ("message.max.bytes", "67108864"),
+            // Wait out a broker outage however long it lasts, as the S3 sinks
+            // do: the partition's task stops taking batches, the consumer
+            // pauses it, and nothing is abandoned. Permanent errors still fail.
+            ("message.timeout.ms", "0"),
+            // Kafka's default limit (brokers and topics): dead letters larger
+            // than this are cut to fit (see `DeadLetterTopic`). Raise it in
+            // `properties` when the topic allows larger messages.
+            ("message.max.bytes", "1000000"),
         ])
         .create()
         .map_err(KafkaError::client("creating a producer"))
@@ -182,26 +195,49 @@ pub struct SourceMessage<'a> {
 
 /// Dead letters to a topic: value = the original bytes, key = the original key,
 /// headers = the original headers plus `tributary.errors.*`.
+///
+/// A letter larger than the topic's message limit would be refused by the
+/// broker on every attempt and stop its partition: it is cut to fit instead
+/// (the key to 1 KiB, the value to what remains), with a
+/// `tributary.errors.truncated` header saying what was cut and where the
+/// whole record is kept (the caller stores it first).
 #[derive(Debug)]
 pub struct DeadLetterTopic {
     producer: TopicProducer,
+    max_message_bytes: usize,
 }
 
 impl DeadLetterTopic {
-    /// Dead letters to `topic`.
-    pub fn new(producer: FutureProducer, topic: &str) -> Self {
+    /// Dead letters to `topic`, whose messages may be `max_message_bytes` long.
+    pub fn new(producer: FutureProducer, topic: &str, max_message_bytes: usize) -> Self {
         DeadLetterTopic {
             producer: TopicProducer::new(producer, topic),
+            max_message_bytes,
         }
     }
 
-    /// Sends one rejected record.
+    /// Whether a letter of this record exceeds the topic's message limit
+    /// (then [`send`](Self::send) cuts it and must be told where the whole record is).
+    pub fn oversized(
+        &self,
+        letter: &DeadLetter,
+        original: &[u8],
+        key: Option<&[u8]>,
+        original_headers: &[(String, Option<Vec<u8>>)],
+    ) -> bool {
+        letter_bytes(original, key, original_headers) + context_bytes(letter)
+            > self.max_message_bytes
+    }
+
+    /// Sends one rejected record; `kept_at` names where the whole record is
+    /// stored when it is [`oversized`](Self::oversized).
     pub async fn send(
         &mut self,
         letter: &DeadLetter,
         original: &[u8],
         source: Option<SourceMessage<'_>>,
         original_headers: &[(String, Option<Vec<u8>>)],
+        kept_at: Option<&str>,
     ) -> Result<(), KafkaError> {
         let mut h = OwnedHeaders::new_with_capacity(original_headers.len() + 8);
         for (name, value) in original_headers {
@@ -221,7 +257,7 @@ impl DeadLetterTopic {
         h = text(h, headers::RULE, &letter.rule);
         h = text(h, headers::PIPELINE, &letter.pipeline);
         h = text(h, headers::TIME, &letter.time);
-        let key = source.and_then(|s| s.key);
+        let mut key = source.and_then(|s| s.key);
         if let Some(s) = source {
             h = text(h, headers::TOPIC, s.topic);
             h = text(h, headers::PARTITION, &s.partition.to_string());
@@ -230,13 +266,77 @@ impl DeadLetterTopic {
                 h = text(h, headers::TIMESTAMP, &ms.to_string());
             }
         }
-        self.producer.send(key, original, Some(h)).await
+        let mut value = original;
+        if self.oversized(letter, original, key, original_headers) {
+            // The truncation header itself takes about 300 bytes.
+            let context = context_bytes(letter) + 300;
+            let mut cut = Vec::new();
+            if let Some(k) = key
+                && k.len() > MAX_TRUNCATED_KEY
+            {
+                cut.push(format!(
+                    "key cut from {} to {MAX_TRUNCATED_KEY} bytes",
+                    k.len()
+                ));
+                key = Some(&k[..MAX_TRUNCATED_KEY]);
+            }
+            let room = self
+                .max_message_bytes
+                .saturating_sub(letter_bytes(&[], key, original_headers) + context);
+            if value.len() > room {
+                cut.push(format!("value cut from {} to {room} bytes", value.len()));
+                value = &value[..room];
+            }
+            let kept = kept_at.unwrap_or("nowhere (no file destination)");
+            h = text(
+                h,
+                headers::TRUNCATED,
+                &format!(
+                    "{} to fit the topic's {}-byte limit; the whole record is at {kept}",
+                    cut.join(", "),
+                    self.max_message_bytes
+                ),
+            );
+        }
+        self.producer.send(key, value, Some(h)).await
     }
 
     /// Waits for every acknowledgement; returns how many were sent since the last flush.
     pub async fn flush(&mut self) -> Result<u64, KafkaError> {
         self.producer.flush().await
     }
+}
+
+/// About how many bytes a letter of this record takes, before the context headers.
+fn letter_bytes(
+    original: &[u8],
+    key: Option<&[u8]>,
+    original_headers: &[(String, Option<Vec<u8>>)],
+) -> usize {
+    let headers: usize = original_headers
+        .iter()
+        .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len) + 8)
+        .sum();
+    original.len() + key.map_or(0, <[u8]>::len) + headers + FRAMING_BYTES
+}
+
+/// About how many bytes the `tributary.errors.*` headers of `letter` take.
+fn context_bytes(letter: &DeadLetter) -> usize {
+    letter.reason.len()
+        + letter.stage.len()
+        + letter.rule.len()
+        + letter.pipeline.len()
+        + letter.time.len()
+        + 400
+}
+
+/// The message limit a producer connection is configured with (`message.max.bytes`).
+pub fn max_message_bytes(connection: &KafkaConnection) -> usize {
+    connection
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 /// Records to a topic as JSON objects, one message per row.

@@ -5,7 +5,10 @@
 //! rows (`rowset`) or an Arrow IPC stream in base64 (`rowsetBase64`); a
 //! statement still running answers with a result URL that is polled;
 //! `POST /session?delete=true` ends the session. An expired session is
-//! renewed by logging in again.
+//! renewed by logging in again, but only between transactions: a statement
+//! of an open transaction re-run in a new session would run outside it, so
+//! there the expiry is an error ([`SnowflakeError::SessionLost`]) and the
+//! caller starts the whole transaction over.
 
 use std::time::Duration;
 
@@ -89,6 +92,8 @@ pub struct Session {
     connection: Connection,
     token: String,
     sequence: u64,
+    /// A `BEGIN` succeeded and no `COMMIT` or `ROLLBACK` ended it yet.
+    in_transaction: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -120,19 +125,40 @@ impl Session {
             connection,
             token,
             sequence: 0,
+            in_transaction: false,
         })
     }
 
-    /// Runs one statement.
+    /// Runs one statement. An expired session is renewed and the statement
+    /// run again, unless a transaction is open: then the transaction is lost
+    /// and this fails with [`SnowflakeError::SessionLost`].
     pub async fn query(&mut self, sql: &str) -> Result<QueryResult, SnowflakeError> {
-        match self.query_once(sql).await {
+        let verb = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let result = match self.query_once(sql).await {
             Err(SnowflakeError::Statement { code, .. }) if SESSION_EXPIRED.contains(&&*code) => {
+                if std::mem::take(&mut self.in_transaction) {
+                    tracing::info!(url = %self.connection.url, "Snowflake session expired inside a transaction; the transaction is lost");
+                    self.token = login(&self.http, &self.connection).await?;
+                    return Err(SnowflakeError::SessionLost(sql.chars().take(120).collect()));
+                }
                 tracing::info!(url = %self.connection.url, "Snowflake session expired; logging in again");
                 self.token = login(&self.http, &self.connection).await?;
                 self.query_once(sql).await
             }
             other => other,
+        };
+        match verb.as_str() {
+            "BEGIN" => self.in_transaction = result.is_ok(),
+            // Whatever the answer, the transaction is over or unknown: a
+            // COMMIT whose reply was lost is settled by the caller's log check.
+            "COMMIT" | "ROLLBACK" => self.in_transaction = false,
+            _ => {}
         }
+        result
     }
 
     async fn query_once(&mut self, sql: &str) -> Result<QueryResult, SnowflakeError> {

@@ -1,13 +1,18 @@
 //! Loads published Parquet files into one table, each file exactly once.
 //!
 //! The load log `TRIBUTARY_LOAD_LOG` (in the target schema) records every
-//! file loaded, by path and SHA-256 of its content. A file is copied only
-//! when its (path, hash) is not in the log, with `FORCE = TRUE` so that
-//! Snowflake's own 64-day load metadata neither skips a file we have not
-//! loaded nor matters for one we have. The `COPY` and the log rows commit in
-//! one transaction, so a crash leaves either both or neither.
+//! file loaded, by path and SHA-256 of its content. Each load is one
+//! transaction: take the table's row in `TRIBUTARY_LOAD_LOCK` (an `UPDATE`,
+//! which holds it until the transaction ends, so loads of one table from any
+//! number of instances run one after another), read the log for the files,
+//! `COPY` those it lacks (with `FORCE = TRUE`, so that Snowflake's own
+//! 64-day load metadata neither skips a file we have not loaded nor matters
+//! for one we have), add their log rows, commit. A crash, a lost reply or a
+//! session that expires mid-way leaves either all of it or none, and the
+//! next attempt reads the log again. A file logged under its path with
+//! another hash was rewritten after it was loaded: refused, never loaded twice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use arrow::datatypes::{DataType, SchemaRef};
 use futures::TryStreamExt;
@@ -22,6 +27,8 @@ use crate::store::Location;
 
 /// The load log's table name.
 pub const LOAD_LOG: &str = "TRIBUTARY_LOAD_LOG";
+/// One row per target table, updated by every load to serialize them.
+pub const LOAD_LOCK: &str = "TRIBUTARY_LOAD_LOCK";
 /// Snowflake accepts at most this many names in `FILES = (…)`.
 const MAX_FILES_PER_COPY: usize = 1000;
 
@@ -116,6 +123,8 @@ pub struct Loader {
     location: Location,
     session: Option<Session>,
     prepared: bool,
+    /// The last statement failed transiently: the session is replaced before the next.
+    broken: bool,
 }
 
 impl std::fmt::Debug for Loader {
@@ -136,6 +145,7 @@ impl Loader {
             location,
             session: None,
             prepared: false,
+            broken: false,
         }
     }
 
@@ -145,6 +155,14 @@ impl Loader {
     }
 
     async fn query(&mut self, sql: &str) -> Result<QueryResult, SnowflakeError> {
+        // After a transient failure the session is suspect: its open
+        // transaction is rolled back in it (best effort), anything else
+        // starts over in a new session.
+        if self.broken && sql != "ROLLBACK" {
+            self.session = None;
+            self.prepared = false;
+            self.broken = false;
+        }
         if self.session.is_none() {
             self.session = Some(Session::login(self.connection.clone()).await?);
         }
@@ -155,9 +173,8 @@ impl Loader {
         if let Err(e) = &result
             && e.is_transient()
         {
-            // The server may have restarted: start over with a new session.
-            self.session = None;
-            self.prepared = false;
+            // The server may have restarted, or the session expired.
+            self.broken = true;
         }
         result
     }
@@ -193,6 +210,15 @@ impl Loader {
         self.query(&create).await?;
         self.query(&format!(
             "CREATE TABLE IF NOT EXISTS {LOAD_LOG} (TARGET_TABLE VARCHAR, FILE_PATH VARCHAR, CONTENT_HASH VARCHAR, ROWS_LOADED NUMBER(38,0), LOADED_AT TIMESTAMP_TZ)"
+        ))
+        .await?;
+        self.query(&format!(
+            "CREATE TABLE IF NOT EXISTS {LOAD_LOCK} (TARGET_TABLE VARCHAR, HOLDER VARCHAR, LOCKED_AT TIMESTAMP_TZ)"
+        ))
+        .await?;
+        let table = literal(&self.target.table);
+        self.query(&format!(
+            "INSERT INTO {LOAD_LOCK} (TARGET_TABLE) SELECT {table} WHERE NOT EXISTS (SELECT 1 FROM {LOAD_LOCK} WHERE TARGET_TABLE = {table})"
         ))
         .await?;
         if let Some(url) = self.target.stage_url.clone() {
@@ -233,11 +259,11 @@ impl Loader {
         Ok(format!("{:x}", hasher.finalize()))
     }
 
-    /// (path, hash) pairs already in the log among `files` (all of this table's when `files` is `None`).
+    /// Paths already in the log among `files` (all of this table's when `files` is `None`), with their hashes.
     async fn logged(
         &mut self,
         files: Option<&[String]>,
-    ) -> Result<HashSet<(String, String)>, SnowflakeError> {
+    ) -> Result<HashMap<String, String>, SnowflakeError> {
         let mut sql = format!(
             "SELECT FILE_PATH, CONTENT_HASH FROM {LOAD_LOG} WHERE TARGET_TABLE = {}",
             literal(&self.target.table)
@@ -257,6 +283,17 @@ impl Loader {
             .collect())
     }
 
+    /// Takes this table's load lock until the transaction ends.
+    async fn take_lock(&mut self) -> Result<(), SnowflakeError> {
+        let holder = uuid::Uuid::new_v4();
+        self.query(&format!(
+            "UPDATE {LOAD_LOCK} SET HOLDER = '{holder}', LOCKED_AT = CURRENT_TIMESTAMP() WHERE TARGET_TABLE = {}",
+            literal(&self.target.table)
+        ))
+        .await
+        .map(drop)
+    }
+
     /// Loads `files` (paths relative to the output root) that the log does not have.
     pub async fn load(&mut self, files: &[String]) -> Result<LoadReport, SnowflakeError> {
         self.prepare().await?;
@@ -266,21 +303,14 @@ impl Loader {
             for file in chunk {
                 hashed.push((file.clone(), self.content_hash(file).await?));
             }
-            let logged = self.logged(Some(chunk)).await?;
-            let todo: Vec<(String, String)> = hashed
-                .into_iter()
-                .filter(|pair| !logged.contains(pair))
-                .collect();
-            report.files_skipped += chunk.len() - todo.len();
-            if todo.is_empty() {
-                continue;
-            }
             self.query("BEGIN").await?;
-            match self.copy_and_log(&todo).await {
-                Ok(rows) => {
+            match self.load_locked(chunk, hashed).await {
+                Ok(done) => {
                     self.query("COMMIT").await?;
-                    report.files_loaded += todo.len();
-                    report.rows_loaded += rows;
+                    crate::fault::crash_point("after_load_commit");
+                    report.files_skipped += done.files_skipped;
+                    report.files_loaded += done.files_loaded;
+                    report.rows_loaded += done.rows_loaded;
                 }
                 Err(e) => {
                     if let Err(rollback) = self.query("ROLLBACK").await {
@@ -289,6 +319,38 @@ impl Loader {
                     return Err(e);
                 }
             }
+        }
+        Ok(report)
+    }
+
+    /// Inside a transaction: takes the lock, then copies and logs the files the log lacks.
+    async fn load_locked(
+        &mut self,
+        chunk: &[String],
+        hashed: Vec<(String, String)>,
+    ) -> Result<LoadReport, SnowflakeError> {
+        self.take_lock().await?;
+        let logged = self.logged(Some(chunk)).await?;
+        let mut report = LoadReport::default();
+        let mut todo = Vec::with_capacity(hashed.len());
+        for (file, hash) in hashed {
+            match logged.get(&file) {
+                None => todo.push((file, hash)),
+                Some(same) if *same == hash => report.files_skipped += 1,
+                Some(other) => {
+                    return Err(SnowflakeError::Rewritten {
+                        path: file,
+                        table: self.target.table.clone(),
+                        logged: other.clone(),
+                        now: hash,
+                        log: LOAD_LOG.into(),
+                    });
+                }
+            }
+        }
+        if !todo.is_empty() {
+            report.rows_loaded = self.copy_and_log(&todo).await?;
+            report.files_loaded = todo.len();
         }
         Ok(report)
     }
@@ -302,6 +364,7 @@ impl Loader {
             names.join(", ")
         );
         let result = self.query(&copy).await?;
+        crate::fault::crash_point("after_copy");
         let mut rows_by_file = Vec::with_capacity(files.len());
         let mut total_rows = 0;
         for (file, hash) in files {
@@ -344,6 +407,7 @@ impl Loader {
             rows_by_file.join(", ")
         ))
         .await?;
+        crate::fault::crash_point("after_load_log");
         Ok(total_rows)
     }
 
@@ -361,12 +425,7 @@ impl Loader {
                     path: self.location.display.clone(),
                     source,
                 })?;
-        let logged: HashSet<String> = self
-            .logged(None)
-            .await?
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
+        let logged: HashSet<String> = self.logged(None).await?.into_keys().collect();
         let mut missing: Vec<String> = listed
             .into_iter()
             .map(|o| o.location.to_string())

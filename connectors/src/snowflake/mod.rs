@@ -54,6 +54,26 @@ pub enum SnowflakeError {
         /// The cause.
         source: object_store::Error,
     },
+    /// The session expired inside a transaction, which is therefore lost:
+    /// start it over (the load log tells what committed).
+    #[error("Snowflake session expired inside a transaction (at: {0}); it was rolled back")]
+    SessionLost(String),
+    /// A file already loaded was published again with other content.
+    #[error(
+        "{path} was loaded into {table} with SHA-256 {logged} and now has {now}: its old rows are in the table; delete them and the file's row in {log}, then load it again"
+    )]
+    Rewritten {
+        /// The file.
+        path: String,
+        /// The table.
+        table: String,
+        /// The hash logged when it was loaded.
+        logged: String,
+        /// Its hash now.
+        now: String,
+        /// The load log table.
+        log: String,
+    },
     /// An Arrow type has no Snowflake column type.
     #[error("column {column}: {data_type} has no Snowflake type")]
     Unmappable {
@@ -68,7 +88,14 @@ impl SnowflakeError {
     /// Whether retrying may help (network, 5xx, throttling, store hiccups).
     pub fn is_transient(&self) -> bool {
         match self {
-            SnowflakeError::Http(_) | SnowflakeError::Server { .. } => true,
+            SnowflakeError::Http(_)
+            | SnowflakeError::Server { .. }
+            | SnowflakeError::SessionLost(_) => true,
+            // Another load held the table's lock too long, or won a conflict
+            // (Snowflake 000625; engines with optimistic concurrency say "conflict").
+            SnowflakeError::Statement { code, message, .. } => {
+                code == "000625" || message.to_ascii_lowercase().contains("conflict")
+            }
             SnowflakeError::Store { source, .. } => crate::store::is_transient(source),
             _ => false,
         }

@@ -170,6 +170,13 @@ pub struct KafkaTopicConfig {
     /// librdkafka producer properties, applied over Tributary's defaults.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, Text>,
+    /// Partitions of the topic when Tributary creates it (default 1).
+    #[serde(default)]
+    pub partitions: Option<u32>,
+    /// Replication factor of the topic when Tributary creates it (default 1,
+    /// which `check` warns about: one broker lost loses what it holds).
+    #[serde(default)]
+    pub replication_factor: Option<u32>,
 }
 
 /// NDJSON files.
@@ -612,6 +619,13 @@ pub struct KafkaOutputConfig {
     /// librdkafka producer properties, applied over Tributary's defaults.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, Text>,
+    /// Partitions of the topic when Tributary creates it (default 1).
+    #[serde(default)]
+    pub partitions: Option<u32>,
+    /// Replication factor of the topic when Tributary creates it (default 1,
+    /// which `check` warns about: one broker lost loses what it holds).
+    #[serde(default)]
+    pub replication_factor: Option<u32>,
 }
 
 /// Parquet files under a directory.

@@ -109,6 +109,8 @@ pub(crate) enum DeadLetterDestination {
     Topic {
         producer: FutureProducer,
         topic: String,
+        /// The producer's message limit: larger letters are cut to fit.
+        max_message_bytes: usize,
     },
 }
 
@@ -126,8 +128,8 @@ pub(crate) struct Destinations {
 
 impl Destinations {
     async fn open(plan: &Plan) -> Result<Self, RunError> {
-        // Topics we produce to are created when missing (one partition; create
-        // them beforehand for more). A refusal (no permission) is not fatal:
+        // Topics we produce to are created when missing, with the partitions
+        // and replication factor the pipeline gives (1 and 1 by default). A refusal (no permission) is not fatal:
         // the topic may exist, and producing says so if it does not.
         let mut topics: Vec<&PlannedTopic> = plan.topic_outputs.iter().map(|o| &o.topic).collect();
         for d in [&plan.dlq, &plan.review] {
@@ -136,7 +138,8 @@ impl Destinations {
             }
         }
         for t in topics {
-            match admin::ensure_topic(&t.connection, &t.topic, 1).await {
+            let replication = t.replication_factor.unwrap_or(1);
+            match admin::ensure_topic(&t.connection, &t.topic, t.partitions, replication).await {
                 Ok(true) => tracing::info!(topic = %t.topic, "created topic"),
                 Ok(false) => {}
                 Err(error) => tracing::warn!(topic = %t.topic, %error, "could not create topic"),
@@ -154,6 +157,9 @@ impl Destinations {
                 PlannedDeadLetter::Topic(t) => DeadLetterDestination::Topic {
                     producer: producer(&t.connection)?,
                     topic: t.topic.clone(),
+                    max_message_bytes: tributary_connectors::kafka::producer::max_message_bytes(
+                        &t.connection,
+                    ),
                 },
             })
         };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use tracing::Instrument;
 use tributary_connectors::source::RawBatch;
-use tributary_stages::{Reject, Route};
+use tributary_stages::{Reject, Route, StageOutput};
 
 use super::StageCounts;
 use super::worker::PartitionError;
@@ -55,6 +55,13 @@ pub(crate) async fn process(plan: &Plan, raw: &RawBatch) -> Result<Processed, Pa
             stage: "validate",
             source,
         })?;
+    let validated = match &raw.meta {
+        Some(meta) if !meta.malformed().is_empty() => {
+            reject_malformed(validated, raw.len(), meta.malformed())
+                .map_err(PartitionError::Metadata)?
+        }
+        _ => validated,
+    };
     processed.reject(0, "validate", validated.rejects, clock.elapsed());
     let mut batch = validated.batch;
     if let Some(meta) = &raw.meta {
@@ -117,4 +124,51 @@ impl Processed {
         counts.records_out = self.rows.len() as u64;
         self.stages.push((stage, counts, took));
     }
+}
+
+/// The rule under which records with malformed Kafka metadata go to the DLQ.
+pub(crate) const MALFORMED_METADATA: &str = "kafka_metadata";
+
+/// Sends the records whose Kafka metadata is malformed (`malformed`: raw
+/// rows with why) to the DLQ, whatever validate made of their values.
+fn reject_malformed(
+    validated: StageOutput,
+    records: usize,
+    malformed: &[(usize, String)],
+) -> Result<StageOutput, arrow::error::ArrowError> {
+    let StageOutput { batch, mut rejects } = validated;
+    let why: std::collections::HashMap<usize, &str> = malformed
+        .iter()
+        .map(|(row, why)| (*row, why.as_str()))
+        .collect();
+    let mut rejected = vec![false; records];
+    for reject in &mut rejects {
+        if let Some(flag) = rejected.get_mut(reject.row) {
+            *flag = true;
+        }
+        if let Some(why) = why.get(&reject.row) {
+            reject.rule = MALFORMED_METADATA.into();
+            reject.reason = format!("{why}; the value: {}", reject.reason);
+        }
+    }
+    let survivors = (0..records).filter(|row| !rejected[*row]);
+    let mut keep = Vec::with_capacity(batch.num_rows());
+    for row in survivors {
+        match why.get(&row) {
+            Some(why) => {
+                keep.push(false);
+                rejects.push(Reject {
+                    row,
+                    route: Route::Dlq,
+                    rule: MALFORMED_METADATA.into(),
+                    reason: (*why).to_string(),
+                });
+            }
+            None => keep.push(true),
+        }
+    }
+    rejects.sort_by_key(|r| r.row);
+    let batch =
+        arrow::compute::filter_record_batch(&batch, &arrow::array::BooleanArray::from(keep))?;
+    Ok(StageOutput { batch, rejects })
 }

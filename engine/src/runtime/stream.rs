@@ -76,8 +76,11 @@ struct Owner {
 }
 
 impl Owner {
-    /// Finishes the newest commit, claims the partition with a new epoch and clears staged leftovers.
-    async fn recover(&self, stream: &str) -> Result<Resume, CommitLogError> {
+    /// Finishes the newest commit, claims the partition with a new epoch and
+    /// clears staged leftovers. A partition never committed is claimed at
+    /// `start` (where the group starts it, resolved now), so that a crash
+    /// before its first commit resumes there.
+    async fn recover(&self, stream: &str, start: Option<i64>) -> Result<Resume, CommitLogError> {
         let state = self
             .destinations
             .state_location()
@@ -106,10 +109,11 @@ impl Owner {
                     )
                     .await;
             }
+            fault::crash_point("recover");
             let claim = Manifest {
                 seq: latest.as_ref().map_or(1, |m| m.seq + 1),
                 epoch: latest.as_ref().map_or(1, |m| m.epoch + 1),
-                next_offset: latest.as_ref().and_then(|m| m.next_offset),
+                next_offset: latest.as_ref().and_then(|m| m.next_offset).or(start),
                 files: Vec::new(),
                 written_at: now(),
             };
@@ -135,11 +139,15 @@ impl Owner {
 }
 
 impl PartitionOwner for Owner {
-    fn assigned(&self, partition: &TopicPartition) -> Result<Assignment, String> {
+    fn assigned(
+        &self,
+        partition: &TopicPartition,
+        start: Option<i64>,
+    ) -> Result<Assignment, String> {
         let stream = stream_name(partition);
         let resume = self
             .runtime
-            .block_on(self.recover(&stream))
+            .block_on(self.recover(&stream, start))
             .map_err(|e| e.to_string())?;
         let commits = self
             .commits
@@ -169,6 +177,21 @@ impl PartitionOwner for Owner {
 
     fn revoked(&self, partition: &TopicPartition) -> Option<i64> {
         fault::crash_point("revoke");
+        self.collect(partition).and_then(|(_, committed)| committed)
+    }
+
+    fn task_ended(&self, partition: &TopicPartition) -> bool {
+        // A fenced-off task must not claim the partition back: its new owner
+        // holds it, and the group will revoke it here.
+        self.collect(partition).is_none_or(|(fenced, _)| !fenced)
+    }
+}
+
+impl Owner {
+    /// Waits for `partition`'s task and keeps its summary; returns whether it
+    /// was fenced off and the next offset of its last commit (`None` when no
+    /// task runs for it).
+    fn collect(&self, partition: &TopicPartition) -> Option<(bool, Option<i64>)> {
         let handle = self.tasks.lock().ok()?.remove(partition)?;
         self.destinations.metrics.partition_assigned(-1);
         let (summary, committed) = match self.runtime.block_on(handle) {
@@ -181,10 +204,11 @@ impl PartitionOwner for Owner {
                 None,
             ),
         };
+        let fenced = summary.kafka.as_ref().is_some_and(|k| k.fenced.is_some());
         if let Ok(mut finished) = self.finished.lock() {
             finished.push(summary);
         }
-        committed
+        Some((fenced, committed))
     }
 }
 
@@ -258,15 +282,26 @@ impl PartitionTask {
             }
             Err(e) => Err(e),
         };
-        if let Err(error) = outcome {
-            tracing::error!(partition = %self.partition, %error, "partition stopped");
-            summary.error = Some(error.to_string());
+        let mut fenced = None;
+        match outcome {
+            Ok(()) => {}
+            Err(PartitionError::Commit(error @ CommitLogError::Fenced { .. })) => {
+                // Not a failure: the group gave the partition to another member
+                // while this one was away; that member reads it again.
+                tracing::warn!(partition = %self.partition, %error, "partition taken over by another owner; uncommitted work discarded");
+                fenced = Some(error.to_string());
+            }
+            Err(error) => {
+                tracing::error!(partition = %self.partition, %error, "partition stopped");
+                summary.error = Some(error.to_string());
+            }
         }
         summary.kafka = Some(KafkaPartitionSummary {
             epoch: committer.epoch,
             commits: committer.commits,
             resumed_at: self.resume.next_offset,
             committed_offset: committer.committed,
+            fenced,
         });
         (summary, committer.committed)
     }
@@ -333,6 +368,13 @@ impl PartitionTask {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        if fault::fail_point("commit") {
+            return Err(CommitLogError::Corrupt {
+                path: self.stream.clone(),
+                message: "failure injected by TRIBUTARY_FAIL_AT".into(),
+            }
+            .into());
+        }
         let closed = worker.close_all().await?;
         fault::crash_point("before_manifest");
         let manifest = Manifest {
@@ -373,11 +415,15 @@ impl PartitionTask {
         tracing::debug!(partition = %self.partition, seq = manifest.seq, next_offset = ?manifest.next_offset, files = manifest.files.len(), "committed");
         let metrics = &self.destinations.metrics;
         metrics.committed(started.elapsed());
+        // Added up, not listed: a partition may commit for months.
         for (output, file) in &closed.parquet {
             metrics.file_published(output, file.bytes);
+            summary
+                .published
+                .entry(output.clone())
+                .or_default()
+                .add(file);
         }
-        summary.files.extend(closed.parquet);
-        summary.dead_letter_files.extend(closed.dead_letter_files);
         if committer.commits.is_multiple_of(MANIFESTS_KEPT as u64)
             && let Err(error) = committer.log.prune(MANIFESTS_KEPT).await
         {
@@ -456,9 +502,14 @@ pub(crate) async fn run(
                 message: format!("cannot start the consumer thread: {e}"),
             })
         })?;
-    let ended = done_rx
-        .await
-        .unwrap_or(Ok(tributary_connectors::kafka::consumer::Ended::Stopped));
+    // The thread drops its sender without a word only when it panicked:
+    // that is a failure of the run, never a clean stop.
+    let ended = done_rx.await.unwrap_or_else(|_| {
+        Err(tributary_connectors::kafka::KafkaError::Delivery {
+            topic: kafka.settings.topics.join(","),
+            message: "the consumer thread panicked (see the log above)".into(),
+        })
+    });
     let mut partitions = owner
         .finished
         .lock()

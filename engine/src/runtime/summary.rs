@@ -110,6 +110,26 @@ impl Counts {
     }
 }
 
+/// What a partition published to one output, added up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Files.
+    pub files: usize,
+    /// Rows in them.
+    pub rows: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Published {
+    /// Adds one file.
+    pub(crate) fn add(&mut self, file: &PublishedFile) {
+        self.files += 1;
+        self.rows += file.rows;
+        self.bytes += file.bytes;
+    }
+}
+
 /// One partition's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionSummary {
@@ -117,9 +137,13 @@ pub struct PartitionSummary {
     pub label: String,
     /// Its counters.
     pub counts: Counts,
-    /// Parquet files published, by output name.
+    /// Parquet files published, by output name (bounded partitions; a Kafka
+    /// partition, which may run for months, adds to `published` instead).
     #[serde(skip)]
     pub files: Vec<(String, PublishedFile)>,
+    /// Files, rows and bytes published, by output name, without the list.
+    #[serde(skip)]
+    pub published: BTreeMap<String, Published>,
     /// Dead-letter files published, by destination (`dlq`/`review`).
     pub dead_letter_files: Vec<(&'static str, String)>,
     /// Why it stopped early, if it did.
@@ -138,6 +162,7 @@ impl PartitionSummary {
             counts: Counts::default(),
             files: Vec::new(),
             dead_letter_files: Vec::new(),
+            published: BTreeMap::new(),
             error: None,
             started: false,
             kafka: None,
@@ -219,6 +244,11 @@ pub struct KafkaPartitionSummary {
     pub resumed_at: Option<i64>,
     /// The next offset after the last commit.
     pub committed_offset: Option<i64>,
+    /// Set when this instance found another owner had taken the partition
+    /// over (a zombie fenced off): what it processed since its last commit
+    /// was discarded, and the new owner reads it again. Not a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
 }
 
 impl Summary {
@@ -238,18 +268,23 @@ impl Summary {
             .iter()
             .zip(&destinations.outputs)
             .map(|(o, location)| {
-                let files: Vec<&PublishedFile> = partitions
-                    .iter()
-                    .flat_map(|p| p.files.iter())
-                    .filter(|(name, _)| *name == o.name)
-                    .map(|(_, f)| f)
-                    .collect();
+                let mut total = Published::default();
+                for p in &partitions {
+                    for (_, file) in p.files.iter().filter(|(name, _)| *name == o.name) {
+                        total.add(file);
+                    }
+                    if let Some(more) = p.published.get(&o.name) {
+                        total.files += more.files;
+                        total.rows += more.rows;
+                        total.bytes += more.bytes;
+                    }
+                }
                 OutputSummary {
                     name: o.name.clone(),
                     root: location.display.clone(),
-                    files: files.len(),
-                    rows: files.iter().map(|f| f.rows).sum(),
-                    bytes: files.iter().map(|f| f.bytes).sum(),
+                    files: total.files,
+                    rows: total.rows,
+                    bytes: total.bytes,
                 }
             })
             .collect();
@@ -373,6 +408,11 @@ impl fmt::Display for Summary {
                 kafka.group,
                 kafka.partitions.join(", ")
             )?;
+            for p in &self.partitions {
+                if let Some(fenced) = p.kafka.as_ref().and_then(|k| k.fenced.as_deref()) {
+                    writeln!(f, "    {:<24} handed over: {fenced}", p.label)?;
+                }
+            }
             for (partition, lag) in &kafka.lag {
                 writeln!(
                     f,

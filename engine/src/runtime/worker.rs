@@ -95,6 +95,8 @@ pub(crate) struct Worker<'p> {
     metrics: Arc<Metrics>,
     /// The partition as metrics name it (bounded: Kafka partitions, or `batch`).
     metrics_label: String,
+    /// Where dead letters too large for their topic are kept whole.
+    state: Option<tributary_connectors::store::Location>,
 }
 
 impl<'p> Worker<'p> {
@@ -137,9 +139,15 @@ impl<'p> Worker<'p> {
                 DeadLetterWriter::new(location.clone(), &info.stream, *max_file_bytes)
                     .with_placement(placement),
             ),
-            DeadLetterDestination::Topic { producer, topic } => {
-                DeadLetterSink::Topic(DeadLetterTopic::new(producer.clone(), topic))
-            }
+            DeadLetterDestination::Topic {
+                producer,
+                topic,
+                max_message_bytes,
+            } => DeadLetterSink::Topic(DeadLetterTopic::new(
+                producer.clone(),
+                topic,
+                *max_message_bytes,
+            )),
         };
         Ok(Worker {
             plan,
@@ -152,6 +160,7 @@ impl<'p> Worker<'p> {
             now: String::new(),
             error_rate: destinations.error_rate.clone(),
             metrics: destinations.metrics.clone(),
+            state: destinations.state_location().cloned(),
             metrics_label: match &info.origin {
                 Origin::Kafka { topic, partition } => format!("{topic}/{partition}"),
                 Origin::File { .. } | Origin::Replay { .. } => "batch".to_string(),
@@ -291,7 +300,23 @@ impl<'p> Worker<'p> {
                     }
                 });
                 let headers = meta.map(|m| m.headers(raw_row)).unwrap_or_default();
-                topic.send(&letter, original, source, &headers).await?
+                let key = source.and_then(|s| s.key);
+                let kept_at = if topic.oversized(&letter, original, key, &headers) {
+                    let whole = DeadLetter {
+                        kafka: meta.map(|m| m.origin(raw_row, position)),
+                        ..letter.clone()
+                    }
+                    .with_original(original);
+                    Some(
+                        keep_oversized(self.state.as_ref(), &self.info.stream, &whole, position)
+                            .await?,
+                    )
+                } else {
+                    None
+                };
+                topic
+                    .send(&letter, original, source, &headers, kept_at.as_deref())
+                    .await?
             }
         }
         Ok(())
@@ -341,4 +366,33 @@ impl<'p> Worker<'p> {
     pub(crate) fn info(&self) -> &PartitionInfo {
         &self.info
     }
+}
+
+/// Stores a dead letter too large for its topic, whole, under the state
+/// location (`_tributary/oversized/<stream>/<position>.json`), before its
+/// cut-down copy is produced; returns where. The name is fixed by the
+/// record's position, so a record rejected again after a crash is
+/// stored again under the same name.
+async fn keep_oversized(
+    state: Option<&tributary_connectors::store::Location>,
+    stream: &str,
+    letter: &DeadLetter,
+    position: u64,
+) -> Result<String, PartitionError> {
+    let Some(state) = state else {
+        return Ok("nowhere (the pipeline has no file destination)".into());
+    };
+    let path = object_store::path::Path::from(format!(
+        "{}/oversized/{}/{position:020}.json",
+        tributary_connectors::commit_log::STATE_DIR,
+        stream
+    ));
+    let body = serde_json::to_vec(letter).map_err(DeadLetterError::from)?;
+    object_store::ObjectStoreExt::put(&*state.store, &path, body.into())
+        .await
+        .map_err(|source| DeadLetterError::Store {
+            path: path.to_string(),
+            source,
+        })?;
+    Ok(format!("{}/{path}", state.display))
 }

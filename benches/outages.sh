@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Outages longer than every timeout: the broker gone, then S3 gone, for
+# SECONDS each (default 360), while the engine runs. CI runs the same two
+# tests with outages of 10 s (broker) and 60 s (S3), already longer than the
+# session timeout and the retry budgets they configure.
+#
+#   bash benches/outages.sh [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
+bash .ci/tools
+for test in kafka::the_engine_rides_out_a_broker_restart \
+    delivery::an_s3_outage_pauses_consumption_and_the_run_completes_exactly_once; do
+    TRIBUTARY_OUTAGE_SECONDS="${1:-360}" \
+        cargo test --locked -p tributary-engine --test it -- --exact "$test" --nocapture
+done

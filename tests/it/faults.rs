@@ -1,0 +1,527 @@
+//! The faults real clusters have, beyond a process that dies: members that
+//! freeze and come back after the group moved on, and records no code path
+//! expected. Each test runs the real binary against a real broker.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::kafka::{SEED, Scenario, TOPIC, read_topic, wait_exit};
+use crate::servers::{Broker, serial};
+
+/// Sequence numbers of the manifests of each stream of the orders output.
+fn manifests(out: &Path) -> BTreeMap<String, Vec<u64>> {
+    let dir = out.join("orders/_tributary/commits");
+    let mut all = BTreeMap::new();
+    for stream in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let mut seqs: Vec<u64> = std::fs::read_dir(stream.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| f.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        all.insert(stream.file_name().to_string_lossy().into_owned(), seqs);
+    }
+    all
+}
+
+/// Whether process `pid` is stopped (by SIGSTOP).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state == 'T')
+        })
+        .unwrap_or(false)
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[test]
+fn a_member_frozen_before_its_manifest_and_thawed_after_pruning_publishes_nothing_twice() {
+    let _serial = serial();
+    let mut scenario = Scenario::new(Broker::start(), 20_000, 2);
+    let pipeline = scenario.pipeline(&[
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ]);
+    let group = "zombie";
+    // The zombie freezes itself just before its third manifest write, holding
+    // both partitions, with a commit staged.
+    let zombie_log = scenario.dir.path().join("zombie.log");
+    let mut zombie = scenario
+        .engine(&pipeline, group, &["--until-idle", "8s"])
+        .env("TRIBUTARY_COMMIT_INTERVAL", "200ms")
+        .env("TRIBUTARY_PAUSE_AT", "before_manifest:3")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&zombie_log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !is_stopped(zombie.id()) {
+        assert!(
+            Instant::now() < deadline,
+            "the zombie never reached its pause point"
+        );
+        assert!(
+            zombie.try_wait().unwrap().is_none(),
+            "the zombie exited before pausing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let frozen_at = manifests(&scenario.out());
+
+    // The group gives its partitions to a new member, which commits far past
+    // the pruning interval while more events arrive.
+    let mut survivor = scenario
+        .engine(&pipeline, group, &["--until-idle", "15s"])
+        .env("TRIBUTARY_COMMIT_INTERVAL", "200ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pruned_past_the_zombie = |now: &BTreeMap<String, Vec<u64>>| {
+        frozen_at.iter().all(|(stream, seqs)| {
+            let zombie_next = seqs.last().copied().unwrap_or(0) + 1;
+            now.get(stream)
+                .and_then(|s| s.first())
+                .is_some_and(|first| *first > zombie_next)
+        })
+    };
+    for round in 0.. {
+        if pruned_past_the_zombie(&manifests(&scenario.out())) {
+            break;
+        }
+        assert!(
+            round < 40,
+            "the new owner never pruned past the zombie's commit: {:?} then {:?}",
+            frozen_at,
+            manifests(&scenario.out())
+        );
+        scenario.publish(2_000, SEED + 100 + round);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Thawed, the zombie finds it was fenced off, publishes nothing and stops by itself.
+    signal(zombie.id(), "CONT");
+    wait_exit(&mut zombie, Duration::from_secs(120), "the thawed zombie");
+    let status = wait_exit(&mut survivor, Duration::from_secs(180), "the new owner");
+    assert!(status.success(), "the new owner failed");
+    let log = std::fs::read_to_string(&zombie_log).unwrap();
+    assert!(
+        log.contains("pause point before_manifest: resumed"),
+        "the zombie did not resume:\n{log}"
+    );
+    assert!(
+        log.contains("taken over by another owner"),
+        "the zombie did not notice it was fenced off:\n{log}"
+    );
+
+    scenario.run_to_end(&pipeline, group);
+    scenario.assert_exactly_once();
+    scenario.assert_dlq(false);
+    scenario.assert_committed_to_end(group);
+}
+
+/// Overwrites the name of header `index` in place with `bytes` (of the same
+/// length): rdkafka only builds headers from `&str` names, and the point is
+/// a name that is not UTF-8.
+fn rename_header(headers: &OwnedHeaders, index: usize, bytes: &[u8]) {
+    use rdkafka::bindings as rd;
+    let native = std::ptr::from_ref(headers.as_borrowed()).cast::<rd::rd_kafka_headers_t>();
+    let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+    // SAFETY: the list is alive and owned by `headers`; librdkafka stores the
+    // name inline, NUL-terminated, and it is exactly `bytes.len()` long.
+    unsafe {
+        let err = rd::rd_kafka_header_get_all(native, index, &mut name, &mut value, &mut size);
+        assert_eq!(err, rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+        assert_eq!(std::ffi::CStr::from_ptr(name).to_bytes().len(), bytes.len());
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), name.cast_mut().cast::<u8>(), bytes.len());
+    }
+}
+
+#[test]
+fn poison_records_become_dead_letters_with_a_reason_and_the_partition_goes_on() {
+    let _serial = serial();
+    let mut scenario = Scenario::new(Broker::start(), 2_000, 1);
+    let brokers = scenario.broker.address();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("batch.num.messages", "1")
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    // A valid order, published again under a header name that is not UTF-8:
+    // the copy must go to the DLQ although its value passes every stage.
+    let valid = read_topic(&brokers, TOPIC)
+        .into_iter()
+        .map(|r| r.payload)
+        .find(|p| {
+            serde_json::from_slice::<serde_json::Value>(p).is_ok_and(|v| {
+                v["event_id"]
+                    .as_str()
+                    .is_some_and(|id| scenario.want_out.contains(id))
+            })
+        })
+        .unwrap();
+    // (key, value, headers, their values, what the DLQ reason must say)
+    let bad_name = OwnedHeaders::new()
+        .insert(Header {
+            key: "trace",
+            value: Some("t1"),
+        })
+        .insert(Header {
+            key: "xy",
+            value: Some("v"),
+        });
+    rename_header(&bad_name, 1, &[0xff, 0xfe]);
+    let bad_value = OwnedHeaders::new().insert(Header {
+        key: "blob",
+        value: Some(&[0xc3u8, 0x28, 0x00, 0xff][..]),
+    });
+    type Poison<'a> = (
+        &'a str,
+        Option<&'a [u8]>,
+        Option<OwnedHeaders>,
+        Vec<&'a [u8]>,
+        &'a str,
+    );
+    let poison: Vec<Poison> = vec![
+        (
+            "bad-header-name",
+            Some(&valid[..]),
+            Some(bad_name),
+            vec![&b"t1"[..], &b"v"[..]],
+            "the name is not UTF-8 (bytes ff fe)",
+        ),
+        (
+            "bad-header-value",
+            Some(&b"{not json"[..]),
+            Some(bad_value),
+            vec![&[0xc3u8, 0x28, 0x00, 0xff][..]],
+            "",
+        ),
+        ("tombstone", None, None, vec![], ""),
+        ("empty", Some(&b""[..]), None, vec![], ""),
+    ];
+    // Larger than the DLQ topic's limit (200 kB here): a key of 1 MiB, and a
+    // value of 400 kB. Cut to fit, the whole record kept beside the output.
+    let huge_key = vec![b'k'; 1 << 20];
+    let huge_value = vec![b'x'; 400_000];
+    for (key, value) in [
+        (&huge_key, &b"{"[..]),
+        (&b"huge-value".to_vec(), &huge_value[..]),
+    ] {
+        let record = BaseRecord::<[u8], [u8]>::to(TOPIC)
+            .key(&key[..])
+            .payload(value)
+            .partition(0);
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    for (key, value, headers, _, _) in &poison {
+        let mut record = BaseRecord::<str, [u8]>::to(TOPIC).key(*key).partition(0);
+        if let Some(value) = value {
+            record = record.payload(*value);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers.clone());
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    // More events after the poison: the partition must go on past it.
+    scenario.publish(1_000, SEED + 1);
+
+    let pipeline = scenario.pipeline(&[]);
+    let yaml = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "    topic: ${ORDERS_TOPIC:-orders}.dlq\n",
+        "    topic: ${ORDERS_TOPIC:-orders}.dlq\n    properties:\n      message.max.bytes: \"200000\"\n",
+    );
+    assert!(yaml.contains("200000"));
+    std::fs::write(&pipeline, yaml).unwrap();
+    let summary = scenario.run_to_end(&pipeline, "poison");
+    scenario.assert_exactly_once();
+    scenario.assert_committed_to_end("poison");
+    assert_eq!(
+        summary["totals"]["dlq"],
+        scenario_dlq(&scenario) + poison.len() as u64 + 2,
+        "{summary}"
+    );
+
+    let letters = read_topic(&brokers, &format!("{TOPIC}.dlq"));
+    for (key, value, _, header_values, reason) in &poison {
+        let found: Vec<_> = letters
+            .iter()
+            .filter(|l| l.key.as_deref() == Some(key.as_bytes()))
+            .collect();
+        assert_eq!(found.len(), 1, "{key}: one dead letter");
+        let letter = found[0];
+        assert_eq!(
+            letter.payload,
+            value.unwrap_or_default(),
+            "{key}: the original value"
+        );
+        let why = letter.header("tributary.errors.reason").unwrap_or_default();
+        assert!(!why.is_empty() && why.contains(reason), "{key}: {why}");
+        // Original headers travel with the letter, values byte for byte.
+        for original in header_values {
+            assert!(
+                letter.headers.iter().any(|(_, v)| v == original),
+                "{key}: header value {original:?} kept"
+            );
+        }
+    }
+    // The oversized ones: cut, saying so, and kept whole.
+    for (cut_key, original_key, original_value, what) in [
+        (
+            &huge_key[..1024],
+            &huge_key[..],
+            &b"{"[..],
+            "key cut from 1048576 to 1024 bytes",
+        ),
+        (
+            &b"huge-value"[..],
+            &b"huge-value"[..],
+            &huge_value[..],
+            "value cut from 400000 to",
+        ),
+    ] {
+        let letter = letters
+            .iter()
+            .find(|l| l.key.as_deref() == Some(cut_key))
+            .unwrap_or_else(|| panic!("no letter for {what}"));
+        let truncated = letter
+            .header("tributary.errors.truncated")
+            .unwrap_or_default();
+        assert!(truncated.contains(what), "{truncated}");
+        let kept = truncated.rsplit("the whole record is at ").next().unwrap();
+        let whole: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(kept).unwrap_or_else(|e| panic!("{kept}: {e}")))
+                .unwrap();
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(whole["kafka"]["key"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(key, original_key, "the whole key is kept");
+        assert_eq!(
+            whole["original"].as_str().unwrap().as_bytes(),
+            original_value,
+            "the whole value is kept"
+        );
+        assert!(letter.payload.len() <= original_value.len());
+    }
+    let bad = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some(&b"bad-header-name"[..]))
+        .unwrap();
+    assert_eq!(
+        bad.header("tributary.errors.rule").as_deref(),
+        Some("kafka_metadata")
+    );
+}
+
+/// Dead letters the generated events account for.
+fn scenario_dlq(scenario: &Scenario) -> u64 {
+    scenario.want_dlq.len() as u64
+}
+
+#[test]
+fn a_partition_whose_task_fails_is_restarted_and_nothing_is_lost_or_doubled() {
+    let _serial = serial();
+    let scenario = Scenario::new(Broker::start(), 20_000, 2);
+    let pipeline = scenario.pipeline(&[]);
+    let summary = scenario.dir.path().join("failed-task.json");
+    // The second commit of the run fails; before, its partition stayed paused
+    // for good and the run ended "idle" without its records.
+    let out = scenario
+        .engine(
+            &pipeline,
+            "task-restart",
+            &[
+                "--until-idle",
+                "5s",
+                "--summary-json",
+                summary.to_str().unwrap(),
+            ],
+        )
+        .env("TRIBUTARY_FAIL_AT", "commit:2")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = crate::support::text(&out.stderr);
+    assert!(stderr.contains("fail point commit reached"), "{stderr}");
+    assert!(stderr.contains("partition restarted"), "{stderr}");
+    // The failure is reported (the exit code says a partition failed once)…
+    assert!(!out.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    let failed: Vec<_> = summary["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["error"].is_string())
+        .collect();
+    assert_eq!(failed.len(), 1, "{summary}");
+    // …and yet every record arrived once.
+    scenario.assert_exactly_once();
+    scenario.assert_dlq(false);
+    scenario.assert_committed_to_end("task-restart");
+}
+
+#[test]
+fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
+    let _serial = serial();
+    let mut scenario = Scenario::new(Broker::start(), 100, 1);
+    let pipeline = scenario.pipeline(&[]);
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("start: earliest", "start: latest");
+    std::fs::write(&pipeline, text).unwrap();
+    let before = scenario.want_out.clone();
+    let mut first = scenario
+        .engine(&pipeline, "latest", &["--until-idle", "30s"])
+        .env("TRIBUTARY_CRASH_AT", "before_manifest:1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The partition is claimed (its first manifest written) when assigned.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while manifests(&scenario.out())
+        .get("orders-0")
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the partition was never assigned"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Read after joining, then lost with the process before any commit.
+    scenario.publish(3_000, SEED + 1);
+    let status = wait_exit(&mut first, Duration::from_secs(120), "the first run");
+    assert!(!status.success(), "the first run should have crashed");
+
+    // `latest` has moved past those records by now; the claim remembers where
+    // the group started.
+    scenario.run_to_end(&pipeline, "latest");
+    let ids = crate::support::parquet_strings(&scenario.out().join("orders"), "event_id");
+    let unique: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len(), "an event was published twice");
+    let missing: Vec<_> = scenario
+        .want_out
+        .difference(&before)
+        .filter(|id| !unique.contains(*id))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "events read before the crash were skipped: {missing:?}…"
+    );
+}
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Commits so far: the newest sequence number of each stream, added up
+/// (older manifests are pruned, the newest never).
+fn commits_so_far(out: &Path) -> u64 {
+    manifests(out).values().filter_map(|s| s.last()).sum()
+}
+
+/// The shortened soak (`benches/soak.sh` runs it for an hour): a steady
+/// trickle of records, a commit every 50 ms per partition, and resident
+/// memory that does not grow with the number of commits.
+#[test]
+fn memory_does_not_grow_with_commits() {
+    let _serial = serial();
+    let scenario = Scenario::new(Broker::start(), 2_000, 2);
+    let payloads: Vec<Vec<u8>> = read_topic(&scenario.broker.address(), TOPIC)
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    let pipeline = scenario.pipeline(&[]);
+    let mut engine = scenario
+        .engine(&pipeline, "soak", &[])
+        .env("TRIBUTARY_COMMIT_INTERVAL", "50ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", scenario.broker.address())
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    // `benches/soak.sh` sets an hour.
+    let seconds: u64 = std::env::var("TRIBUTARY_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(70);
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut sent = 0usize;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        // About 1,000 records a second, so that every commit has work.
+        for _ in 0..100 {
+            let payload = &payloads[sent % payloads.len()];
+            let record = BaseRecord::<[u8], [u8]>::to(TOPIC)
+                .payload(payload)
+                .partition((sent % 2) as i32);
+            let _ = producer.send(record);
+            sent += 1;
+        }
+        producer.poll(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(20) && sent.is_multiple_of(1_000) {
+            samples.push((commits_so_far(&scenario.out()), rss_kib(engine.id())));
+        }
+        assert!(engine.try_wait().unwrap().is_none(), "the engine stopped");
+    }
+    let _ = engine.kill();
+    let _ = engine.wait();
+    // Past warm-up: compare the first and last ten samples.
+    let mean = |s: &[(u64, u64)]| {
+        let n = s.len() as u64;
+        (
+            s.iter().map(|x| x.0).sum::<u64>() / n,
+            s.iter().map(|x| x.1).sum::<u64>() / n,
+        )
+    };
+    let (early, late) = (mean(&samples[..10]), mean(&samples[samples.len() - 10..]));
+    let commits = late.0.saturating_sub(early.0);
+    assert!(commits > 300, "too few commits to judge: {samples:?}");
+    let growth = late.1.saturating_sub(early.1) as f64 * 1024.0 / commits as f64;
+    eprintln!(
+        "soak: {} s, {commits} commits measured, RSS {} → {} KiB, {growth:.1} bytes per commit",
+        seconds, early.1, late.1
+    );
+    assert!(
+        growth < 1024.0,
+        "resident memory grew by {growth:.0} bytes per commit over {commits} commits: {samples:?}"
+    );
+}
