@@ -87,6 +87,8 @@ pub struct PlannedTopic {
     /// Replication factor, when Tributary creates the topic; `None`: not
     /// given, 1 is used (and `check` warns).
     pub replication_factor: Option<u32>,
+    /// The topic's message limit: larger dead letters are cut to fit.
+    pub max_message_bytes: usize,
 }
 
 /// A Kafka output: records as JSON.
@@ -272,7 +274,11 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
                  brokers: &Option<Text>,
                  topic: &Text,
                  properties: &BTreeMap<String, Text>,
-                 (partitions, replication_factor): (Option<u32>, Option<u32>)| {
+                 (partitions, replication_factor, max_message_bytes): (
+        Option<u32>,
+        Option<u32>,
+        Option<usize>,
+    )| {
         let brokers = match brokers {
             Some(b) => b.value.clone(),
             None => source_brokers.clone().ok_or_else(|| {
@@ -301,6 +307,8 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
             topic: topic.value.clone(),
             partitions: partitions.unwrap_or(1).max(1),
             replication_factor,
+            max_message_bytes: max_message_bytes
+                .unwrap_or(tributary_connectors::kafka::producer::DEFAULT_MAX_MESSAGE_BYTES),
         })
     };
 
@@ -417,7 +425,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
                         &k.brokers,
                         &k.topic,
                         &k.properties,
-                        (k.partitions, k.replication_factor),
+                        (k.partitions, k.replication_factor, None),
                     )?,
                 });
                 continue;
@@ -475,7 +483,11 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
             &k.brokers,
             &k.topic,
             &k.properties,
-            (k.partitions, k.replication_factor),
+            (
+                k.partitions,
+                k.replication_factor,
+                k.max_message_bytes.as_ref().map(|b| b.as_usize()),
+            ),
         )?)),
         _ => Err(err(
             None,

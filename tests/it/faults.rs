@@ -250,9 +250,9 @@ fn poison_records_become_dead_letters_with_a_reason_and_the_partition_goes_on() 
     let pipeline = scenario.pipeline(&[]);
     let yaml = std::fs::read_to_string(&pipeline).unwrap().replace(
         "    topic: ${ORDERS_TOPIC:-orders}.dlq\n",
-        "    topic: ${ORDERS_TOPIC:-orders}.dlq\n    properties:\n      message.max.bytes: \"200000\"\n",
+        "    topic: ${ORDERS_TOPIC:-orders}.dlq\n    max_message_bytes: 200KB\n",
     );
-    assert!(yaml.contains("200000"));
+    assert!(yaml.contains("200KB"));
     std::fs::write(&pipeline, yaml).unwrap();
     let summary = scenario.run_to_end(&pipeline, "poison");
     scenario.assert_exactly_once();
@@ -337,7 +337,7 @@ fn poison_records_become_dead_letters_with_a_reason_and_the_partition_goes_on() 
 
 /// Dead letters the generated events account for.
 fn scenario_dlq(scenario: &Scenario) -> u64 {
-    scenario.want_dlq.len() as u64
+    scenario.dlq_records() as u64
 }
 
 #[test]

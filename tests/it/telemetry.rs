@@ -104,7 +104,7 @@ fn metrics_and_probes_describe_a_kafka_run() {
     let partitions = status["partitions"].as_array().unwrap();
     assert_eq!(partitions.len(), 4, "{status}");
     let dlq: u64 = partitions.iter().map(|p| p["dlq"].as_u64().unwrap()).sum();
-    assert_eq!(dlq, scenario.want_dlq.len() as u64, "{status}");
+    assert_eq!(dlq, scenario.dlq_records() as u64, "{status}");
     let rejects: u64 = status["rejects"]
         .as_array()
         .unwrap()
@@ -146,7 +146,7 @@ fn metrics_and_probes_describe_a_kafka_run() {
     );
     assert_eq!(
         count(&[r#"outcome="dlq""#]),
-        scenario.want_dlq.len() as u64,
+        scenario.dlq_records() as u64,
         "{metrics}"
     );
     assert_eq!(

@@ -780,7 +780,16 @@ impl KafkaConsumer {
     fn restart_ended(&self, context: &OwnerContext) {
         let now = Instant::now();
         let (ended, due): (Vec<_>, Vec<_>) = {
-            let states = context.states();
+            let mut states = context.states();
+            // A task may end with nothing left to hand it (say, its final
+            // commit failed at the end of the partition): notice that too.
+            for state in states
+                .iter_mut()
+                .filter(|s| !s.abandoned && s.batches.is_closed())
+            {
+                tracing::error!(partition = %state.partition, "partition task ended; pausing the partition");
+                state.abandoned = true;
+            }
             let ended = states
                 .iter()
                 .filter(|s| s.abandoned && !s.ended_reported)

@@ -80,10 +80,9 @@ pub fn producer(connection: &KafkaConnection) -> Result<FutureProducer, KafkaErr
             // do: the partition's task stops taking batches, the consumer
             // pauses it, and nothing is abandoned. Permanent errors still fail.
             ("message.timeout.ms", "0"),
-            // Kafka's default limit (brokers and topics): dead letters larger
-            // than this are cut to fit (see `DeadLetterTopic`). Raise it in
-            // `properties` when the topic allows larger messages.
-            ("message.max.bytes", "1000000"),
+            // Above any topic's limit: what a topic accepts is the dead-letter
+            // destination's `max_message_bytes` (see `DeadLetterTopic`).
+            ("message.max.bytes", "67108864"),
         ])
         .create()
         .map_err(KafkaError::client("creating a producer"))
@@ -330,14 +329,8 @@ fn context_bytes(letter: &DeadLetter) -> usize {
         + 400
 }
 
-/// The message limit a producer connection is configured with (`message.max.bytes`).
-pub fn max_message_bytes(connection: &KafkaConnection) -> usize {
-    connection
-        .properties
-        .get("message.max.bytes")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000)
-}
+/// Kafka's default limit on a message (`max.message.bytes` of a topic).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
 /// Records to a topic as JSON objects, one message per row.
 #[derive(Debug)]

@@ -177,6 +177,10 @@ pub struct KafkaTopicConfig {
     /// which `check` warns about: one broker lost loses what it holds).
     #[serde(default)]
     pub replication_factor: Option<u32>,
+    /// The topic's message limit (its `max.message.bytes`): larger dead
+    /// letters are cut to fit, and kept whole beside the output.
+    #[serde(default)]
+    pub max_message_bytes: Option<ByteSize>,
 }
 
 /// NDJSON files.

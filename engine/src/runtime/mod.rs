@@ -157,9 +157,7 @@ impl Destinations {
                 PlannedDeadLetter::Topic(t) => DeadLetterDestination::Topic {
                     producer: producer(&t.connection)?,
                     topic: t.topic.clone(),
-                    max_message_bytes: tributary_connectors::kafka::producer::max_message_bytes(
-                        &t.connection,
-                    ),
+                    max_message_bytes: t.max_message_bytes,
                 },
             })
         };
