@@ -276,7 +276,8 @@ impl Scenario {
             );
             let key = m.key.as_deref().map(String::from_utf8_lossy);
             assert!(
-                key.as_ref().is_some_and(|k| keys.iter().any(|want| want == k)),
+                key.as_ref()
+                    .is_some_and(|k| keys.iter().any(|want| want == k)),
                 "the original key is kept: {key:?} not in {keys:?}"
             );
             *seen.entry(payload).or_default() += 1;

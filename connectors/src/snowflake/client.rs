@@ -141,8 +141,10 @@ impl Session {
         let result = match self.query_once(sql).await {
             Err(SnowflakeError::Statement { code, .. }) if SESSION_EXPIRED.contains(&&*code) => {
                 if std::mem::take(&mut self.in_transaction) {
+                    // No new login here: the caller's ROLLBACK goes to the
+                    // session that held the transaction (where it ends it,
+                    // or is refused as expired and runs, harmlessly, anew).
                     tracing::info!(url = %self.connection.url, "Snowflake session expired inside a transaction; the transaction is lost");
-                    self.token = login(&self.http, &self.connection).await?;
                     return Err(SnowflakeError::SessionLost(sql.chars().take(120).collect()));
                 }
                 tracing::info!(url = %self.connection.url, "Snowflake session expired; logging in again");
