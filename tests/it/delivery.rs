@@ -192,16 +192,9 @@ fn kafka_to_parquet_raw_zone_and_dlq_on_s3_exactly_once_across_crashes() {
     );
 }
 
-/// Peak resident memory of `pid` in MiB.
+/// Resident memory of `pid` in MiB.
 fn rss_mib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb / 1024)
+    rss_kib(pid) / 1024
 }
 
 #[test]

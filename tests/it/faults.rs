@@ -435,18 +435,6 @@ fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
     );
 }
 
-/// Resident memory of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Commits so far: the newest sequence number of each stream, added up
 /// (older manifests are pruned, the newest never).
 fn commits_so_far(out: &Path) -> u64 {
@@ -498,7 +486,10 @@ fn memory_does_not_grow_with_commits() {
         producer.poll(Duration::ZERO);
         std::thread::sleep(Duration::from_millis(100));
         if started.elapsed() > Duration::from_secs(20) && sent.is_multiple_of(1_000) {
-            samples.push((commits_so_far(&scenario.out()), rss_kib(engine.id())));
+            samples.push((
+                commits_so_far(&scenario.out()),
+                crate::support::rss_kib(engine.id()),
+            ));
         }
         assert!(engine.try_wait().unwrap().is_none(), "the engine stopped");
     }
