@@ -2,15 +2,17 @@
 //!
 //! The load log `TRIBUTARY_LOAD_LOG` (in the target schema) records every
 //! file loaded, by path and SHA-256 of its content. Each load is one
-//! transaction: take the table's row in `TRIBUTARY_LOAD_LOCK` (an `UPDATE`,
-//! which holds it until the transaction ends, so loads of one table from any
-//! number of instances run one after another), read the log for the files,
-//! `COPY` those it lacks (with `FORCE = TRUE`, so that Snowflake's own
-//! 64-day load metadata neither skips a file we have not loaded nor matters
-//! for one we have), add their log rows, commit. A crash, a lost reply or a
-//! session that expires mid-way leaves either all of it or none, and the
-//! next attempt reads the log again. A file logged under its path with
-//! another hash was rewritten after it was loaded: refused, never loaded twice.
+//! transaction: read the log for the files, `COPY` those it lacks (with
+//! `FORCE = TRUE`, so that Snowflake's own 64-day load metadata neither
+//! skips a file we have not loaded nor matters for one we have), add their
+//! log rows, commit. A crash, a lost reply or a session that expires
+//! mid-way leaves either all of it or none, and the next attempt reads the
+//! log again. A file logged under its path with another hash was rewritten
+//! after it was loaded: refused, never loaded twice.
+//!
+//! Loads of one table are not serialized across instances: two loaders
+//! reconciling the same unlogged file at the same moment can both copy it
+//! (see ARCHITECTURE.md, "Snowflake").
 
 use std::collections::{HashMap, HashSet};
 
@@ -27,8 +29,6 @@ use crate::store::Location;
 
 /// The load log's table name.
 pub const LOAD_LOG: &str = "TRIBUTARY_LOAD_LOG";
-/// One row per target table, updated by every load to serialize them.
-pub const LOAD_LOCK: &str = "TRIBUTARY_LOAD_LOCK";
 /// Snowflake accepts at most this many names in `FILES = (…)`.
 const MAX_FILES_PER_COPY: usize = 1000;
 
@@ -212,15 +212,6 @@ impl Loader {
             "CREATE TABLE IF NOT EXISTS {LOAD_LOG} (TARGET_TABLE VARCHAR, FILE_PATH VARCHAR, CONTENT_HASH VARCHAR, ROWS_LOADED NUMBER(38,0), LOADED_AT TIMESTAMP_TZ)"
         ))
         .await?;
-        self.query(&format!(
-            "CREATE TABLE IF NOT EXISTS {LOAD_LOCK} (TARGET_TABLE VARCHAR, HOLDER VARCHAR, LOCKED_AT TIMESTAMP_TZ)"
-        ))
-        .await?;
-        let table = literal(&self.target.table);
-        self.query(&format!(
-            "INSERT INTO {LOAD_LOCK} (TARGET_TABLE) SELECT {table} WHERE NOT EXISTS (SELECT 1 FROM {LOAD_LOCK} WHERE TARGET_TABLE = {table})"
-        ))
-        .await?;
         if let Some(url) = self.target.stage_url.clone() {
             let integration = self
                 .target
@@ -283,17 +274,6 @@ impl Loader {
             .collect())
     }
 
-    /// Takes this table's load lock until the transaction ends.
-    async fn take_lock(&mut self) -> Result<(), SnowflakeError> {
-        let holder = uuid::Uuid::new_v4();
-        self.query(&format!(
-            "UPDATE {LOAD_LOCK} SET HOLDER = '{holder}', LOCKED_AT = CURRENT_TIMESTAMP() WHERE TARGET_TABLE = {}",
-            literal(&self.target.table)
-        ))
-        .await
-        .map(drop)
-    }
-
     /// Loads `files` (paths relative to the output root) that the log does not have.
     pub async fn load(&mut self, files: &[String]) -> Result<LoadReport, SnowflakeError> {
         self.prepare().await?;
@@ -323,13 +303,12 @@ impl Loader {
         Ok(report)
     }
 
-    /// Inside a transaction: takes the lock, then copies and logs the files the log lacks.
+    /// Inside a transaction: copies and logs the files the log lacks.
     async fn load_locked(
         &mut self,
         chunk: &[String],
         hashed: Vec<(String, String)>,
     ) -> Result<LoadReport, SnowflakeError> {
-        self.take_lock().await?;
         let logged = self.logged(Some(chunk)).await?;
         let mut report = LoadReport::default();
         let mut todo = Vec::with_capacity(hashed.len());
