@@ -419,8 +419,7 @@ fn replay_from_the_dead_letter_topic_through_the_fixed_kafka_pipeline_once() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["records"].clone()
     };
     assert_eq!(inspect(&[]), appended.len() as u64);
-    assert_eq!(
-        inspect(&["--all"]),
-        (before.len() + 2 * appended.len()) as u64
-    );
+    // The whole topic holds each still-failing record three times (first
+    // rejected, sent back by each replay): inspect counts each bad record once.
+    assert_eq!(inspect(&["--all"]), before.len() as u64);
 }

@@ -476,8 +476,10 @@ impl ConsumerContext for OwnerContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 for partition in &partitions {
-                    let start = self.start_offset(consumer, partition);
-                    match self.owner.assigned(partition, start) {
+                    // Not resolved here (`start_offset`): asking the brokers
+                    // inside the rebalance callback stalled the group after a
+                    // broker restart. Restarts resolve it (`restart_ended`).
+                    match self.owner.assigned(partition, None) {
                         Ok(assignment) => {
                             if let Some(offset) = assignment.resume_at {
                                 let _ = tpl.set_partition_offset(

@@ -1,8 +1,7 @@
 //! Producing to Kafka: dead letters with context headers, records as JSON.
 //!
 //! Producers are idempotent (no duplicates or reordering from librdkafka's
-//! own retries) and never time a message out: through a broker outage a
-//! send waits, like a write to S3 past its retry budget. Sends are asynchronous; [`TopicProducer::flush`] waits for
+//! own retries). Sends are asynchronous; [`TopicProducer::flush`] waits for
 //! every acknowledgement, and the engine calls it before committing the
 //! offsets of the records that were sent.
 
@@ -76,10 +75,7 @@ pub fn producer(connection: &KafkaConnection) -> Result<FutureProducer, KafkaErr
             ("acks", "all"),
             ("linger.ms", "5"),
             ("compression.type", "lz4"),
-            // Wait out a broker outage however long it lasts, as the S3 sinks
-            // do: the partition's task stops taking batches, the consumer
-            // pauses it, and nothing is abandoned. Permanent errors still fail.
-            ("message.timeout.ms", "0"),
+            ("message.timeout.ms", "300000"),
             // Above any topic's limit: what a topic accepts is the dead-letter
             // destination's `max_message_bytes` (see `DeadLetterTopic`).
             ("message.max.bytes", "67108864"),
