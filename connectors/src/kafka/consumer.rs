@@ -85,12 +85,13 @@ pub struct Assignment {
 /// The engine's side of partition ownership. Both calls run on the polling
 /// thread and may block (the group waits for them).
 pub trait PartitionOwner: Send + Sync + 'static {
-    /// A partition was assigned to this member: prepare it and say where to
-    /// resume. `start` is where the group would start it, resolved to an
-    /// offset now (its committed offset, else the start position's watermark;
-    /// `None` when the brokers could not say): an owner that records it
-    /// before reading resumes there after a crash, rather than at a `latest`
-    /// that has moved on since.
+    /// A partition was assigned to this member (or is restarted after its
+    /// task failed): prepare it and say where to resume. `start`, given on
+    /// restarts only, is where the group would start it, resolved to an
+    /// offset (its committed offset, else the start position's watermark);
+    /// an owner records it for a partition never committed. On assignment
+    /// it is `None`: asking the brokers inside the rebalance callback
+    /// stalled the group after a broker restart.
     fn assigned(
         &self,
         partition: &TopicPartition,
