@@ -115,6 +115,10 @@ impl Session {
     pub async fn login(connection: Connection) -> Result<Session, SnowflakeError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // Servers close idle keep-alive connections (uvicorn after 5 s);
+            // a statement sent on one after a pause (a frozen process, a long
+            // retry) fails and rolls its transaction back for nothing.
+            .pool_idle_timeout(Duration::from_secs(4))
             .timeout(Duration::from_secs(300))
             .user_agent(concat!("tributary/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -230,13 +234,19 @@ impl Session {
     }
 }
 
+/// The default `LOCK_TIMEOUT` of our sessions (a pipeline's
+/// `session_parameters` may set another).
+const LOCK_TIMEOUT_SECONDS: u64 = 300;
+
 async fn login(http: &reqwest::Client, c: &Connection) -> Result<String, SnowflakeError> {
     let mut data = json!({
         "CLIENT_APP_ID": "tributary",
         "CLIENT_APP_VERSION": env!("CARGO_PKG_VERSION"),
         "ACCOUNT_NAME": c.account,
         "LOGIN_NAME": c.user,
-        "SESSION_PARAMETERS": { "AUTOCOMMIT": true },
+        // A load waits this long (not Snowflake's 12 hours) for the lock
+        // row another load holds, then fails and is retried.
+        "SESSION_PARAMETERS": { "AUTOCOMMIT": true, "LOCK_TIMEOUT": LOCK_TIMEOUT_SECONDS },
     });
     for (name, value) in &c.session_parameters {
         data["SESSION_PARAMETERS"][name] = json!(value);

@@ -10,11 +10,20 @@
 //! log again. A file logged under its path with another hash was rewritten
 //! after it was loaded: refused, never loaded twice.
 //!
-//! Loads of one table are not serialized across instances: two loaders
-//! reconciling the same unlogged file at the same moment can both copy it
-//! (see ARCHITECTURE.md, "Snowflake").
+//! Loaders of one table in other processes may load the same file at the
+//! same moment (two instances reconciling one output at start, say): each
+//! sees the file unlogged, since neither has committed. So the last step
+//! before `COMMIT` takes the table's row in `TRIBUTARY_LOAD_LOCK` (an
+//! `UPDATE`, which holds it until the transaction ends) and then looks
+//! again: a file now logged twice was committed by another loader in the
+//! meantime, and this load rolls back; its retry skips that file. The lock
+//! is held only for that check and the commit, never across a `COPY`, so a
+//! loader killed mid-load leaves nothing that blocks the others. (A kill
+//! between the lock and the commit leaves the row locked until Snowflake
+//! ends that session; the others' statements then time out after
+//! `LOCK_TIMEOUT` and retry. ARCHITECTURE.md, "Snowflake", says what to do.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use futures::TryStreamExt;
@@ -29,6 +38,8 @@ use crate::store::Location;
 
 /// The load log's table name.
 pub const LOAD_LOG: &str = "TRIBUTARY_LOAD_LOG";
+/// The table whose row per target table serializes the loads' commits.
+pub const LOAD_LOCK: &str = "TRIBUTARY_LOAD_LOCK";
 /// Snowflake accepts at most this many names in `FILES = (…)`.
 const MAX_FILES_PER_COPY: usize = 1000;
 
@@ -212,6 +223,17 @@ impl Loader {
             "CREATE TABLE IF NOT EXISTS {LOAD_LOG} (TARGET_TABLE VARCHAR, FILE_PATH VARCHAR, CONTENT_HASH VARCHAR, ROWS_LOADED NUMBER(38,0), LOADED_AT TIMESTAMP_TZ)"
         ))
         .await?;
+        self.query(&format!(
+            "CREATE TABLE IF NOT EXISTS {LOAD_LOCK} (TARGET_TABLE VARCHAR, LOADS NUMBER(38,0))"
+        ))
+        .await?;
+        // Two loaders starting at once may both add the row: harmless, the
+        // lock's UPDATE takes every row of the table.
+        let table = literal(&self.target.table);
+        self.query(&format!(
+            "INSERT INTO {LOAD_LOCK} (TARGET_TABLE, LOADS) SELECT {table}, 0 WHERE NOT EXISTS (SELECT 1 FROM {LOAD_LOCK} WHERE TARGET_TABLE = {table})"
+        ))
+        .await?;
         if let Some(url) = self.target.stage_url.clone() {
             let integration = self
                 .target
@@ -250,19 +272,17 @@ impl Loader {
         Ok(format!("{:x}", hasher.finalize()))
     }
 
-    /// Paths already in the log among `files` (all of this table's when `files` is `None`), with their hashes.
+    /// Paths already in the log among `files`, with their hashes.
     async fn logged(
         &mut self,
-        files: Option<&[String]>,
+        files: &[String],
     ) -> Result<HashMap<String, String>, SnowflakeError> {
-        let mut sql = format!(
-            "SELECT FILE_PATH, CONTENT_HASH FROM {LOAD_LOG} WHERE TARGET_TABLE = {}",
-            literal(&self.target.table)
+        let list: Vec<String> = files.iter().map(|f| literal(f)).collect();
+        let sql = format!(
+            "SELECT FILE_PATH, CONTENT_HASH FROM {LOAD_LOG} WHERE TARGET_TABLE = {} AND FILE_PATH IN ({})",
+            literal(&self.target.table),
+            list.join(", ")
         );
-        if let Some(files) = files {
-            let list: Vec<String> = files.iter().map(|f| literal(f)).collect();
-            sql.push_str(&format!(" AND FILE_PATH IN ({})", list.join(", ")));
-        }
         let result = self.query(&sql).await?;
         Ok((0..result.rows.len())
             .filter_map(|r| {
@@ -309,7 +329,7 @@ impl Loader {
         chunk: &[String],
         hashed: Vec<(String, String)>,
     ) -> Result<LoadReport, SnowflakeError> {
-        let logged = self.logged(Some(chunk)).await?;
+        let logged = self.logged(chunk).await?;
         let mut report = LoadReport::default();
         let mut todo = Vec::with_capacity(hashed.len());
         for (file, hash) in hashed {
@@ -387,38 +407,82 @@ impl Loader {
         ))
         .await?;
         crate::fault::crash_point("after_load_log");
+        self.lock_and_recheck(files).await?;
         Ok(total_rows)
+    }
+
+    /// Inside the load transaction, last before `COMMIT`: takes the table's
+    /// lock row (held until the transaction ends, so loads of this table
+    /// commit one at a time) and fails if another loader committed any of
+    /// `files` since this transaction read the log.
+    async fn lock_and_recheck(&mut self, files: &[(String, String)]) -> Result<(), SnowflakeError> {
+        let table = literal(&self.target.table);
+        self.query(&format!(
+            "UPDATE {LOAD_LOCK} SET LOADS = LOADS + 1 WHERE TARGET_TABLE = {table}"
+        ))
+        .await?;
+        // Read after the lock was granted: this sees every load committed
+        // before it, each of which logged its files.
+        let names: Vec<String> = files.iter().map(|(f, _)| literal(f)).collect();
+        let twice = self
+            .query(&format!(
+                "SELECT FILE_PATH FROM {LOAD_LOG} WHERE TARGET_TABLE = {table} AND FILE_PATH IN ({}) GROUP BY FILE_PATH HAVING COUNT(*) > 1",
+                names.join(", ")
+            ))
+            .await?;
+        if twice.rows.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(table = %self.target.table, files = twice.rows.len(), "another loader committed some of these files meanwhile; rolling back to skip them");
+        Err(SnowflakeError::LoadedElsewhere {
+            files: twice.rows.len(),
+            table: self.target.table.clone(),
+        })
     }
 
     /// Loads every Parquet file under the output that the log does not name
     /// (files published before a crash, or while Snowflake was unreachable).
+    /// The listing is read as it streams, a thousand files at a time, each
+    /// group checked against the log: memory does not grow with the output.
     pub async fn reconcile(&mut self) -> Result<LoadReport, SnowflakeError> {
         self.prepare().await?;
-        let listed: Vec<_> =
-            self.location
-                .store
-                .list(None)
-                .try_collect()
+        let store = self.location.store.clone();
+        let display = self.location.display.clone();
+        let mut listing = store.list(None);
+        let mut report = LoadReport::default();
+        let mut candidates = Vec::with_capacity(MAX_FILES_PER_COPY);
+        loop {
+            let next = listing
+                .try_next()
                 .await
                 .map_err(|source| SnowflakeError::Store {
-                    path: self.location.display.clone(),
+                    path: display.clone(),
                     source,
                 })?;
-        let logged: HashSet<String> = self.logged(None).await?.into_keys().collect();
-        let mut missing: Vec<String> = listed
-            .into_iter()
-            .map(|o| o.location.to_string())
-            .filter(|p| {
-                p.ends_with(".parquet")
-                    && !p.starts_with(&format!("{STATE_DIR}/"))
-                    && !logged.contains(p)
-            })
-            .collect();
-        missing.sort();
-        if missing.is_empty() {
-            return Ok(LoadReport::default());
+            let done = next.is_none();
+            if let Some(object) = next {
+                let path = object.location.to_string();
+                if path.ends_with(".parquet") && !path.starts_with(&format!("{STATE_DIR}/")) {
+                    candidates.push(path);
+                }
+            }
+            if candidates.len() == MAX_FILES_PER_COPY || (done && !candidates.is_empty()) {
+                let logged = self.logged(&candidates).await?;
+                let missing: Vec<String> = std::mem::take(&mut candidates)
+                    .into_iter()
+                    .filter(|p| !logged.contains_key(p))
+                    .collect();
+                if !missing.is_empty() {
+                    let loaded = self.load(&missing).await?;
+                    report.files_loaded += loaded.files_loaded;
+                    report.files_skipped += loaded.files_skipped;
+                    report.rows_loaded += loaded.rows_loaded;
+                }
+            }
+            if done {
+                return Ok(report);
+            }
         }
-        self.load(&missing).await
     }
 
     /// Ends the session.

@@ -58,6 +58,17 @@ pub enum SnowflakeError {
     /// start it over (the load log tells what committed).
     #[error("Snowflake session expired inside a transaction (at: {0}); it was rolled back")]
     SessionLost(String),
+    /// Another loader committed some of the same files while this load
+    /// ran; the load was rolled back, and its retry skips them.
+    #[error(
+        "{files} of the files were loaded into {table} by another loader meanwhile; rolled back"
+    )]
+    LoadedElsewhere {
+        /// How many.
+        files: usize,
+        /// The table.
+        table: String,
+    },
     /// A file already loaded was published again with other content.
     #[error(
         "{path} was loaded into {table} with SHA-256 {logged} and now has {now}: its old rows are in the table; delete them and the file's row in {log}, then load it again"
@@ -90,7 +101,8 @@ impl SnowflakeError {
         match self {
             SnowflakeError::Http(_)
             | SnowflakeError::Server { .. }
-            | SnowflakeError::SessionLost(_) => true,
+            | SnowflakeError::SessionLost(_)
+            | SnowflakeError::LoadedElsewhere { .. } => true,
             // Another load held the table's lock too long, or won a conflict
             // (Snowflake 000625; engines with optimistic concurrency say "conflict").
             SnowflakeError::Statement { code, message, .. } => {
