@@ -163,7 +163,7 @@ pub async fn read_all(
     match source {
         DlqSource::Files { root, prefix } => {
             let location = DlqSource::open(root, storage)?;
-            let files = read::read_files(&location, prefix.as_deref()).await?;
+            let files = queued_files(&location, prefix.as_deref()).await?.queued;
             Ok(files.into_iter().flat_map(|f| f.letters).collect())
         }
         DlqSource::Topic { connection, topic } => {
@@ -172,6 +172,30 @@ pub async fn read_all(
             Ok(letters.into_iter().map(|l| l.letter).collect())
         }
     }
+}
+
+/// The dead-letter files of a queue.
+struct QueuedFiles {
+    /// What the queue holds.
+    queued: Vec<LetterFile>,
+    /// Written by a replay of a file still queued, which stopped before
+    /// moving that file out (see [`read::unfinished_replays`]).
+    superseded: Vec<LetterFile>,
+}
+
+async fn queued_files(location: &Location, prefix: Option<&str>) -> Result<QueuedFiles, DlqError> {
+    let mut queued = read::read_files(location, prefix).await?;
+    let superseded: std::collections::HashSet<String> = read::unfinished_replays(&queued)
+        .into_iter()
+        .map(|f| f.display.clone())
+        .collect();
+    let superseded: Vec<LetterFile> = queued
+        .extract_if(.., |f| superseded.contains(&f.display))
+        .collect();
+    for file in &superseded {
+        tracing::info!(file = %file.display, "written by a replay that did not finish: its input is still queued and replays again; not counted");
+    }
+    Ok(QueuedFiles { queued, superseded })
 }
 
 /// Keeps one letter per rejected record (see [`dead_letters::dedupe_by_origin`]).
@@ -405,14 +429,21 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
     match source {
         DlqSource::Files { root, prefix } => {
             let location = DlqSource::open(root, &plan.storage)?;
-            let files: Vec<LetterFile> = read::read_files(&location, prefix.as_deref()).await?;
-            let replay = ReplaySource::from_files(&files, kafka_meta)?;
-            tracing::info!(source = %source, files = files.len(), "replaying dead letters");
+            let QueuedFiles { queued, superseded } =
+                queued_files(&location, prefix.as_deref()).await?;
+            // Out of the queue before the run: this replay writes them anew
+            // (under the same names when as many records fail again).
+            for file in &superseded {
+                read::archive(&location, file).await?;
+            }
+            let replay = ReplaySource::from_files(&queued, kafka_meta)?;
+            tracing::info!(source = %source, files = queued.len(), "replaying dead letters");
             plan.source = PlannedSource::Bounded(Box::new(replay));
             let summary = runtime::run(plan, StopHandle::default(), RunOptions::default()).await?;
             let settled = if finished_cleanly(&summary) {
                 let mut archived = Vec::new();
-                for file in &files {
+                for file in &queued {
+                    tributary_connectors::fault::crash_point("archive");
                     read::archive(&location, file).await?;
                     archived.push(file.display.clone());
                 }

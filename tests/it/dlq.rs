@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tributary_engine::workload::{Expected, InvalidClass};
 
@@ -184,6 +185,86 @@ fn replay_sends_fixed_records_to_the_output_once_and_the_rest_back() {
     assert_eq!(files_under(&orders), output_files);
     assert_eq!(parquet_strings(&orders, "event_id").len(), ids_after.len());
     assert_eq!(dead_letters(&dlq).len(), after.len());
+}
+
+/// A replay killed after its run, before it moved its input out of the
+/// queue, left the letters it wrote beside the ones it replayed. Replayed
+/// again (here with the fix, while the killed one ran without it), each
+/// fixed record reaches the output once, and the queue ends with each
+/// still-failing record once; inspect counts them once meanwhile.
+#[test]
+fn a_replay_killed_before_its_archive_and_run_again_doubles_nothing() {
+    let ws = Workspace::generate(5_000, 0.05, 14);
+    ws.run_orders();
+    let (dlq, orders) = (ws.path("out/dlq"), ws.path("out/orders"));
+    let before = dead_letters(&dlq);
+    let fixed: BTreeSet<String> = before
+        .iter()
+        .filter(|l| l["rule"] == "not_in_future")
+        .map(event_id)
+        .collect();
+    assert!(!fixed.is_empty());
+    let ids_before = parquet_strings(&orders, "event_id");
+
+    // Unfixed: every record fails again and is written back; killed before
+    // the first file is archived.
+    let killed = ws
+        .command(&[
+            "dlq",
+            "replay",
+            "--pipeline",
+            orders_pipeline().to_str().unwrap(),
+        ])
+        .env("TRIBUTARY_CRASH_AT", "archive:1")
+        .output()
+        .unwrap();
+    assert!(
+        !killed.status.success(),
+        "the replay should have been killed"
+    );
+    assert!(
+        dead_letters(&dlq).len() > before.len(),
+        "the killed replay wrote no letters beside its input: the test tests nothing"
+    );
+    let inspect = ws.tributary(&["dlq", "inspect", dlq.to_str().unwrap(), "--json"]);
+    assert!(inspect.status.success(), "{}", text(&inspect.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(
+        report["records"],
+        before.len(),
+        "inspect counts a record twice"
+    );
+
+    let pipeline = fixed_pipeline(&ws);
+    let command = ws.command(&["dlq", "replay", "--pipeline", pipeline.to_str().unwrap()]);
+    let summary = run_replay(command, &ws.path("replay.json"));
+    let out = fixed_ones_pass(&summary, before.len(), fixed.len());
+    let ids_after = parquet_strings(&orders, "event_id");
+    let unique: BTreeSet<&String> = ids_after.iter().collect();
+    assert_eq!(
+        unique.len(),
+        ids_after.len(),
+        "an event is in the output twice"
+    );
+    assert_eq!(ids_after.len() as u64, ids_before.len() as u64 + out);
+    // Each record still failing once, named by where it was first read.
+    let first_source = |l: &serde_json::Value| -> String {
+        let source = l["source"].as_str().unwrap();
+        source.split(" (replayed from ").next().unwrap().to_string()
+    };
+    let after: Vec<String> = dead_letters(&dlq).iter().map(first_source).collect();
+    let want: Vec<String> = before
+        .iter()
+        .filter(|l| l["rule"] != "not_in_future")
+        .map(first_source)
+        .collect();
+    let (mut sorted_after, mut sorted_want) = (after.clone(), want.clone());
+    sorted_after.sort();
+    sorted_want.sort();
+    assert_eq!(
+        sorted_after, sorted_want,
+        "the queue lost a record, or holds one twice"
+    );
 }
 
 #[test]
@@ -422,4 +503,85 @@ fn replay_from_the_dead_letter_topic_through_the_fixed_kafka_pipeline_once() {
     // The whole topic holds each still-failing record three times (first
     // rejected, sent back by each replay): inspect counts each bad record once.
     assert_eq!(inspect(&["--all"]), before.len() as u64);
+}
+
+/// A dead-letter topic that is still being written to: inspect (and
+/// replay, which reads the same way) take what was there when they began
+/// and end, instead of waiting for the topic to go quiet.
+#[test]
+fn inspect_of_a_dead_letter_topic_still_written_to_ends() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    use crate::kafka::{Scenario, TOPIC, read_topic};
+    let _serial = crate::servers::serial();
+    let scenario = Scenario::new(crate::servers::Broker::start(), 1_000, 2);
+    let pipeline = scenario.pipeline(&[]);
+    scenario.run_to_end(&pipeline, "live");
+    let brokers = scenario.broker.address();
+    let dlq_topic = format!("{TOPIC}.dlq");
+    let letters = read_topic(&brokers, &dlq_topic).len();
+    assert!(letters > 0);
+
+    // A producer keeps appending to the topic, for longer than a reader
+    // waiting for quiet would take to give up (60 s).
+    let (stop, written) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let writer = {
+        let (stop, written, brokers, topic) = (
+            stop.clone(),
+            written.clone(),
+            brokers.clone(),
+            dlq_topic.clone(),
+        );
+        std::thread::spawn(move || {
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("linger.ms", "0")
+                .create()
+                .unwrap();
+            let started = Instant::now();
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
+                let n = written.load(Ordering::SeqCst);
+                let payload = format!("{{\"live\":{n}}}");
+                let record = BaseRecord::<[u8], [u8]>::to(&topic).payload(payload.as_bytes());
+                if producer.send(record).is_ok() {
+                    written.fetch_add(1, Ordering::SeqCst);
+                }
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = producer.flush(Duration::from_secs(10));
+            started.elapsed()
+        })
+    };
+    while written.load(Ordering::SeqCst) < 50 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let present = letters + written.load(Ordering::SeqCst);
+    let queue = format!("kafka://{brokers}/{dlq_topic}");
+    let out = scenario
+        .command("live")
+        .args(["dlq", "inspect", &queue, "--json"])
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let wrote_for = writer.join().unwrap();
+    assert!(
+        wrote_for < Duration::from_secs(120),
+        "inspect ended only once the topic went quiet"
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = report["records"].as_u64().unwrap() as usize;
+    assert!(
+        records >= present,
+        "inspect read {records} letters, fewer than the {present} present when it began"
+    );
 }

@@ -122,6 +122,31 @@ pub fn parse(bytes: &[u8], display: &str) -> Result<Vec<DeadLetter>, ReadError> 
     Ok(letters)
 }
 
+/// The files among `files` that a replay of another file among them wrote,
+/// in `files` order: the products of a replay that stopped before moving
+/// its input out of the queue (a crash between the run and the archive).
+/// The input is still queued and replays again, writing them anew, so
+/// they are not part of the queue: read with it, each record that failed
+/// again would count twice and, once fixed, reach the output twice.
+/// A replay's files are named after its input's content (stream
+/// `replay-<first 12 hex digits of its SHA-256>`, see [`replay`](super::replay)).
+pub fn unfinished_replays(files: &[LetterFile]) -> Vec<&LetterFile> {
+    let queued: std::collections::HashSet<&str> = files
+        .iter()
+        .map(|f| f.sha256.get(..12).unwrap_or(&f.sha256))
+        .collect();
+    files
+        .iter()
+        .filter(|f| {
+            f.path
+                .filename()
+                .and_then(|name| name.strip_prefix("replay-"))
+                .and_then(|rest| rest.split_once('-'))
+                .is_some_and(|(hash, _)| queued.contains(hash))
+        })
+        .collect()
+}
+
 /// Moves a replayed file out of the queue, to `_tributary/replayed/<key>`
 /// (kept, not deleted: nothing is lost).
 pub async fn archive(location: &Location, file: &LetterFile) -> Result<(), ReadError> {
@@ -139,6 +164,36 @@ pub async fn archive(location: &Location, file: &LetterFile) -> Result<(), ReadE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file(key: &str, sha256: &str) -> LetterFile {
+        LetterFile {
+            path: Path::from(key),
+            display: format!("dlq/{key}"),
+            letters: Vec::new(),
+            sha256: sha256.to_string(),
+        }
+    }
+
+    #[test]
+    fn letters_written_by_a_replay_of_a_file_still_queued_are_not_part_of_the_queue() {
+        let original = file("in.ndjson-000000000001.ndjson", &"a".repeat(64));
+        // Written by an unfinished replay of `original`…
+        let rewritten = file(
+            &format!("replay-{}-000000000003.ndjson", "a".repeat(12)),
+            &"b".repeat(64),
+        );
+        // …and by a finished replay of a file archived since.
+        let kept = file(
+            &format!("sub/replay-{}-000000000001.ndjson", "c".repeat(12)),
+            &"d".repeat(64),
+        );
+        let files = vec![original, rewritten.clone(), kept];
+        let unfinished: Vec<&str> = unfinished_replays(&files)
+            .into_iter()
+            .map(|f| f.display.as_str())
+            .collect();
+        assert_eq!(unfinished, vec![rewritten.display.as_str()]);
+    }
 
     #[test]
     fn a_line_that_is_not_a_dead_letter_is_named_by_file_and_line() {

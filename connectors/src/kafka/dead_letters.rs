@@ -74,6 +74,10 @@ pub fn save_checkpoint(
         )))
 }
 
+/// How long [`read_topic`] reads on once every partition reached the
+/// high-water mark it had when reading began.
+const PAST_THE_MARKS: Duration = Duration::from_secs(2);
+
 /// Reads every message of `topic` present now, from `from` (partition →
 /// first offset; the low-water mark where missing); gives up after `timeout`.
 pub fn read_topic(
@@ -114,9 +118,10 @@ pub fn read_topic(
         .assign(&assignment)
         .map_err(KafkaError::client(format!("assigning {topic}")))?;
     let deadline = Instant::now() + timeout;
-    // Past the high-water marks, read on until the topic stays quiet (see above).
-    let mut quiet_since = Instant::now();
-    while !remaining.is_empty() || quiet_since.elapsed() < Duration::from_secs(2) {
+    // Past the high-water marks, read on for a moment (see above), but not
+    // until the topic is quiet: a live topic never is.
+    let mut marks_reached = remaining.is_empty().then(Instant::now);
+    while marks_reached.is_none_or(|at| at.elapsed() < PAST_THE_MARKS) {
         if Instant::now() > deadline {
             return Err(KafkaError::Delivery {
                 topic: topic.to_string(),
@@ -130,7 +135,6 @@ pub fn read_topic(
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        quiet_since = Instant::now();
         let message = message.map_err(KafkaError::client(format!("reading {topic}")))?;
         let partition = message.partition();
         if remaining
@@ -138,6 +142,9 @@ pub fn read_topic(
             .is_some_and(|high| message.offset() + 1 >= *high)
         {
             remaining.remove(&partition);
+            if remaining.is_empty() {
+                marks_reached = Some(Instant::now());
+            }
         }
         letters.push(TopicLetter {
             partition,
