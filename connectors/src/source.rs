@@ -129,6 +129,35 @@ pub struct RawBatch {
     pub byte_offsets: Vec<u64>,
     /// Message metadata, for Kafka sources.
     pub meta: Option<crate::kafka::meta::KafkaMeta>,
+    /// What the batch holds against its source's memory budget.
+    pub held: Held,
+}
+
+/// Bytes a batch holds against its source's memory budget (the Kafka
+/// consumer's `max_buffered`), given back when the batch is dropped. A
+/// clone holds nothing: only the batch as read is counted.
+#[derive(Debug, Default)]
+pub struct Held(Option<(std::sync::Arc<std::sync::atomic::AtomicUsize>, usize)>);
+
+impl Held {
+    /// `bytes` counted in `used` until this is dropped.
+    pub(crate) fn new(used: std::sync::Arc<std::sync::atomic::AtomicUsize>, bytes: usize) -> Self {
+        Held(Some((used, bytes)))
+    }
+}
+
+impl Clone for Held {
+    fn clone(&self) -> Self {
+        Held(None)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((used, bytes)) = &self.0 {
+            used.fetch_sub(*bytes, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 impl RawBatch {
@@ -524,6 +553,7 @@ impl PartitionReader for LineReader {
             positions,
             byte_offsets,
             meta: None,
+            held: Held::default(),
         }))
     }
 }

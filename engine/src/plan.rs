@@ -765,6 +765,14 @@ fn build_kafka_source(
             "must be longer than zero",
         ));
     }
+    if config.max_buffered.0 == 0 {
+        return Err(ConfigError::at(
+            &loaded.file,
+            None,
+            "source.kafka.max_buffered",
+            "must be more than zero bytes",
+        ));
+    }
     Ok(PlannedKafkaSource {
         settings: ConsumerSettings {
             connection: KafkaConnection {
@@ -783,6 +791,7 @@ fn build_kafka_source(
             },
             limits,
             max_wait,
+            max_buffered: config.max_buffered.0 as usize,
         },
         commit_interval: config.commit_interval.0,
     })

@@ -219,6 +219,7 @@ impl PartitionReader for ReplayReader {
             positions: self.queued.positions[start..self.next].to_vec(),
             byte_offsets: Vec::new(),
             meta,
+            held: Default::default(),
         }))
     }
 

@@ -14,7 +14,7 @@
 //! reports is committed before the partition is released.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::meta::MetaBuilder;
 use super::{KafkaConnection, KafkaError};
-use crate::source::{BatchLimits, RawBatch};
+use crate::source::{BatchLimits, Held, RawBatch};
 
 /// One partition of one topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,31 +71,42 @@ pub struct ConsumerSettings {
     pub limits: BatchLimits,
     /// …or this long after its first message.
     pub max_wait: Duration,
+    /// Bytes of consumed records held at most across all partitions (being
+    /// collected, waiting, or processed by their tasks); past it, every
+    /// partition is paused until the tasks have caught up to three quarters
+    /// of it. A member that takes over many partitions stays within it.
+    pub max_buffered: usize,
 }
 
 /// What the engine decides when a partition is assigned.
 #[derive(Debug)]
 pub struct Assignment {
-    /// Offset to resume from; `None` resumes from the group's committed offset (or the start position).
-    pub resume_at: Option<i64>,
+    /// Offset to resume from.
+    pub resume_at: i64,
     /// Where the partition's batches go.
     pub batches: mpsc::Sender<RawBatch>,
 }
 
-/// The engine's side of partition ownership. Both calls run on the polling
-/// thread and may block (the group waits for them).
+/// Where the group would start a partition, resolved to an offset on demand
+/// (its committed offset, else the start position's watermark): asks the
+/// brokers, so an owner calls it only for a partition it never committed.
+pub type StartOffset<'a> = &'a dyn Fn() -> Result<i64, String>;
+
+/// The engine's side of partition ownership. Every call runs on the polling
+/// thread and may block; none runs inside a rebalance callback, so the group
+/// never waits for them.
 pub trait PartitionOwner: Send + Sync + 'static {
     /// A partition was assigned to this member (or is restarted after its
-    /// task failed): prepare it and say where to resume. `start`, given on
-    /// restarts only, is where the group would start it, resolved to an
-    /// offset (its committed offset, else the start position's watermark);
-    /// an owner records it for a partition never committed. On assignment
-    /// it is `None`: asking the brokers inside the rebalance callback
-    /// stalled the group after a broker restart.
+    /// task failed): prepare it and say where to resume. Until this returns
+    /// the partition is paused, so nothing is read before the owner has
+    /// recorded where reading starts; for a partition it never committed it
+    /// records `start()`, so that a crash before its first commit resumes
+    /// there (and not at a `latest` that has moved on). An error is retried
+    /// after a backoff.
     fn assigned(
         &self,
         partition: &TopicPartition,
-        start: Option<i64>,
+        start: StartOffset<'_>,
     ) -> Result<Assignment, String>;
     /// The partition is leaving this member (revoked, or the run is ending) and its
     /// channel is closed: return once its work is durable, with the next offset to
@@ -195,21 +206,30 @@ pub(crate) struct BatchBuilder {
     positions: Vec<u64>,
     meta: MetaBuilder,
     opened: Option<Instant>,
+    /// The consumer's buffered bytes, which this batch's messages add to.
+    buffered: Arc<AtomicUsize>,
+    /// Bytes added to `buffered` for the messages collected so far.
+    counted: usize,
 }
 
 impl BatchBuilder {
-    pub(crate) fn new(partition: &TopicPartition) -> Self {
+    pub(crate) fn new(partition: &TopicPartition, buffered: Arc<AtomicUsize>) -> Self {
         BatchBuilder {
             data: Vec::new(),
             offsets: vec![0],
             positions: Vec::new(),
             meta: MetaBuilder::new(Arc::from(partition.topic.as_str()), partition.partition),
             opened: None,
+            buffered,
+            counted: 0,
         }
     }
 
     pub(crate) fn push(&mut self, message: &BorrowedMessage<'_>, now: Instant) {
         let payload = message.payload().unwrap_or_default();
+        let bytes = payload.len() + message.key().map_or(0, <[u8]>::len);
+        self.buffered.fetch_add(bytes, Ordering::SeqCst);
+        self.counted += bytes;
         self.data.extend_from_slice(payload);
         self.offsets.push(self.data.len() as i32);
         self.positions.push(message.offset().max(0) as u64);
@@ -251,37 +271,77 @@ impl BatchBuilder {
             positions: std::mem::replace(&mut self.positions, Vec::with_capacity(rows)),
             byte_offsets: Vec::new(),
             meta: Some(self.meta.finish()),
+            held: Held::new(self.buffered.clone(), std::mem::take(&mut self.counted)),
         }
     }
+}
+
+impl Drop for BatchBuilder {
+    fn drop(&mut self) {
+        // Messages collected but never handed over (the partition left).
+        self.buffered.fetch_sub(self.counted, Ordering::SeqCst);
+    }
+}
+
+/// Whether a task takes a partition's batches. Unless one does, the
+/// partition is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    /// To be prepared by the owner and positioned at `at`: just assigned,
+    /// restarted after its task failed, or a preparation that failed.
+    Preparing { at: Instant },
+    /// A task takes the batches.
+    Running,
+    /// The task ended on its own (it failed); `reported` once the owner was
+    /// told. Stays so when the owner will not have it back.
+    Ended { reported: bool },
 }
 
 /// An assigned partition on the polling thread.
 struct PartitionState {
     partition: TopicPartition,
+    task: Task,
+    /// The task's channel (a closed one unless `task` is `Running`).
     batches: mpsc::Sender<RawBatch>,
     building: BatchBuilder,
     /// A closed batch its task has not taken yet (the partition is paused meanwhile).
     waiting: Option<RawBatch>,
     paused: bool,
-    /// The task is gone (it failed): the partition stays paused until restarted.
-    abandoned: bool,
-    /// When an abandoned partition starts again (`None`: not yet decided, or never).
-    restart_at: Option<Instant>,
-    /// The owner was told its task ended.
-    ended_reported: bool,
-    /// Restarts so far, for the backoff.
-    restarts: u32,
+    /// Failed preparations and task failures so far, for the backoff.
+    failures: u32,
     next_offset: Option<i64>,
     /// Messages dropped because their offset was below `next_offset`.
     rewinds: u64,
 }
 
 impl PartitionState {
+    /// A partition just assigned, paused until prepared.
+    fn assigned(partition: &TopicPartition, now: Instant, buffered: Arc<AtomicUsize>) -> Self {
+        PartitionState {
+            partition: partition.clone(),
+            task: Task::Preparing { at: now },
+            batches: mpsc::channel(1).0,
+            building: BatchBuilder::new(partition, buffered),
+            waiting: None,
+            paused: true,
+            failures: 0,
+            next_offset: None,
+            rewinds: 0,
+        }
+    }
+
+    /// The next backoff (1 s, doubling to a minute), counting one more failure.
+    fn backoff(&mut self) -> Duration {
+        let delay = Duration::from_secs(1 << self.failures.min(6)).min(Duration::from_secs(60));
+        self.failures += 1;
+        delay
+    }
+
     /// Hands over what can be handed over without blocking; returns whether
     /// the partition should be paused. At most four batches are held per
     /// partition: two in the channel, one waiting, one being filled.
     fn offer(&mut self, limits: &BatchLimits, max_wait: Duration, now: Instant) -> bool {
-        if self.abandoned {
+        if self.task != Task::Running {
             return true;
         }
         loop {
@@ -301,7 +361,7 @@ impl PartitionState {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     tracing::error!(partition = %self.partition, "partition task ended; pausing the partition");
-                    self.abandoned = true;
+                    self.task = Task::Ended { reported: false };
                     return true;
                 }
             }
@@ -310,7 +370,7 @@ impl PartitionState {
 
     /// Hands over everything, waiting for the task; then closes the channel.
     fn close(mut self) {
-        if self.abandoned {
+        if self.task != Task::Running {
             return;
         }
         let rest = (!self.building.is_empty()).then(|| self.building.finish());
@@ -333,6 +393,11 @@ struct OwnerContext {
     assignments: AtomicU64,
     /// Where a partition without a committed offset starts.
     start: StartPosition,
+    /// Bytes of consumed records held now, and the most held so far.
+    buffered: Arc<AtomicUsize>,
+    peak_buffered: Arc<AtomicUsize>,
+    /// Every partition is paused because `buffered` reached the budget.
+    over_budget: AtomicBool,
 }
 
 impl OwnerContext {
@@ -340,6 +405,18 @@ impl OwnerContext {
         self.states
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on `partition`'s state, if it is still assigned.
+    fn with_state<R>(
+        &self,
+        partition: &TopicPartition,
+        f: impl FnOnce(&mut PartitionState) -> R,
+    ) -> Option<R> {
+        self.states()
+            .iter_mut()
+            .find(|s| &s.partition == partition)
+            .map(f)
     }
 
     fn fail(&self, message: String) {
@@ -426,32 +503,26 @@ impl OwnerContext {
         &self,
         consumer: &BaseConsumer<Self>,
         partition: &TopicPartition,
-    ) -> Option<i64> {
+    ) -> Result<i64, String> {
         let timeout = Duration::from_secs(10);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&partition.topic, partition.partition);
-        let committed = match consumer.committed_offsets(tpl, timeout) {
-            Ok(c) => c
-                .find_partition(&partition.topic, partition.partition)
-                .map(|e| e.offset()),
-            Err(error) => {
-                tracing::warn!(%partition, %error, "cannot read the group's committed offset");
-                return None;
-            }
-        };
-        if let Some(Offset::Offset(offset)) = committed {
-            return Some(offset);
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .map_err(|e| format!("reading the group's committed offset: {e}"))?;
+        if let Some(Offset::Offset(offset)) = committed
+            .find_partition(&partition.topic, partition.partition)
+            .map(|e| e.offset())
+        {
+            return Ok(offset);
         }
-        match consumer.fetch_watermarks(&partition.topic, partition.partition, timeout) {
-            Ok((low, high)) => Some(match self.start {
-                StartPosition::Earliest => low,
-                StartPosition::Latest => high,
-            }),
-            Err(error) => {
-                tracing::warn!(%partition, %error, "cannot read the partition's watermarks");
-                None
-            }
-        }
+        let (low, high) = consumer
+            .fetch_watermarks(&partition.topic, partition.partition, timeout)
+            .map_err(|e| format!("reading the partition's watermarks: {e}"))?;
+        Ok(match self.start {
+            StartPosition::Earliest => low,
+            StartPosition::Latest => high,
+        })
     }
 }
 
@@ -476,39 +547,16 @@ impl ConsumerContext for OwnerContext {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                for partition in &partitions {
-                    // Not resolved here (`start_offset`): asking the brokers
-                    // inside the rebalance callback stalled the group after a
-                    // broker restart. Restarts resolve it (`restart_ended`).
-                    match self.owner.assigned(partition, None) {
-                        Ok(assignment) => {
-                            if let Some(offset) = assignment.resume_at {
-                                let _ = tpl.set_partition_offset(
-                                    &partition.topic,
-                                    partition.partition,
-                                    Offset::Offset(offset),
-                                );
-                            }
-                            tracing::info!(partition = %partition, resume_at = ?assignment.resume_at, "partition assigned");
-                            self.states().push(PartitionState {
-                                partition: partition.clone(),
-                                batches: assignment.batches,
-                                building: BatchBuilder::new(partition),
-                                waiting: None,
-                                paused: false,
-                                abandoned: false,
-                                restart_at: None,
-                                ended_reported: false,
-                                restarts: 0,
-                                next_offset: assignment.resume_at,
-                                rewinds: 0,
-                            });
-                        }
-                        Err(message) => {
-                            self.fail(format!("preparing partition {partition}: {message}"))
-                        }
-                    }
-                }
+                // Assigned paused; the polling loop prepares each partition
+                // (`prepare_due`) before it is read. Nothing here asks the
+                // brokers or the stores: a callback that blocks stalls the
+                // whole group (seen after a broker restart).
+                let now = Instant::now();
+                self.states().extend(
+                    partitions
+                        .iter()
+                        .map(|p| PartitionState::assigned(p, now, self.buffered.clone())),
+                );
                 self.assigned_once.store(true, Ordering::SeqCst);
                 self.assignments.fetch_add(1, Ordering::SeqCst);
                 let result = if cooperative {
@@ -516,8 +564,14 @@ impl ConsumerContext for OwnerContext {
                 } else {
                     consumer.assign(tpl)
                 };
-                if let Err(error) = result {
-                    self.fail(format!("assigning partitions: {error}"));
+                match result.and_then(|()| consumer.pause(tpl)) {
+                    Ok(()) => {
+                        for partition in &partitions {
+                            tracing::info!(%partition, "partition assigned");
+                            self.lag.set_paused(partition, true);
+                        }
+                    }
+                    Err(error) => self.fail(format!("assigning partitions: {error}")),
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -608,6 +662,9 @@ impl KafkaConsumer {
             assigned_once: AtomicBool::new(false),
             assignments: AtomicU64::new(0),
             start: settings.start,
+            buffered: Arc::new(AtomicUsize::new(0)),
+            peak_buffered: Arc::new(AtomicUsize::new(0)),
+            over_budget: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<OwnerContext> = config
             .create_with_context(context)
@@ -631,6 +688,12 @@ impl KafkaConsumer {
     /// The lag table this consumer keeps current.
     pub fn lag(&self) -> LagTable {
         self.lag.clone()
+    }
+
+    /// The most bytes of consumed records this consumer held at once (see
+    /// [`ConsumerSettings::max_buffered`]); it keeps counting while it runs.
+    pub fn peak_buffered(&self) -> Arc<AtomicUsize> {
+        self.consumer.context().peak_buffered.clone()
     }
 
     /// Polls until `stop()` is true or, with `until_idle`, until every assigned
@@ -687,7 +750,8 @@ impl KafkaConsumer {
                 }
                 None => {}
             }
-            self.restart_ended(&context);
+            self.report_ended(&context);
+            self.prepare_due(&context);
             let generation = context.assignments.load(Ordering::SeqCst);
             if self.offer_all(&context, Instant::now()) || generation != assignments {
                 // A paused partition is waiting for its task, and a new
@@ -759,6 +823,11 @@ impl KafkaConsumer {
             );
             return false;
         };
+        if state.task != Task::Running {
+            // Fetched before the pause took hold, or after the task ended:
+            // read again from where the partition is positioned when (re)started.
+            return false;
+        }
         // Offsets only move forward within an assignment. A fetch answered from
         // an earlier position (seen with tansu 0.6 at the end of a partition) would
         // otherwise hand the same records over twice; the Java client drops
@@ -774,117 +843,141 @@ impl KafkaConsumer {
         }
         state.next_offset = Some(message.offset() + 1);
         state.building.push(message, now);
+        context
+            .peak_buffered
+            .fetch_max(context.buffered.load(Ordering::Relaxed), Ordering::Relaxed);
         state.building.is_full(&self.settings.limits)
     }
 
     /// Partitions whose task ended on its own: reported to the owner once,
-    /// then started again after a backoff (1 s, doubling to a minute) from
-    /// where the owner's recovery says, as if newly assigned.
-    fn restart_ended(&self, context: &OwnerContext) {
-        let now = Instant::now();
-        let (ended, due): (Vec<_>, Vec<_>) = {
+    /// then prepared again after a backoff (1 s, doubling to a minute), as if
+    /// newly assigned.
+    fn report_ended(&self, context: &OwnerContext) {
+        let ended: Vec<TopicPartition> = {
             let mut states = context.states();
             // A task may end with nothing left to hand it (say, its final
             // commit failed at the end of the partition): notice that too.
             for state in states
                 .iter_mut()
-                .filter(|s| !s.abandoned && s.batches.is_closed())
+                .filter(|s| s.task == Task::Running && s.batches.is_closed())
             {
                 tracing::error!(partition = %state.partition, "partition task ended; pausing the partition");
-                state.abandoned = true;
+                state.task = Task::Ended { reported: false };
             }
-            let ended = states
+            states
                 .iter()
-                .filter(|s| s.abandoned && !s.ended_reported)
+                .filter(|s| s.task == Task::Ended { reported: false })
                 .map(|s| s.partition.clone())
-                .collect();
-            let due = states
-                .iter()
-                .filter(|s| s.abandoned && s.restart_at.is_some_and(|t| t <= now))
-                .map(|s| s.partition.clone())
-                .collect();
-            (ended, due)
+                .collect()
         };
         for partition in ended {
             let again = context.owner.task_ended(&partition);
-            if let Some(state) = context
-                .states()
-                .iter_mut()
-                .find(|s| s.partition == partition)
-            {
-                state.ended_reported = true;
+            context.with_state(&partition, |state| {
+                state.task = Task::Ended { reported: true };
                 if again {
-                    let delay = Duration::from_secs(1 << state.restarts.min(6))
-                        .min(Duration::from_secs(60));
-                    state.restart_at = Some(now + delay);
-                    state.restarts += 1;
-                    tracing::warn!(%partition, ?delay, restarts = state.restarts, "partition task failed; restarting it after a backoff");
+                    let delay = state.backoff();
+                    state.task = Task::Preparing {
+                        at: Instant::now() + delay,
+                    };
+                    tracing::warn!(%partition, ?delay, failures = state.failures, "partition task failed; restarting it after a backoff");
                 }
-            }
+            });
         }
+    }
+
+    /// Prepares the partitions due: the owner recovers each and says where
+    /// to resume; the partition is positioned there and resumed (by
+    /// `offer_all`). One that cannot be prepared yet stays paused and is
+    /// tried again after a backoff.
+    fn prepare_due(&self, context: &OwnerContext) {
+        let now = Instant::now();
+        let due: Vec<TopicPartition> = context
+            .states()
+            .iter()
+            .filter(|s| matches!(s.task, Task::Preparing { at } if at <= now))
+            .map(|s| s.partition.clone())
+            .collect();
         for partition in due {
-            let start = context.start_offset(&self.consumer, &partition);
-            let retry_later = |context: &OwnerContext, why: String| {
-                tracing::error!(%partition, %why, "restarting the partition failed; trying again later");
-                if let Some(state) = context
-                    .states()
-                    .iter_mut()
-                    .find(|s| s.partition == partition)
-                {
-                    state.restart_at = Some(Instant::now() + Duration::from_secs(30));
+            let start = || context.start_offset(&self.consumer, &partition);
+            let prepared = context.owner.assigned(&partition, &start).and_then(|a| {
+                match self.consumer.seek(
+                    &partition.topic,
+                    partition.partition,
+                    Offset::Offset(a.resume_at),
+                    Duration::from_secs(10),
+                ) {
+                    Ok(()) => Ok(a),
+                    Err(e) => {
+                        let why = format!("seeking to {}: {e}", a.resume_at);
+                        // Its channel closes with the assignment: the new
+                        // task ends at once, and is collected.
+                        drop(a);
+                        let _ = context.owner.task_ended(&partition);
+                        Err(why)
+                    }
                 }
-            };
-            let assignment = match context.owner.assigned(&partition, start) {
-                Ok(a) => a,
+            });
+            context.with_state(&partition, |state| match prepared {
+                Ok(assignment) => {
+                    state.task = Task::Running;
+                    state.batches = assignment.batches;
+                    state.building = BatchBuilder::new(&partition, context.buffered.clone());
+                    state.waiting = None;
+                    state.next_offset = Some(assignment.resume_at);
+                    tracing::info!(%partition, resume_at = assignment.resume_at, "partition prepared");
+                }
                 Err(why) => {
-                    retry_later(context, why);
-                    continue;
+                    let delay = state.backoff();
+                    state.task = Task::Preparing {
+                        at: Instant::now() + delay,
+                    };
+                    tracing::error!(%partition, %why, ?delay, "preparing the partition failed; trying again after a backoff");
                 }
-            };
-            let Some(offset) = assignment.resume_at else {
-                // Without a position, records read by the failed task could be skipped.
-                retry_later(context, "no offset to resume from".into());
-                // Its channel closes with `assignment`: the new task ends at once.
-                drop(assignment);
-                let _ = context.owner.task_ended(&partition);
-                continue;
-            };
-            if let Err(error) = self.consumer.seek(
-                &partition.topic,
-                partition.partition,
-                Offset::Offset(offset),
-                Duration::from_secs(10),
-            ) {
-                retry_later(context, format!("seeking to {offset}: {error}"));
-                drop(assignment);
-                let _ = context.owner.task_ended(&partition);
-                continue;
-            }
-            if let Some(state) = context
-                .states()
-                .iter_mut()
-                .find(|s| s.partition == partition)
-            {
-                state.batches = assignment.batches;
-                state.building = BatchBuilder::new(&partition);
-                state.waiting = None;
-                state.abandoned = false;
-                state.ended_reported = false;
-                state.restart_at = None;
-                state.next_offset = Some(offset);
-                tracing::info!(%partition, resume_at = offset, "partition restarted");
+            });
+        }
+    }
+
+    /// Whether the consumed bytes held are over the budget: from reaching
+    /// `max_buffered` until they are back under three quarters of it.
+    fn over_budget(&self, context: &OwnerContext) -> bool {
+        let (used, limit) = (
+            context.buffered.load(Ordering::SeqCst),
+            self.settings.max_buffered,
+        );
+        let was = context.over_budget.load(Ordering::SeqCst);
+        let over = if was {
+            used > limit / 4 * 3
+        } else {
+            used >= limit
+        };
+        if over != was {
+            context.over_budget.store(over, Ordering::SeqCst);
+            if over {
+                tracing::info!(
+                    buffered = used,
+                    max_buffered = limit,
+                    "memory budget of consumed records reached; pausing every partition until the tasks catch up"
+                );
+            } else {
+                tracing::info!(
+                    buffered = used,
+                    max_buffered = limit,
+                    "back under the memory budget; resuming"
+                );
             }
         }
+        over
     }
 
     /// Hands over ready batches; returns whether a partition is waiting on its task.
     fn offer_all(&self, context: &OwnerContext, now: Instant) -> bool {
         let (limits, max_wait) = (self.settings.limits, self.settings.max_wait);
+        let over_budget = self.over_budget(context);
         let mut states = context.states();
-        let mut waiting = false;
+        let mut waiting = over_budget;
         for state in states.iter_mut() {
-            let pause = state.offer(&limits, max_wait, now);
-            waiting |= (pause || state.waiting.is_some()) && !state.abandoned;
+            let pause = state.offer(&limits, max_wait, now) || over_budget;
+            waiting |= (pause || state.waiting.is_some()) && state.task == Task::Running;
             if pause != state.paused {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&state.partition.topic, state.partition.partition);
@@ -935,8 +1028,12 @@ impl KafkaConsumer {
         let lag = self.lag.snapshot();
         let states = context.states();
         states.iter().all(|s| {
-            if s.abandoned {
-                return true;
+            match s.task {
+                Task::Running => {}
+                // Not read yet: what it holds is unknown.
+                Task::Preparing { .. } => return false,
+                // Failed for good here: nothing more will be read.
+                Task::Ended { .. } => return true,
             }
             if !s.building.is_empty() || s.waiting.is_some() {
                 return false;

@@ -79,10 +79,13 @@ pub fn sample(
         builders
             .entry(key.clone())
             .or_insert_with(|| {
-                BatchBuilder::new(&TopicPartition {
-                    topic: key.0.clone(),
-                    partition: key.1,
-                })
+                BatchBuilder::new(
+                    &TopicPartition {
+                        topic: key.0.clone(),
+                        partition: key.1,
+                    },
+                    Default::default(),
+                )
             })
             .push(&message, last_message);
         read += 1;

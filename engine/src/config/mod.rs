@@ -138,9 +138,16 @@ pub struct KafkaSourceConfig {
     /// How often each partition commits: its files are published and its offset committed.
     #[serde(default = "default_commit_interval")]
     pub commit_interval: DurationText,
+    /// Bytes of consumed records held at most across all assigned partitions.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered: ByteSize,
     /// librdkafka consumer properties, applied over Tributary's defaults.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, Text>,
+}
+
+fn default_max_buffered() -> ByteSize {
+    ByteSize(256 << 20)
 }
 
 fn default_commit_interval() -> DurationText {

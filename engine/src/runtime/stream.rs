@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tributary_connectors::commit_log::{self, CommitLog, CommitLogError, Manifest, clear_staging};
 use tributary_connectors::fault;
 use tributary_connectors::kafka::consumer::{
-    Assignment, KafkaConsumer, OffsetCommits, PartitionOwner, TopicPartition,
+    Assignment, KafkaConsumer, OffsetCommits, PartitionOwner, StartOffset, TopicPartition,
 };
 use tributary_connectors::parquet::Placement;
 use tributary_connectors::source::{Origin, PartitionInfo, RawBatch};
@@ -48,7 +48,16 @@ const MANIFESTS_KEPT: usize = 16;
 struct Resume {
     epoch: u64,
     seq: u64,
-    next_offset: Option<i64>,
+    next_offset: i64,
+}
+
+/// Why a partition cannot be prepared.
+#[derive(Debug, thiserror::Error)]
+enum RecoverError {
+    #[error(transparent)]
+    Log(#[from] CommitLogError),
+    #[error("cannot tell where the group starts the partition: {0}")]
+    Start(String),
 }
 
 /// A filename-safe name for a topic partition: `topic-partition`.
@@ -78,9 +87,9 @@ struct Owner {
 impl Owner {
     /// Finishes the newest commit, claims the partition with a new epoch and
     /// clears staged leftovers. A partition never committed is claimed at
-    /// `start` (where the group starts it, resolved now), so that a crash
+    /// `start()` (where the group starts it, resolved now), so that a crash
     /// before its first commit resumes there.
-    async fn recover(&self, stream: &str, start: Option<i64>) -> Result<Resume, CommitLogError> {
+    async fn recover(&self, stream: &str, start: StartOffset<'_>) -> Result<Resume, RecoverError> {
         let state = self
             .destinations
             .state_location()
@@ -110,10 +119,14 @@ impl Owner {
                     .await;
             }
             fault::crash_point("recover");
+            let next_offset = match latest.as_ref().and_then(|m| m.next_offset) {
+                Some(offset) => offset,
+                None => start().map_err(RecoverError::Start)?,
+            };
             let claim = Manifest {
                 seq: latest.as_ref().map_or(1, |m| m.seq + 1),
                 epoch: latest.as_ref().map_or(1, |m| m.epoch + 1),
-                next_offset: latest.as_ref().and_then(|m| m.next_offset).or(start),
+                next_offset: Some(next_offset),
                 files: Vec::new(),
                 written_at: now(),
             };
@@ -128,11 +141,11 @@ impl Owner {
                     return Ok(Resume {
                         epoch: claim.epoch,
                         seq: claim.seq,
-                        next_offset: claim.next_offset,
+                        next_offset,
                     });
                 }
                 Err(CommitLogError::Fenced { .. }) if attempts < 5 => attempts += 1,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -142,7 +155,7 @@ impl PartitionOwner for Owner {
     fn assigned(
         &self,
         partition: &TopicPartition,
-        start: Option<i64>,
+        start: StartOffset<'_>,
     ) -> Result<Assignment, String> {
         let stream = stream_name(partition);
         let resume = self
@@ -261,8 +274,8 @@ impl PartitionTask {
             log: CommitLog::new(&state, &self.stream),
             seq: self.resume.seq,
             epoch: self.resume.epoch,
-            next_offset: self.resume.next_offset,
-            committed: self.resume.next_offset,
+            next_offset: Some(self.resume.next_offset),
+            committed: Some(self.resume.next_offset),
             commits: 0,
         };
         let outcome = match Worker::new(&self.plan, &self.destinations, &info, placement) {
@@ -299,7 +312,7 @@ impl PartitionTask {
         summary.kafka = Some(KafkaPartitionSummary {
             epoch: committer.epoch,
             commits: committer.commits,
-            resumed_at: self.resume.next_offset,
+            resumed_at: Some(self.resume.next_offset),
             committed_offset: committer.committed,
             fenced,
         });
@@ -457,6 +470,8 @@ fn slice_batch(batch: &RawBatch, skip: usize) -> RawBatch {
             .map(<[u64]>::to_vec)
             .unwrap_or_default(),
         meta: batch.meta.as_ref().map(|m| m.slice(skip, n)),
+        // `batch` holds the bytes while this part of it is processed.
+        held: Default::default(),
     }
 }
 
@@ -481,6 +496,7 @@ pub(crate) async fn run(
     let (consumer, commits) = KafkaConsumer::new(kafka.settings.clone(), owner.clone())?;
     let _ = owner.commits.set(commits);
     let lag = consumer.lag();
+    let peak_buffered = consumer.peak_buffered();
     destinations.metrics.watch_lag(lag.clone());
     tracing::info!(
         pipeline = %plan.name,
@@ -545,6 +561,7 @@ pub(crate) async fn run(
             .map(|(p, l)| (p.to_string(), l))
             .collect(),
         partitions: processed,
+        peak_buffered_bytes: peak_buffered.load(std::sync::atomic::Ordering::Relaxed) as u64,
     });
     Ok(summary)
 }

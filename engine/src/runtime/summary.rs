@@ -231,6 +231,9 @@ pub struct KafkaSummary {
     pub partitions: Vec<String>,
     /// Lag per partition at the end of the run (`topic/partition` → lag).
     pub lag: BTreeMap<String, PartitionLag>,
+    /// The most bytes of consumed records held at once, across partitions
+    /// (`source.kafka.max_buffered` bounds it).
+    pub peak_buffered_bytes: u64,
 }
 
 /// Commit details of one Kafka partition's ownership.
