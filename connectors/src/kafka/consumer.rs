@@ -726,9 +726,15 @@ impl KafkaConsumer {
                     let mut full = self.append(&context, &message, now);
                     drop(message);
                     // Take what librdkafka already holds before the per-round
-                    // bookkeeping below, until some partition's batch is full.
+                    // bookkeeping below, until some partition's batch is full
+                    // or the memory budget is reached (the bookkeeping pauses
+                    // every partition then).
                     let mut drained = 1;
-                    while !full && drained < MAX_DRAIN {
+                    let budget = self.settings.max_buffered;
+                    while !full
+                        && drained < MAX_DRAIN
+                        && context.buffered.load(Ordering::Relaxed) < budget
+                    {
                         match self.consumer.poll(Duration::ZERO) {
                             Some(Ok(message)) => {
                                 full = self.append(&context, &message, now);
