@@ -370,15 +370,40 @@ fn consumed_at(dir: &Path) -> Vec<(String, i32, i64)> {
     rows
 }
 
+/// The Kafka pipeline run to the end over `events` generated orders (in
+/// consumer group `group`); its dead-letter topic's name.
+fn kafka_run(events: u64, group: &str) -> (crate::kafka::Scenario, PathBuf, String) {
+    let scenario = crate::kafka::Scenario::new(crate::servers::Broker::start(), events, 2);
+    let pipeline = scenario.pipeline(&[]);
+    scenario.run_to_end(&pipeline, group);
+    (scenario, pipeline, format!("{}.dlq", crate::kafka::TOPIC))
+}
+
+/// `dlq inspect kafka://…/topic --json` with the scenario's variables: the
+/// report, or what the command said on failure.
+fn inspect_topic(
+    scenario: &crate::kafka::Scenario,
+    group: &str,
+    topic: &str,
+) -> Result<serde_json::Value, String> {
+    let queue = format!("kafka://{}/{topic}", scenario.broker.address());
+    let out = scenario
+        .command(group)
+        .args(["dlq", "inspect", &queue, "--json"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(text(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
 #[test]
 fn replay_from_the_dead_letter_topic_through_the_fixed_kafka_pipeline_once() {
-    use crate::kafka::{Record, Scenario, TOPIC, read_topic};
+    use crate::kafka::{Record, read_topic};
     let _serial = crate::servers::serial();
-    let scenario = Scenario::new(crate::servers::Broker::start(), 1_500, 2);
-    let pipeline = scenario.pipeline(&[]);
-    scenario.run_to_end(&pipeline, "replayed");
+    let (scenario, pipeline, dlq_topic) = kafka_run(1_500, "replayed");
     let brokers = scenario.broker.address();
-    let dlq_topic = format!("{TOPIC}.dlq");
     let before = read_topic(&brokers, &dlq_topic);
     let rule = |m: &Record| m.header("tributary.errors.rule").unwrap_or_default();
     let fixed: Vec<&Record> = before
@@ -388,14 +413,7 @@ fn replay_from_the_dead_letter_topic_through_the_fixed_kafka_pipeline_once() {
     assert!(!fixed.is_empty() && fixed.len() < before.len());
 
     // inspect reads the topic back, reasons and all.
-    let queue = format!("kafka://{brokers}/{dlq_topic}");
-    let out = scenario
-        .command("replayed")
-        .args(["dlq", "inspect", &queue, "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = inspect_topic(&scenario, "replayed", &dlq_topic).unwrap();
     assert_eq!(report["records"], before.len() as u64, "{report}");
 
     let fixed_pipeline = scenario.dir.path().join("orders-kafka-fixed.yaml");
@@ -516,13 +534,10 @@ fn inspect_of_a_dead_letter_topic_still_written_to_ends() {
     use rdkafka::ClientConfig;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-    use crate::kafka::{Scenario, TOPIC, read_topic};
+    use crate::kafka::read_topic;
     let _serial = crate::servers::serial();
-    let scenario = Scenario::new(crate::servers::Broker::start(), 1_000, 2);
-    let pipeline = scenario.pipeline(&[]);
-    scenario.run_to_end(&pipeline, "live");
+    let (scenario, _, dlq_topic) = kafka_run(1_000, "live");
     let brokers = scenario.broker.address();
-    let dlq_topic = format!("{TOPIC}.dlq");
     let letters = read_topic(&brokers, &dlq_topic).len();
     assert!(letters > 0);
 
@@ -565,21 +580,14 @@ fn inspect_of_a_dead_letter_topic_still_written_to_ends() {
     }
     std::thread::sleep(Duration::from_secs(1));
     let present = letters + written.load(Ordering::SeqCst);
-    let queue = format!("kafka://{brokers}/{dlq_topic}");
-    let out = scenario
-        .command("live")
-        .args(["dlq", "inspect", &queue, "--json"])
-        .output()
-        .unwrap();
+    let report = inspect_topic(&scenario, "live", &dlq_topic);
     stop.store(true, Ordering::SeqCst);
     let wrote_for = writer.join().unwrap();
     assert!(
         wrote_for < Duration::from_secs(120),
         "inspect ended only once the topic went quiet"
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let records = report["records"].as_u64().unwrap() as usize;
+    let records = report.unwrap()["records"].as_u64().unwrap() as usize;
     assert!(
         records >= present,
         "inspect read {records} letters, fewer than the {present} present when it began"
