@@ -98,17 +98,46 @@ fn inspect_counts_dead_letters_by_stage_rule_and_reason() {
     assert!(report.contains(" %)"), "{report}");
 }
 
-#[test]
-fn replay_sends_fixed_records_to_the_output_once_and_the_rest_back() {
-    let ws = Workspace::generate(5_000, 0.05, 12);
+/// What a file run of the orders pipeline rejected.
+struct Rejected {
+    ws: Workspace,
+    dlq: PathBuf,
+    orders: PathBuf,
+    /// The dead letters, as read back.
+    before: Vec<serde_json::Value>,
+    /// Event ids of the letters the fix lets through.
+    fixed: BTreeSet<String>,
+}
+
+/// Runs the orders pipeline over 5,000 generated events (5 % invalid, `seed`).
+fn rejected_by_a_run(seed: u64) -> Rejected {
+    let ws = Workspace::generate(5_000, 0.05, seed);
     ws.run_orders();
     let (dlq, orders) = (ws.path("out/dlq"), ws.path("out/orders"));
     let before = dead_letters(&dlq);
-    let fixed: BTreeSet<String> = before
+    let fixed = before
         .iter()
         .filter(|l| l["rule"] == "not_in_future")
         .map(event_id)
         .collect();
+    Rejected {
+        ws,
+        dlq,
+        orders,
+        before,
+        fixed,
+    }
+}
+
+#[test]
+fn replay_sends_fixed_records_to_the_output_once_and_the_rest_back() {
+    let Rejected {
+        ws,
+        dlq,
+        orders,
+        before,
+        fixed,
+    } = rejected_by_a_run(12);
     let expected_future = ws
         .expected
         .iter()
@@ -194,15 +223,13 @@ fn replay_sends_fixed_records_to_the_output_once_and_the_rest_back() {
 /// still-failing record once; inspect counts them once meanwhile.
 #[test]
 fn a_replay_killed_before_its_archive_and_run_again_doubles_nothing() {
-    let ws = Workspace::generate(5_000, 0.05, 14);
-    ws.run_orders();
-    let (dlq, orders) = (ws.path("out/dlq"), ws.path("out/orders"));
-    let before = dead_letters(&dlq);
-    let fixed: BTreeSet<String> = before
-        .iter()
-        .filter(|l| l["rule"] == "not_in_future")
-        .map(event_id)
-        .collect();
+    let Rejected {
+        ws,
+        dlq,
+        orders,
+        before,
+        fixed,
+    } = rejected_by_a_run(14);
     assert!(!fixed.is_empty());
     let ids_before = parquet_strings(&orders, "event_id");
 
