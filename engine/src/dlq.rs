@@ -184,14 +184,7 @@ struct QueuedFiles {
 }
 
 async fn queued_files(location: &Location, prefix: Option<&str>) -> Result<QueuedFiles, DlqError> {
-    let mut queued = read::read_files(location, prefix).await?;
-    let superseded: std::collections::HashSet<String> = read::unfinished_replays(&queued)
-        .into_iter()
-        .map(|f| f.display.clone())
-        .collect();
-    let superseded: Vec<LetterFile> = queued
-        .extract_if(.., |f| superseded.contains(&f.display))
-        .collect();
+    let (queued, superseded) = read::unfinished_replays(read::read_files(location, prefix).await?);
     for file in &superseded {
         tracing::info!(file = %file.display, "written by a replay that did not finish: its input is still queued and replays again; not counted");
     }

@@ -122,29 +122,27 @@ pub fn parse(bytes: &[u8], display: &str) -> Result<Vec<DeadLetter>, ReadError> 
     Ok(letters)
 }
 
-/// The files among `files` that a replay of another file among them wrote,
-/// in `files` order: the products of a replay that stopped before moving
-/// its input out of the queue (a crash between the run and the archive).
+/// Splits `files` into the queue and the files that a replay of another
+/// file among them wrote (each in `files` order): the products of a replay
+/// that stopped before moving its input out of the queue (a crash between
+/// the run and the archive).
 /// The input is still queued and replays again, writing them anew, so
 /// they are not part of the queue: read with it, each record that failed
 /// again would count twice and, once fixed, reach the output twice.
 /// A replay's files are named after its input's content (stream
 /// `replay-<first 12 hex digits of its SHA-256>`, see [`replay`](super::replay)).
-pub fn unfinished_replays(files: &[LetterFile]) -> Vec<&LetterFile> {
-    let queued: std::collections::HashSet<&str> = files
+pub fn unfinished_replays(files: Vec<LetterFile>) -> (Vec<LetterFile>, Vec<LetterFile>) {
+    let queued: std::collections::HashSet<String> = files
         .iter()
-        .map(|f| f.sha256.get(..12).unwrap_or(&f.sha256))
+        .map(|f| f.sha256.get(..12).unwrap_or(&f.sha256).to_string())
         .collect();
-    files
-        .iter()
-        .filter(|f| {
-            f.path
-                .filename()
-                .and_then(|name| name.strip_prefix("replay-"))
-                .and_then(|rest| rest.split_once('-'))
-                .is_some_and(|(hash, _)| queued.contains(hash))
-        })
-        .collect()
+    files.into_iter().partition(|f| {
+        !f.path
+            .filename()
+            .and_then(|name| name.strip_prefix("replay-"))
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(hash, _)| queued.contains(hash))
+    })
 }
 
 /// Moves a replayed file out of the queue, to `_tributary/replayed/<key>`
@@ -188,10 +186,8 @@ mod tests {
             &"d".repeat(64),
         );
         let files = vec![original, rewritten.clone(), kept];
-        let unfinished: Vec<&str> = unfinished_replays(&files)
-            .into_iter()
-            .map(|f| f.display.as_str())
-            .collect();
+        let (_, unfinished) = unfinished_replays(files);
+        let unfinished: Vec<&str> = unfinished.iter().map(|f| f.display.as_str()).collect();
         assert_eq!(unfinished, vec![rewritten.display.as_str()]);
     }
 

@@ -225,16 +225,18 @@ impl BatchBuilder {
         }
     }
 
-    pub(crate) fn push(&mut self, message: &BorrowedMessage<'_>, now: Instant) {
+    /// Adds `message`; returns the consumer's buffered bytes with it.
+    pub(crate) fn push(&mut self, message: &BorrowedMessage<'_>, now: Instant) -> usize {
         let payload = message.payload().unwrap_or_default();
         let bytes = payload.len() + message.key().map_or(0, <[u8]>::len);
-        self.buffered.fetch_add(bytes, Ordering::SeqCst);
+        let buffered = self.buffered.fetch_add(bytes, Ordering::SeqCst) + bytes;
         self.counted += bytes;
         self.data.extend_from_slice(payload);
         self.offsets.push(self.data.len() as i32);
         self.positions.push(message.offset().max(0) as u64);
         self.meta.push(message);
         self.opened.get_or_insert(now);
+        buffered
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -848,10 +850,8 @@ impl KafkaConsumer {
             return false;
         }
         state.next_offset = Some(message.offset() + 1);
-        state.building.push(message, now);
-        context
-            .peak_buffered
-            .fetch_max(context.buffered.load(Ordering::Relaxed), Ordering::Relaxed);
+        let buffered = state.building.push(message, now);
+        context.peak_buffered.fetch_max(buffered, Ordering::Relaxed);
         state.building.is_full(&self.settings.limits)
     }
 
