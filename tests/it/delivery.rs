@@ -358,8 +358,12 @@ fn orders_land_in_snowflake_once_across_a_crash_and_a_server_outage() {
     let server = SnowflakeServer::start();
     let mut outage = Outage::proxy(server.port);
     let mut session = snowflake_session(&server.url());
-    let scenario = Scenario::new(Broker::start(), 20_000, 4);
-    let path = scenario.pipeline(&[]);
+    let mut scenario = Scenario::new(Broker::start(), 20_000, 4);
+    // The crashed members hold their partitions until their sessions time out.
+    let path = scenario.pipeline(&[
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ]);
     load_into_snowflake(&path, &format!("http://127.0.0.1:{}", outage.port));
     let group = "warehouse";
 
@@ -375,6 +379,29 @@ fn orders_land_in_snowflake_once_across_a_crash_and_a_server_outage() {
         "{}",
         text(&out.stderr)
     );
+
+    // Crashes inside a load: after its COPY and after its log insert (the
+    // transaction open), and right after its COMMIT. The first one hits the
+    // reconciling load of the files the crash above left unloaded.
+    for (i, point) in ["after_copy", "after_load_log", "after_load_commit"]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            scenario.publish(2_000, 200 + i as u64);
+        }
+        let out = scenario
+            .engine(&path, group, &["--until-idle", "3s"])
+            .env("SNOWFLAKE_TEST_PASSWORD", "secret")
+            .env("TRIBUTARY_CRASH_AT", format!("{point}:1"))
+            .output()
+            .unwrap();
+        assert!(
+            text(&out.stderr).contains(&format!("crash point {point} reached")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 
     // Then a run during which Snowflake goes away for a while.
     let log = scenario.dir.path().join("engine.log");

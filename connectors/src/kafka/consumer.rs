@@ -195,6 +195,9 @@ impl LagTable {
     }
 }
 
+/// How often a member holding no partitions asks whether its group is done.
+const GROUP_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Messages taken from librdkafka's queue in one round of the polling loop
 /// (the checks between rounds cost a lock and a clock read per partition).
 const MAX_DRAIN: usize = 256;
@@ -390,7 +393,11 @@ struct OwnerContext {
     states: Mutex<Vec<PartitionState>>,
     lag: LagTable,
     fatal: Mutex<Option<String>>,
-    assigned_once: AtomicBool,
+    /// Assigned, and no revocation since the last assignment. A member
+    /// whose partitions were revoked or lost is rejoining its group, which
+    /// ends with an assignment (possibly empty); until then it is not idle,
+    /// whatever it holds (nothing, after its session timed out).
+    settled: AtomicBool,
     /// Bumped on every assignment: a new assignment is activity, not idleness.
     assignments: AtomicU64,
     /// Where a partition without a committed offset starts.
@@ -559,7 +566,7 @@ impl ConsumerContext for OwnerContext {
                         .iter()
                         .map(|p| PartitionState::assigned(p, now, self.buffered.clone())),
                 );
-                self.assigned_once.store(true, Ordering::SeqCst);
+                self.settled.store(true, Ordering::SeqCst);
                 self.assignments.fetch_add(1, Ordering::SeqCst);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
@@ -577,6 +584,7 @@ impl ConsumerContext for OwnerContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.settled.store(false, Ordering::SeqCst);
                 if consumer.assignment_lost() {
                     tracing::warn!(
                         "assignment lost (session timed out); finishing the partitions' work, the commit log fences anything stale"
@@ -661,7 +669,7 @@ impl KafkaConsumer {
             states: Mutex::new(Vec::new()),
             lag: lag.clone(),
             fatal: Mutex::new(None),
-            assigned_once: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
             assignments: AtomicU64::new(0),
             start: settings.start,
             buffered: Arc::new(AtomicUsize::new(0)),
@@ -709,6 +717,7 @@ impl KafkaConsumer {
     ) -> Result<Ended, KafkaError> {
         let context = self.consumer.context().clone();
         let mut last_message = Instant::now();
+        let mut last_group_check: Option<Instant> = None;
         let mut assignments = 0;
         let ended = loop {
             if stop() {
@@ -771,7 +780,18 @@ impl KafkaConsumer {
                 && last_message.elapsed() >= idle
                 && self.caught_up(&context)
             {
-                break Ok(Ended::Idle);
+                // A member holding nothing is idle only once its group is:
+                // what it was not given may be held by a member that died
+                // and still counts until its session times out.
+                if !context.states().is_empty() {
+                    break Ok(Ended::Idle);
+                }
+                if last_group_check.is_none_or(|at| at.elapsed() >= GROUP_CHECK_EVERY) {
+                    last_group_check = Some(Instant::now());
+                    if self.group_caught_up() {
+                        break Ok(Ended::Idle);
+                    }
+                }
             }
         };
         context.release(&self.consumer, None);
@@ -779,6 +799,42 @@ impl KafkaConsumer {
         self.refresh_lag();
         self.consumer.unsubscribe();
         ended
+    }
+
+    /// Whether the group has committed every partition of its topics up to
+    /// its high-water mark (an empty partition counts as done), as the
+    /// brokers say now; false if they cannot say.
+    fn group_caught_up(&self) -> bool {
+        let timeout = Duration::from_secs(5);
+        let mut tpl = TopicPartitionList::new();
+        for topic in &self.settings.topics {
+            let Ok(metadata) = self.consumer.fetch_metadata(Some(topic), timeout) else {
+                return false;
+            };
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition(t.name(), p.id());
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return false;
+        }
+        let Ok(committed) = self.consumer.committed_offsets(tpl, timeout) else {
+            return false;
+        };
+        committed.elements().iter().all(|e| {
+            let Ok((low, high)) = self
+                .consumer
+                .fetch_watermarks(e.topic(), e.partition(), timeout)
+            else {
+                return false;
+            };
+            match e.offset() {
+                Offset::Offset(c) => c >= high,
+                _ => low == high,
+            }
+        })
     }
 
     /// Asks the brokers for current high-water marks and committed offsets of every partition seen.
@@ -1026,9 +1082,9 @@ impl KafkaConsumer {
         }
     }
 
-    /// Whether this member has been assigned and every partition it holds is at its high-water mark.
+    /// Whether this member is settled in its group and every partition it holds is at its high-water mark.
     fn caught_up(&self, context: &OwnerContext) -> bool {
-        if !context.assigned_once.load(Ordering::SeqCst) {
+        if !context.settled.load(Ordering::SeqCst) {
             return false;
         }
         let lag = self.lag.snapshot();
