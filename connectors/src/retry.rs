@@ -165,6 +165,34 @@ impl Retrier {
         retrier
     }
 
+    /// Awaits `work`, which retries by itself (librdkafka's producer redelivers
+    /// in order until its own timeout, which [`Exhausted::Wait`] makes
+    /// unbounded). Still pending past the budget, the target counts as
+    /// waiting (health, metrics, `/status`) and the wait is logged, as is the
+    /// target's return; `what` names the operation in logs.
+    pub async fn wait_out<T>(&self, what: &str, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        if let Ok(done) = tokio::time::timeout(self.policy.max_elapsed, &mut work).await {
+            return done;
+        }
+        let since = Instant::now();
+        let _waiting = Waiting::start(&self.health);
+        tracing::error!(
+            target_name = %self.target,
+            operation = what,
+            budget_s = self.policy.max_elapsed.as_secs(),
+            "target still not answering past its retry budget; pausing the partitions that write to it until it is back"
+        );
+        let done = work.await;
+        tracing::info!(
+            target_name = %self.target,
+            operation = what,
+            waited_s = (since.elapsed() + self.policy.max_elapsed).as_secs(),
+            "target is back; resuming"
+        );
+        done
+    }
+
     /// Runs `op` until it succeeds, fails permanently (`transient` says
     /// no), or the policy gives up; `what` names the operation in logs.
     pub async fn run<T, E, F, Fut>(
@@ -321,6 +349,27 @@ mod tests {
             .unwrap_err();
         assert_eq!(error, "forbidden");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn work_pending_past_the_budget_counts_as_waiting_until_it_ends() {
+        let retrier = Retrier::new("test", policy(Exhausted::Wait));
+        let (done, finished) = tokio::sync::oneshot::channel::<u8>();
+        let health = retrier.health.clone();
+        let waiting = tokio::spawn(async move {
+            retrier
+                .wait_out("deliver", async { finished.await.unwrap_or(0) })
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(health.is_waiting(), "pending past a 30 ms budget");
+        done.send(7).unwrap();
+        assert_eq!(waiting.await.unwrap(), 7);
+        assert!(!health.is_waiting());
+        // Work that ends within the budget never counts.
+        let quick = Retrier::new("test", policy(Exhausted::Wait));
+        assert_eq!(quick.wait_out("deliver", async { 1 }).await, 1);
+        assert!(!quick.health.is_waiting());
     }
 
     #[tokio::test]

@@ -557,7 +557,8 @@ async fn publish(
         eprintln!("created topic {topic} with {partitions} partitions");
     }
     let started = std::time::Instant::now();
-    let mut out = TopicProducer::new(producer(connection)?, topic);
+    let policy = tributary_connectors::retry::RetryPolicy::default();
+    let mut out = TopicProducer::new(producer(connection, policy)?, topic);
     let mut invalid = 0u64;
     for (n, (line, expected)) in workload::events(spec).enumerate() {
         if matches!(expected, workload::Expected::Dlq(_)) {

@@ -12,7 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::kafka::{SEED, Scenario, TOPIC, read_topic, wait_exit};
-use crate::servers::{Broker, serial};
+use crate::servers::{Broker, S3Server, serial};
 
 /// Sequence numbers of the manifests of each stream of the orders output.
 fn manifests(out: &Path) -> BTreeMap<String, Vec<u64>> {
@@ -391,6 +391,78 @@ fn a_partition_whose_task_fails_is_restarted_and_nothing_is_lost_or_doubled() {
 /// `start: latest`: where the group started a partition is in its claim,
 /// written before anything is read, so a crash before the first commit
 /// resumes there instead of at a `latest` that has moved on.
+#[test]
+fn a_dead_letter_broker_gone_past_the_retry_budget_pauses_its_partitions_until_it_is_back() {
+    let _serial = serial();
+    // Letters go to a broker of their own, which keeps them on S3 across its restart.
+    let s3 = S3Server::start();
+    s3.create_bucket("letters");
+    let endpoint = s3.endpoint();
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ];
+    let mut letters = Broker::start_with("s3://letters/", &env);
+    let mut scenario = Scenario::new(Broker::start(), 10_000, 3);
+    let pipeline = scenario.pipeline(&[]);
+    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "  kafka:\n    topic:",
+        &format!("  kafka:\n    brokers: {}\n    topic:", letters.address()),
+    ) + "\nretry:\n  max_delay: 1s\n  max_elapsed: 2s\n";
+    std::fs::write(&pipeline, text).unwrap();
+    let log = scenario.dir.path().join("engine.log");
+    let mut engine = scenario
+        .engine(&pipeline, "letters-outage", &["--until-idle", "5s"])
+        .env("RUST_LOG", "warn,tributary_connectors::retry=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Past the claims (one a partition): some letters delivered and committed.
+    while commits_so_far(&scenario.out()) < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    letters.stop();
+    // New records, some of them bad, arrive while their letters cannot be
+    // delivered. `benches/outages.sh` keeps the broker away for six minutes,
+    // past librdkafka's default message timeout (five).
+    scenario.publish(10_000, SEED + 1);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(crate::delivery::outage_seconds(10)) {
+        assert!(
+            engine.try_wait().unwrap().is_none(),
+            "the engine stopped while the letters' broker was down:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    letters.restart();
+    let status = wait_exit(&mut engine, Duration::from_secs(300), "the engine");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{log}");
+    let target = format!("kafka://{}/{TOPIC}.", letters.address());
+    let paused = log
+        .lines()
+        .find(|l| l.contains("past its retry budget; pausing") && l.contains(&target));
+    assert!(paused.is_some(), "no pause of {target}… logged:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("target is back; resuming") && l.contains(&target)),
+        "no resume logged:\n{log}"
+    );
+    assert!(
+        !log.contains("partition task failed"),
+        "a partition gave up instead of waiting:\n{log}"
+    );
+    scenario.assert_exactly_once();
+    scenario.assert_dlq_on(&letters.address(), false);
+    scenario.assert_committed_to_end("letters-outage");
+}
+
 #[test]
 fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
     let _serial = serial();

@@ -233,7 +233,12 @@ impl Scenario {
 
     /// Every invalid record is in the DLQ topic with its key and context headers (once each when `exact`).
     pub(crate) fn assert_dlq(&self, exact: bool) {
-        let messages = read_topic(&self.broker.address(), &format!("{TOPIC}.dlq"));
+        self.assert_dlq_on(&self.broker.address(), exact);
+    }
+
+    /// [`assert_dlq`](Self::assert_dlq) for DLQ and review topics on `brokers`.
+    pub(crate) fn assert_dlq_on(&self, brokers: &str, exact: bool) {
+        let messages = read_topic(brokers, &format!("{TOPIC}.dlq"));
         let mut seen: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
         for m in &messages {
             // A letter over the topic's limit (1 MB by default) is cut to fit
@@ -296,7 +301,7 @@ impl Scenario {
                 );
             }
         }
-        let review = read_topic(&self.broker.address(), &format!("{TOPIC}.review"));
+        let review = read_topic(brokers, &format!("{TOPIC}.review"));
         let ids: BTreeSet<String> = review
             .iter()
             .map(|m| {
@@ -565,6 +570,9 @@ fn kill_9_at_any_moment_keeps_the_output_exactly_once() {
         ("before_manifest", 3),
         ("after_manifest", 4),
         ("after_publish", 5),
+        ("after_group_commit", 3),
+        // Inside recovery: the previous owner's files published, no claim yet.
+        ("recover", 2),
     ] {
         let out = scenario
             .engine(&pipeline, group, &["--until-idle", "3s"])

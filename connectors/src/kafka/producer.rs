@@ -4,6 +4,13 @@
 //! own retries). Sends are asynchronous; [`TopicProducer::flush`] waits for
 //! every acknowledgement, and the engine calls it before committing the
 //! offsets of the records that were sent.
+//!
+//! Outages follow the pipeline's retry policy, as the stores do: under
+//! `wait`, librdkafka redelivers without a deadline (in order, and without
+//! duplicates, the producer being idempotent), and a delivery pending past
+//! the budget counts as the target waiting, so the partitions writing to it
+//! pause; under `fail`, a message not delivered within the budget fails its
+//! partition.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -15,6 +22,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use super::{KafkaConnection, KafkaError};
 use crate::dead_letter::DeadLetter;
+use crate::retry::{Exhausted, Retrier, RetryPolicy};
 
 /// Sends beyond this many unacknowledged messages wait for the oldest.
 const MAX_IN_FLIGHT: usize = 50_000;
@@ -50,12 +58,59 @@ const MAX_TRUNCATED_KEY: usize = 1024;
 /// Room left for the record and batch framing Kafka adds.
 const FRAMING_BYTES: usize = 512;
 
+/// An idempotent producer (one per destination; it is cheap to clone), with
+/// the retry policy its deliveries follow.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    brokers: std::sync::Arc<str>,
+    policy: RetryPolicy,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("brokers", &self.brokers)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// Creates a producer to `connection`'s brokers whose deliveries follow `policy`.
+pub fn producer(connection: &KafkaConnection, policy: RetryPolicy) -> Result<Producer, KafkaError> {
+    // 0 is librdkafka's "no deadline": it redelivers until the brokers take
+    // the message (or refuse it for good, as one over their size limit).
+    let timeout = match policy.exhausted {
+        Exhausted::Wait => 0,
+        Exhausted::Fail => policy.max_elapsed.as_millis().max(1),
+    };
+    let inner = connection
+        .client_config(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            ("message.timeout.ms", &timeout.to_string()),
+            // Above any topic's limit: what a topic accepts is the dead-letter
+            // destination's `max_message_bytes` (see `DeadLetterTopic`).
+            ("message.max.bytes", "67108864"),
+        ])
+        .create()
+        .map_err(KafkaError::client("creating a producer"))?;
+    Ok(Producer {
+        inner,
+        brokers: connection.brokers.as_str().into(),
+        policy,
+    })
+}
+
 /// An idempotent producer to one topic, tracking unacknowledged sends.
 pub struct TopicProducer {
     producer: FutureProducer,
     topic: String,
     in_flight: VecDeque<DeliveryFuture>,
     sent: u64,
+    retrier: Retrier,
 }
 
 impl std::fmt::Debug for TopicProducer {
@@ -67,28 +122,15 @@ impl std::fmt::Debug for TopicProducer {
     }
 }
 
-/// Creates an idempotent producer (one per destination; it is cheap to clone).
-pub fn producer(connection: &KafkaConnection) -> Result<FutureProducer, KafkaError> {
-    connection
-        .client_config(&[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("linger.ms", "5"),
-            ("compression.type", "lz4"),
-            ("message.timeout.ms", "300000"),
-            // Above any topic's limit: what a topic accepts is the dead-letter
-            // destination's `max_message_bytes` (see `DeadLetterTopic`).
-            ("message.max.bytes", "67108864"),
-        ])
-        .create()
-        .map_err(KafkaError::client("creating a producer"))
-}
-
 impl TopicProducer {
     /// Sends to `topic` through `producer`.
-    pub fn new(producer: FutureProducer, topic: &str) -> Self {
+    pub fn new(producer: Producer, topic: &str) -> Self {
         TopicProducer {
-            producer,
+            retrier: Retrier::new(
+                format!("kafka://{}/{topic}", producer.brokers),
+                producer.policy,
+            ),
+            producer: producer.inner,
             topic: topic.to_string(),
             in_flight: VecDeque::new(),
             sent: 0,
@@ -151,7 +193,7 @@ impl TopicProducer {
             topic: self.topic.clone(),
             message,
         };
-        match delivery.await {
+        match self.retrier.wait_out("deliver", delivery).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((error, _))) => Err(failed(error.to_string())),
             Err(_) => Err(failed("the producer was dropped".into())),
@@ -204,7 +246,7 @@ pub struct DeadLetterTopic {
 
 impl DeadLetterTopic {
     /// Dead letters to `topic`, whose messages may be `max_message_bytes` long.
-    pub fn new(producer: FutureProducer, topic: &str, max_message_bytes: usize) -> Self {
+    pub fn new(producer: Producer, topic: &str, max_message_bytes: usize) -> Self {
         DeadLetterTopic {
             producer: TopicProducer::new(producer, topic),
             max_message_bytes,
@@ -337,7 +379,7 @@ pub struct JsonTopic {
 
 impl JsonTopic {
     /// Rows to `topic`.
-    pub fn new(producer: FutureProducer, topic: &str) -> Self {
+    pub fn new(producer: Producer, topic: &str) -> Self {
         JsonTopic {
             producer: TopicProducer::new(producer, topic),
             buffer: Vec::new(),

@@ -26,11 +26,10 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
 use tokio::sync::Semaphore;
 use tributary_connectors::kafka::KafkaError;
 use tributary_connectors::kafka::admin;
-use tributary_connectors::kafka::producer::producer;
+use tributary_connectors::kafka::producer::{Producer, producer};
 use tributary_connectors::retry::Retrier;
 use tributary_connectors::source::PartitionReader;
 use tributary_connectors::store::Location;
@@ -107,7 +106,7 @@ pub(crate) enum DeadLetterDestination {
         max_file_bytes: usize,
     },
     Topic {
-        producer: FutureProducer,
+        producer: Producer,
         topic: String,
         /// The producer's message limit: larger letters are cut to fit.
         max_message_bytes: usize,
@@ -118,7 +117,7 @@ pub(crate) enum DeadLetterDestination {
 #[derive(Clone)]
 pub(crate) struct Destinations {
     pub(crate) outputs: Vec<Location>,
-    pub(crate) topic_outputs: Vec<FutureProducer>,
+    pub(crate) topic_outputs: Vec<Producer>,
     pub(crate) dlq: DeadLetterDestination,
     pub(crate) review: DeadLetterDestination,
     pub(crate) warehouse: warehouse::Feeds,
@@ -155,7 +154,7 @@ impl Destinations {
                     max_file_bytes: *max_file_bytes,
                 },
                 PlannedDeadLetter::Topic(t) => DeadLetterDestination::Topic {
-                    producer: producer(&t.connection)?,
+                    producer: producer(&t.connection, plan.storage.retry)?,
                     topic: t.topic.clone(),
                     max_message_bytes: t.max_message_bytes,
                 },
@@ -170,7 +169,7 @@ impl Destinations {
             topic_outputs: plan
                 .topic_outputs
                 .iter()
-                .map(|o| producer(&o.topic.connection))
+                .map(|o| producer(&o.topic.connection, plan.storage.retry))
                 .collect::<Result<_, _>>()?,
             dlq: dead_letters("dlq", &plan.dlq)?,
             review: dead_letters("review", &plan.review)?,
