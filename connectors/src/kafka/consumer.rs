@@ -195,6 +195,9 @@ impl LagTable {
     }
 }
 
+/// librdkafka's `session.timeout.ms` when the pipeline does not set it.
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// How often a member holding no partitions asks whether its group is done.
 const GROUP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -393,11 +396,7 @@ struct OwnerContext {
     states: Mutex<Vec<PartitionState>>,
     lag: LagTable,
     fatal: Mutex<Option<String>>,
-    /// Assigned, and no revocation since the last assignment. A member
-    /// whose partitions were revoked or lost is rejoining its group, which
-    /// ends with an assignment (possibly empty); until then it is not idle,
-    /// whatever it holds (nothing, after its session timed out).
-    settled: AtomicBool,
+    assigned_once: AtomicBool,
     /// Bumped on every assignment: a new assignment is activity, not idleness.
     assignments: AtomicU64,
     /// Where a partition without a committed offset starts.
@@ -566,7 +565,7 @@ impl ConsumerContext for OwnerContext {
                         .iter()
                         .map(|p| PartitionState::assigned(p, now, self.buffered.clone())),
                 );
-                self.settled.store(true, Ordering::SeqCst);
+                self.assigned_once.store(true, Ordering::SeqCst);
                 self.assignments.fetch_add(1, Ordering::SeqCst);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
@@ -584,7 +583,6 @@ impl ConsumerContext for OwnerContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.settled.store(false, Ordering::SeqCst);
                 if consumer.assignment_lost() {
                     tracing::warn!(
                         "assignment lost (session timed out); finishing the partitions' work, the commit log fences anything stale"
@@ -617,6 +615,8 @@ pub struct KafkaConsumer {
     settings: ConsumerSettings,
     commits: std_mpsc::Receiver<(TopicPartition, i64)>,
     lag: LagTable,
+    /// The group's `session.timeout.ms`: how long a crashed member still holds its partitions.
+    session_timeout: Duration,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -663,13 +663,17 @@ impl KafkaConsumer {
             ("queued.max.messages.kbytes", "16384"),
             ("statistics.interval.ms", "1000"),
         ]);
+        let session_timeout = config
+            .get("session.timeout.ms")
+            .and_then(|ms| ms.parse().ok())
+            .map_or(DEFAULT_SESSION_TIMEOUT, Duration::from_millis);
         let lag = LagTable::default();
         let context = OwnerContext {
             owner,
             states: Mutex::new(Vec::new()),
             lag: lag.clone(),
             fatal: Mutex::new(None),
-            settled: AtomicBool::new(false),
+            assigned_once: AtomicBool::new(false),
             assignments: AtomicU64::new(0),
             start: settings.start,
             buffered: Arc::new(AtomicUsize::new(0)),
@@ -690,6 +694,7 @@ impl KafkaConsumer {
                 settings,
                 commits: rx,
                 lag,
+                session_timeout,
             },
             OffsetCommits(tx),
         ))
@@ -718,6 +723,7 @@ impl KafkaConsumer {
         let context = self.consumer.context().clone();
         let mut last_message = Instant::now();
         let mut last_group_check: Option<Instant> = None;
+        let mut empty_since: Option<Instant> = None;
         let mut assignments = 0;
         let ended = loop {
             if stop() {
@@ -775,15 +781,27 @@ impl KafkaConsumer {
                 // assignment has yet to be read: neither is idleness.
                 last_message = Instant::now();
                 assignments = generation;
+                empty_since = None;
             }
             if let Some(idle) = until_idle
                 && last_message.elapsed() >= idle
                 && self.caught_up(&context)
             {
-                // A member holding nothing is idle only once its group is:
-                // what it was not given may be held by a member that died
-                // and still counts until its session times out.
+                // A member holding nothing (given nothing, or its session
+                // lost) is idle only once its group is: what it was not given
+                // may be held by a member that died and still counts until
+                // its session times out, after which a rebalance hands it
+                // over. Past twice that timeout it holds nothing for good
+                // (more members than partitions).
                 if !context.states().is_empty() {
+                    break Ok(Ended::Idle);
+                }
+                let since = *empty_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= 2 * self.session_timeout {
+                    tracing::info!(
+                        waited_s = since.elapsed().as_secs(),
+                        "holding no partitions past twice the session timeout; stopping"
+                    );
                     break Ok(Ended::Idle);
                 }
                 if last_group_check.is_none_or(|at| at.elapsed() >= GROUP_CHECK_EVERY) {
@@ -1082,9 +1100,9 @@ impl KafkaConsumer {
         }
     }
 
-    /// Whether this member is settled in its group and every partition it holds is at its high-water mark.
+    /// Whether this member has been assigned and every partition it holds is at its high-water mark.
     fn caught_up(&self, context: &OwnerContext) -> bool {
-        if !context.settled.load(Ordering::SeqCst) {
+        if !context.assigned_once.load(Ordering::SeqCst) {
             return false;
         }
         let lag = self.lag.snapshot();
