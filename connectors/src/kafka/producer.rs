@@ -85,9 +85,8 @@ impl std::fmt::Debug for Producer {
 impl Producer {
     /// Where each partition of `topic` ends now, as its brokers say.
     pub async fn high_water_marks(&self, topic: &str) -> Result<LetterMarks, KafkaError> {
-        let (producer, name) = (self.inner.clone(), topic.to_string());
+        let (producer, topic) = (self.inner.clone(), topic.to_string());
         tokio::task::spawn_blocking(move || {
-            let topic = name;
             let client = producer.client();
             let mut marks = LetterMarks::new();
             for partition in super::partitions_of(client, &topic, QUERY_TIMEOUT)? {
@@ -102,7 +101,7 @@ impl Producer {
         })
         .await
         .map_err(|e| KafkaError::Delivery {
-            topic: topic.to_string(),
+            topic: "(offsets)".into(),
             message: format!("the offsets query stopped: {e}"),
         })?
     }
