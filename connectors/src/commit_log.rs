@@ -24,7 +24,6 @@
 //! reply was lost and which is retried finds its own manifest in place and
 //! counts as written: a commit that landed is never mistaken for a fence.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -64,15 +63,7 @@ pub struct Manifest {
     pub files: Vec<StagedFile>,
     /// When it was written (RFC 3339, UTC).
     pub written_at: String,
-    /// Per dead-letter topic, offsets (partition → offset) below which no
-    /// letter of a record past `next_offset` lies: where a new owner looks
-    /// for the letters a crashed one sent before its next commit.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub letter_marks: BTreeMap<String, LetterMarks>,
 }
-
-/// Offsets in one topic, by partition.
-pub type LetterMarks = BTreeMap<i32, i64>;
 
 /// A commit-log operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -324,7 +315,6 @@ mod tests {
             next_offset: Some(seq as i64 * 10),
             files: Vec::new(),
             written_at: "2026-11-24T00:00:00Z".into(),
-            letter_marks: BTreeMap::new(),
         }
     }
 

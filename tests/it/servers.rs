@@ -85,23 +85,8 @@ impl Broker {
         Broker::start_with("memory://tansu/", &[])
     }
 
-    /// A broker keeping its topics in `bucket` (created here) on `s3`, so
-    /// that they outlive a restart.
-    pub fn on_s3(s3: &S3Server, bucket: &str) -> Broker {
-        s3.create_bucket(bucket);
-        let endpoint = s3.endpoint();
-        let env = [
-            ("AWS_ENDPOINT", endpoint.as_str()),
-            ("AWS_ALLOW_HTTP", "true"),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_DEFAULT_REGION", "us-east-1"),
-        ];
-        Broker::start_with(&format!("s3://{bucket}/"), &env)
-    }
-
     /// A broker on `storage` (e.g. `s3://bucket/`) with extra environment.
-    fn start_with(storage: &str, env: &[(&str, &str)]) -> Broker {
+    pub fn start_with(storage: &str, env: &[(&str, &str)]) -> Broker {
         ensure_tools();
         let mut broker = Broker {
             child: None,

@@ -8,12 +8,11 @@
 //! and headers as its [`KafkaOrigin`]. A replay then commits how far it got
 //! for its group ([`save_checkpoint`]), so the next replay starts there.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::meta::{NativeHeaders, raw_headers};
@@ -87,81 +86,6 @@ pub fn read_topic(
     from: &BTreeMap<i32, i64>,
     timeout: Duration,
 ) -> Result<Vec<TopicLetter>, KafkaError> {
-    let mut letters = Vec::new();
-    scan(connection, topic, from, timeout, |message| {
-        letters.push(TopicLetter {
-            partition: message.partition(),
-            offset: message.offset(),
-            letter: letter(topic, message),
-        });
-    })?;
-    Ok(letters)
-}
-
-/// The source offsets of the records consumed from `source` (topic,
-/// partition) at `from_offset` or later whose letters `pipeline` already
-/// wrote to `topic`, looking from `marks` (partition → first offset) on.
-///
-/// A new owner of a partition asks this before it reads: a previous owner
-/// that crashed between sending letters and committing sent those, and
-/// they must not be sent again when their records are rejected again.
-pub fn letters_sent(
-    connection: &KafkaConnection,
-    topic: &str,
-    marks: &BTreeMap<i32, i64>,
-    pipeline: &str,
-    source: (&str, i32),
-    from_offset: i64,
-    timeout: Duration,
-) -> Result<HashSet<u64>, KafkaError> {
-    let mut sent = HashSet::new();
-    let partition = source.1.to_string();
-    scan(connection, topic, marks, timeout, |message| {
-        let Some(h) = message.headers() else {
-            return;
-        };
-        let (mut of_pipeline, mut of_topic, mut of_partition, mut offset) =
-            (false, false, false, None);
-        for header in raw_headers(h) {
-            let value = header.value.unwrap_or_default();
-            match header.name {
-                n if n == headers::PIPELINE.as_bytes() => {
-                    of_pipeline = value == pipeline.as_bytes()
-                }
-                n if n == headers::TOPIC.as_bytes() => of_topic = value == source.0.as_bytes(),
-                n if n == headers::PARTITION.as_bytes() => {
-                    of_partition = value == partition.as_bytes();
-                }
-                n if n == headers::OFFSET.as_bytes() => {
-                    offset = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|v| v.parse::<u64>().ok());
-                }
-                _ => {}
-            }
-        }
-        if let Some(offset) = offset
-            && of_pipeline
-            && of_topic
-            && of_partition
-            && offset as i64 >= from_offset
-        {
-            sent.insert(offset);
-        }
-    })?;
-    Ok(sent)
-}
-
-/// Hands every message of `topic` present now, from `from` (partition →
-/// first offset; the low-water mark where missing), to `each`; gives up
-/// after `timeout`.
-fn scan(
-    connection: &KafkaConnection,
-    topic: &str,
-    from: &BTreeMap<i32, i64>,
-    timeout: Duration,
-    mut each: impl FnMut(&BorrowedMessage<'_>),
-) -> Result<(), KafkaError> {
     let consumer = super::standalone_consumer(connection, "tributary-dlq-read")?;
     let partitions = super::partitions_of(consumer.client(), topic, timeout)?;
     let mut assignment = TopicPartitionList::new();
@@ -186,14 +110,14 @@ fn scan(
             }
         }
     }
+    let mut letters = Vec::new();
     if assignment.count() == 0 {
-        return Ok(());
+        return Ok(letters);
     }
     consumer
         .assign(&assignment)
         .map_err(KafkaError::client(format!("assigning {topic}")))?;
     let deadline = Instant::now() + timeout;
-    let mut read = 0usize;
     // Past the high-water marks, read on for a moment (see above), but not
     // until the topic is quiet: a live topic never is.
     let mut marks_reached = remaining.is_empty().then(Instant::now);
@@ -202,7 +126,8 @@ fn scan(
             return Err(KafkaError::Delivery {
                 topic: topic.to_string(),
                 message: format!(
-                    "read {read} messages, but partitions {:?} did not reach their end within {timeout:?}",
+                    "read {} messages, but partitions {:?} did not reach their end within {timeout:?}",
+                    letters.len(),
                     remaining.keys().collect::<Vec<_>>()
                 ),
             });
@@ -221,10 +146,13 @@ fn scan(
                 marks_reached = Some(Instant::now());
             }
         }
-        read += 1;
-        each(&message);
+        letters.push(TopicLetter {
+            partition,
+            offset: message.offset(),
+            letter: letter(topic, &message),
+        });
     }
-    Ok(())
+    Ok(letters)
 }
 
 /// Drops every letter that repeats an earlier one's origin (pipeline, and

@@ -12,17 +12,15 @@
 //! pause; under `fail`, a message not delivered within the budget fails its
 //! partition.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use super::{KafkaConnection, KafkaError};
-use crate::commit_log::LetterMarks;
 use crate::dead_letter::DeadLetter;
 use crate::retry::{Exhausted, Retrier, RetryPolicy};
 
@@ -55,9 +53,6 @@ pub mod headers {
     pub const TIMESTAMP: &str = "tributary.errors.timestamp";
 }
 
-/// How long looking for the letters a previous owner sent may take.
-const SCAN_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// A key longer than this is cut when its letter does not fit.
 const MAX_TRUNCATED_KEY: usize = 1024;
 /// Room left for the record and batch framing Kafka adds.
@@ -68,47 +63,18 @@ const FRAMING_BYTES: usize = 512;
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
-    /// Its properties may hold credentials: never shown.
-    connection: Arc<KafkaConnection>,
+    brokers: std::sync::Arc<str>,
     policy: RetryPolicy,
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
-            .field("brokers", &self.connection.brokers)
+            .field("brokers", &self.brokers)
             .field("policy", &self.policy)
             .finish()
     }
 }
-
-impl Producer {
-    /// Where each partition of `topic` ends now, as its brokers say.
-    pub async fn high_water_marks(&self, topic: &str) -> Result<LetterMarks, KafkaError> {
-        let (producer, topic) = (self.inner.clone(), topic.to_string());
-        tokio::task::spawn_blocking(move || {
-            let client = producer.client();
-            let mut marks = LetterMarks::new();
-            for partition in super::partitions_of(client, &topic, QUERY_TIMEOUT)? {
-                let (_, high) = client
-                    .fetch_watermarks(&topic, partition, QUERY_TIMEOUT)
-                    .map_err(KafkaError::client(format!(
-                        "reading {topic}/{partition}'s offsets"
-                    )))?;
-                marks.insert(partition, high);
-            }
-            Ok(marks)
-        })
-        .await
-        .map_err(|e| KafkaError::Delivery {
-            topic: "(offsets)".into(),
-            message: format!("the offsets query stopped: {e}"),
-        })?
-    }
-}
-
-/// How long one metadata or offsets query may take.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates a producer to `connection`'s brokers whose deliveries follow `policy`.
 pub fn producer(connection: &KafkaConnection, policy: RetryPolicy) -> Result<Producer, KafkaError> {
@@ -133,7 +99,7 @@ pub fn producer(connection: &KafkaConnection, policy: RetryPolicy) -> Result<Pro
         .map_err(KafkaError::client("creating a producer"))?;
     Ok(Producer {
         inner,
-        connection: Arc::new(connection.clone()),
+        brokers: connection.brokers.as_str().into(),
         policy,
     })
 }
@@ -161,7 +127,7 @@ impl TopicProducer {
     pub fn new(producer: Producer, topic: &str) -> Self {
         TopicProducer {
             retrier: Retrier::new(
-                format!("kafka://{}/{topic}", producer.connection.brokers),
+                format!("kafka://{}/{topic}", producer.brokers),
                 producer.policy,
             ),
             producer: producer.inner,
@@ -272,106 +238,19 @@ pub struct SourceMessage<'a> {
 /// (the key to 1 KiB, the value to what remains), with a
 /// `tributary.errors.truncated` header saying what was cut and where the
 /// whole record is kept (the caller stores it first).
-///
-/// Letters are sent as records are rejected, before their partition
-/// commits. So that a crash in between does not send them twice, each
-/// commit records marks ([`marks`](Self::marks)): offsets of the topic
-/// below which no letter of a record past the commit lies. A new owner
-/// looks from there for the letters its predecessor sent
-/// ([`resume`](Self::resume)) and does not send those again.
 #[derive(Debug)]
 pub struct DeadLetterTopic {
     producer: TopicProducer,
-    client: Producer,
     max_message_bytes: usize,
-    /// Source offsets whose letters a previous owner already sent.
-    already_sent: HashSet<u64>,
-    /// The marks the next commit records, once taken.
-    marks: Option<LetterMarks>,
-    /// Whether letters were sent since the marks were taken.
-    sent_since_marks: bool,
 }
 
 impl DeadLetterTopic {
     /// Dead letters to `topic`, whose messages may be `max_message_bytes` long.
     pub fn new(producer: Producer, topic: &str, max_message_bytes: usize) -> Self {
         DeadLetterTopic {
-            producer: TopicProducer::new(producer.clone(), topic),
-            client: producer,
+            producer: TopicProducer::new(producer, topic),
             max_message_bytes,
-            already_sent: HashSet::new(),
-            marks: None,
-            sent_since_marks: false,
         }
-    }
-
-    /// The destination topic.
-    pub fn topic(&self) -> &str {
-        self.producer.topic()
-    }
-
-    /// Takes over `source` (topic, partition) at `from_offset`, from an owner
-    /// whose last commit recorded `marks`: the letters `pipeline` sent since
-    /// for records at `from_offset` or later are found, and are not sent
-    /// again when those records are rejected again. Returns how many.
-    pub async fn resume(
-        &mut self,
-        marks: LetterMarks,
-        pipeline: &str,
-        source: (&str, i32),
-        from_offset: i64,
-    ) -> Result<usize, KafkaError> {
-        let connection = self.client.connection.clone();
-        let (topic, pipeline, source_topic) = (
-            self.topic().to_string(),
-            pipeline.to_string(),
-            source.0.to_string(),
-        );
-        let from = marks.clone();
-        self.already_sent = tokio::task::spawn_blocking(move || {
-            super::dead_letters::letters_sent(
-                &connection,
-                &topic,
-                &from,
-                &pipeline,
-                (&source_topic, source.1),
-                from_offset,
-                SCAN_TIMEOUT,
-            )
-        })
-        .await
-        .map_err(|e| KafkaError::Delivery {
-            topic: self.topic().to_string(),
-            message: format!("looking for letters already sent stopped: {e}"),
-        })??;
-        self.marks = Some(marks);
-        self.sent_since_marks = false;
-        Ok(self.already_sent.len())
-    }
-
-    /// The marks a commit whose next offset is `next_offset` records (call
-    /// after [`flush`](Self::flush)). They move to where the topic ends now
-    /// when letters were sent since they were taken, or when `refresh` asks
-    /// to (so that a later search starts near the end), but never while
-    /// letters a previous owner sent past `next_offset` are still ahead: a
-    /// crash would then lose sight of them.
-    pub async fn marks(&mut self, next_offset: i64, refresh: bool) -> Option<LetterMarks> {
-        self.already_sent
-            .retain(|offset| *offset as i64 >= next_offset);
-        let stale = self.marks.is_none() || self.sent_since_marks || refresh;
-        if stale && self.already_sent.is_empty() {
-            match self.client.high_water_marks(self.producer.topic()).await {
-                Ok(marks) => {
-                    self.marks = Some(marks);
-                    self.sent_since_marks = false;
-                }
-                // The older marks still hold: a later search only reads more.
-                Err(error) => {
-                    tracing::warn!(topic = self.producer.topic(), %error, "could not move the dead-letter marks on");
-                }
-            }
-        }
-        self.marks.clone()
     }
 
     /// Whether a letter of this record exceeds the topic's message limit
@@ -397,12 +276,6 @@ impl DeadLetterTopic {
         original_headers: &[(String, Option<Vec<u8>>)],
         kept_at: Option<&str>,
     ) -> Result<(), KafkaError> {
-        if let Some(s) = source
-            && self.already_sent.remove(&s.offset)
-        {
-            return Ok(());
-        }
-        self.sent_since_marks = true;
         let mut h = OwnedHeaders::new_with_capacity(original_headers.len() + 8);
         for (name, value) in original_headers {
             h = h.insert(Header {

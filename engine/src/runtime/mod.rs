@@ -206,18 +206,6 @@ impl Destinations {
         self.file_locations().into_iter().next()
     }
 
-    /// Every dead-letter topic, with its producer.
-    pub(crate) fn letter_topics(&self) -> impl Iterator<Item = (&Producer, &str)> {
-        [&self.dlq, &self.review]
-            .into_iter()
-            .filter_map(|d| match d {
-                DeadLetterDestination::Topic {
-                    producer, topic, ..
-                } => Some((producer, topic.as_str())),
-                DeadLetterDestination::Files { .. } => None,
-            })
-    }
-
     /// Every file destination's store.
     pub(crate) fn file_locations(&self) -> Vec<&Location> {
         let mut all: Vec<&Location> = self.outputs.iter().collect();

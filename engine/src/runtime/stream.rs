@@ -5,20 +5,17 @@
 //! 1. close every open file (written under the staging prefix) and wait for
 //!    every Kafka acknowledgement (DLQ, review, Kafka outputs);
 //! 2. write the next manifest of the partition's commit log, naming the
-//!    staged files, the next offset and where each dead-letter topic stood
-//!    (its letter marks) — create-if-absent, so a fenced-off owner fails
-//!    here;
+//!    staged files and the next offset — create-if-absent, so a fenced-off
+//!    owner fails here;
 //! 3. move the staged files to their final names;
 //! 4. commit the offset to the consumer group.
 //!
 //! On assignment, the newest manifest's moves are finished, the partition is
 //! claimed with a manifest of a higher epoch, leftover staged files are
-//! deleted, the letters sent since the manifest are looked up (from its
-//! marks) so they are not sent again, and reading resumes at the
-//! manifest's offset. See ARCHITECTURE.md
+//! deleted, and reading resumes at the manifest's offset. See ARCHITECTURE.md
 //! for the failure cases.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -26,9 +23,7 @@ use object_store::ObjectStoreExt;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tributary_connectors::commit_log::{
-    self, CommitLog, CommitLogError, LetterMarks, Manifest, clear_staging,
-};
+use tributary_connectors::commit_log::{self, CommitLog, CommitLogError, Manifest, clear_staging};
 use tributary_connectors::fault;
 use tributary_connectors::kafka::consumer::{
     Assignment, KafkaConsumer, OffsetCommits, PartitionOwner, StartOffset, TopicPartition,
@@ -49,13 +44,11 @@ const NO_STATE: &str = "no file destination to keep the commit log in";
 const MANIFESTS_KEPT: usize = 16;
 
 /// Where a partition resumes, decided on assignment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Resume {
     epoch: u64,
     seq: u64,
     next_offset: i64,
-    /// Where to look for the letters sent since the last commit, by topic.
-    letter_marks: BTreeMap<String, LetterMarks>,
 }
 
 /// Why a partition cannot be prepared.
@@ -65,8 +58,6 @@ enum RecoverError {
     Log(#[from] CommitLogError),
     #[error("cannot tell where the group starts the partition: {0}")]
     Start(String),
-    #[error("cannot tell where a dead-letter topic ends: {0}")]
-    Letters(#[from] tributary_connectors::kafka::KafkaError),
 }
 
 /// A filename-safe name for a topic partition: `topic-partition`.
@@ -138,7 +129,6 @@ impl Owner {
                 next_offset: Some(next_offset),
                 files: Vec::new(),
                 written_at: now(),
-                letter_marks: self.letter_marks(latest.as_ref()).await?,
             };
             match log.append(&claim).await {
                 Ok(()) => {
@@ -152,35 +142,12 @@ impl Owner {
                         epoch: claim.epoch,
                         seq: claim.seq,
                         next_offset,
-                        letter_marks: claim.letter_marks,
                     });
                 }
                 Err(CommitLogError::Fenced { .. }) if attempts < 5 => attempts += 1,
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-}
-
-impl Owner {
-    /// The marks a claim carries on from the newest commit: the previous
-    /// owner's letters since then lie past them. A topic the commit has no
-    /// marks for (the partition was never committed, or its letters went
-    /// elsewhere) is marked where it ends now.
-    async fn letter_marks(
-        &self,
-        latest: Option<&Manifest>,
-    ) -> Result<BTreeMap<String, LetterMarks>, RecoverError> {
-        let mut marks = BTreeMap::new();
-        for (producer, topic) in self.destinations.letter_topics() {
-            let carried = latest.and_then(|m| m.letter_marks.get(topic)).cloned();
-            let at = match carried {
-                Some(at) => at,
-                None => producer.high_water_marks(topic).await?,
-            };
-            marks.insert(topic.to_string(), at);
-        }
-        Ok(marks)
     }
 }
 
@@ -201,7 +168,6 @@ impl PartitionOwner for Owner {
             .cloned()
             .ok_or_else(|| "offset commit queue not ready".to_string())?;
         let (tx, rx) = mpsc::channel(READ_AHEAD);
-        let resume_at = resume.next_offset;
         let task = PartitionTask {
             plan: self.plan.clone(),
             destinations: self.destinations.clone(),
@@ -217,7 +183,7 @@ impl PartitionOwner for Owner {
         }
         self.destinations.metrics.partition_assigned(1);
         Ok(Assignment {
-            resume_at,
+            resume_at: resume.next_offset,
             batches: tx,
         })
     }
@@ -314,13 +280,9 @@ impl PartitionTask {
         };
         let outcome = match Worker::new(&self.plan, &self.destinations, &info, placement) {
             Ok(mut worker) => {
-                let outcome = match self.resume_letters(&mut worker).await {
-                    Ok(()) => {
-                        self.consume(&mut worker, &mut batches, &mut committer, &mut summary)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
+                let outcome = self
+                    .consume(&mut worker, &mut batches, &mut committer, &mut summary)
+                    .await;
                 // Stop taking batches before the final commit, so the consumer
                 // pauses this partition instead of waiting on it.
                 batches.close();
@@ -355,17 +317,6 @@ impl PartitionTask {
             fenced,
         });
         (summary, committer.committed)
-    }
-
-    /// Finds the letters a previous owner sent past the resume point.
-    async fn resume_letters(&self, worker: &mut Worker<'_>) -> Result<(), PartitionError> {
-        let found = worker
-            .resume_letters(&self.resume.letter_marks, self.resume.next_offset)
-            .await?;
-        if found > 0 {
-            tracing::info!(partition = %self.partition, found, "dead letters already sent by the previous owner will not be sent again");
-        }
-        Ok(())
     }
 
     async fn consume(
@@ -438,13 +389,6 @@ impl PartitionTask {
             .into());
         }
         let closed = worker.close_all().await?;
-        let letter_marks = match committer.next_offset {
-            Some(next) => {
-                let refresh = (committer.commits + 1).is_multiple_of(MANIFESTS_KEPT as u64);
-                worker.letter_marks(next, refresh).await
-            }
-            None => BTreeMap::new(),
-        };
         fault::crash_point("before_manifest");
         let manifest = Manifest {
             seq: committer.seq + 1,
@@ -452,7 +396,6 @@ impl PartitionTask {
             next_offset: committer.next_offset,
             files: closed.files,
             written_at: now(),
-            letter_marks,
         };
         if let Err(e) = committer.log.append(&manifest).await {
             if matches!(e, CommitLogError::Fenced { .. }) {

@@ -3,13 +3,12 @@
 //! by Kafka partitions alike; only how files are placed and when they are
 //! closed differs.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tracing::Instrument;
 
 use arrow::array::{Array, RecordBatch};
-use tributary_connectors::commit_log::{LetterMarks, StagedFile};
+use tributary_connectors::commit_log::StagedFile;
 use tributary_connectors::dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter};
 use tributary_connectors::kafka::KafkaError;
 use tributary_connectors::kafka::producer::{
@@ -361,55 +360,6 @@ impl<'p> Worker<'p> {
             }
         }
         Ok(closed)
-    }
-
-    /// The dead-letter topics this partition sends to.
-    fn letter_topics(&mut self) -> impl Iterator<Item = &mut DeadLetterTopic> {
-        [&mut self.dlq, &mut self.review]
-            .into_iter()
-            .filter_map(|sink| match sink {
-                DeadLetterSink::Topic(topic) => Some(topic),
-                DeadLetterSink::Files(_) => None,
-            })
-    }
-
-    /// Takes over a Kafka partition at `from_offset` from an owner whose
-    /// last commit recorded `marks` (by topic): letters it sent since are
-    /// not sent again. Returns how many were found.
-    pub(crate) async fn resume_letters(
-        &mut self,
-        marks: &BTreeMap<String, LetterMarks>,
-        from_offset: i64,
-    ) -> Result<usize, PartitionError> {
-        let Origin::Kafka { topic, partition } = self.info.origin.clone() else {
-            return Ok(0);
-        };
-        let pipeline = self.plan.name.clone();
-        let mut found = 0;
-        for letters in self.letter_topics() {
-            if let Some(marks) = marks.get(letters.topic()) {
-                found += letters
-                    .resume(marks.clone(), &pipeline, (&*topic, partition), from_offset)
-                    .await?;
-            }
-        }
-        Ok(found)
-    }
-
-    /// The marks a commit up to `next_offset` records, by dead-letter topic
-    /// (after [`close_all`](Self::close_all)).
-    pub(crate) async fn letter_marks(
-        &mut self,
-        next_offset: i64,
-        refresh: bool,
-    ) -> BTreeMap<String, LetterMarks> {
-        let mut all = BTreeMap::new();
-        for letters in self.letter_topics() {
-            if let Some(marks) = letters.marks(next_offset, refresh).await {
-                all.insert(letters.topic().to_string(), marks);
-            }
-        }
-        all
     }
 
     /// The partition's identity.
