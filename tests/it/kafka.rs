@@ -475,14 +475,35 @@ pub(crate) fn wait_exit(
     limit: Duration,
     what: &str,
 ) -> std::process::ExitStatus {
+    exit_within(child, limit).unwrap_or_else(|| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// [`wait_exit`] for a child logging to `log`: a timeout shows the log's tail.
+pub(crate) fn wait_exit_logged(
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+    log: &Path,
+) -> std::process::ExitStatus {
+    exit_within(child, limit).unwrap_or_else(|| {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(300)..].join("\n");
+        panic!("{what} did not finish within {limit:?}; the end of its log:\n{tail}")
+    })
+}
+
+/// The child's exit status, or None after killing it once `limit` has passed.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            return Some(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("{what} did not finish within {limit:?}");
+            let _ = child.wait();
+            return None;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -730,13 +751,16 @@ fn the_engine_rides_out_a_broker_restart() {
         ("heartbeat.interval.ms", "500"),
     ]);
     let summary = scenario.dir.path().join("restart.json");
+    // Idle only well after the restart: the events published then take a
+    // while to reach a broker that writes to S3 (the engine asks the brokers
+    // for high-water marks before it stops, so stale statistics do not count).
     let mut engine = scenario
         .engine(
             &pipeline,
             "restart",
             &[
                 "--until-idle",
-                "10s",
+                "30s",
                 "--summary-json",
                 summary.to_str().unwrap(),
             ],
@@ -756,8 +780,14 @@ fn the_engine_rides_out_a_broker_restart() {
     scenario.broker.restart();
     // More events after the restart: the engine must reconnect to read them.
     scenario.publish(1_500, SEED + 1);
-    let status = wait_exit(&mut engine, Duration::from_secs(300), "the engine");
-    let log = std::fs::read_to_string(scenario.dir.path().join("engine.log")).unwrap();
+    let log_path = scenario.dir.path().join("engine.log");
+    let status = wait_exit_logged(
+        &mut engine,
+        Duration::from_secs(300),
+        "the engine",
+        &log_path,
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         status.success(),
         "the engine failed across the broker restart:\n{log}"

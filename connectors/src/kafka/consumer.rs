@@ -201,6 +201,9 @@ const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
 /// How often a member holding no partitions asks whether its group is done.
 const GROUP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// How often a quiet member that is not idle yet (under `--until-idle`) logs why.
+const BEHIND_LOG_EVERY: Duration = Duration::from_secs(30);
+
 /// Messages taken from librdkafka's queue in one round of the polling loop
 /// (the checks between rounds cost a lock and a clock read per partition).
 const MAX_DRAIN: usize = 256;
@@ -723,6 +726,7 @@ impl KafkaConsumer {
         let context = self.consumer.context().clone();
         let mut last_message = Instant::now();
         let mut last_group_check: Option<Instant> = None;
+        let mut last_behind_log: Option<Instant> = None;
         let mut empty_since: Option<Instant> = None;
         let mut assignments = 0;
         let ended = loop {
@@ -785,17 +789,38 @@ impl KafkaConsumer {
             }
             if let Some(idle) = until_idle
                 && last_message.elapsed() >= idle
-                && self.caught_up(&context)
             {
+                let holding = !context.states().is_empty();
+                let mut reason = self.behind(&context);
+                if reason.is_none() && holding {
+                    // Statistics may predate a reconnect: ask the brokers
+                    // themselves before stopping.
+                    if last_group_check.is_some_and(|at| at.elapsed() < GROUP_CHECK_EVERY) {
+                        continue;
+                    }
+                    last_group_check = Some(Instant::now());
+                    reason = self.behind_the_brokers(&context);
+                    if reason.is_none() {
+                        break Ok(Ended::Idle);
+                    }
+                }
+                if let Some(reason) = reason {
+                    if last_behind_log.is_none_or(|at| at.elapsed() >= BEHIND_LOG_EVERY) {
+                        last_behind_log = Some(Instant::now());
+                        tracing::info!(
+                            quiet_s = last_message.elapsed().as_secs(),
+                            %reason,
+                            "quiet but not idle yet"
+                        );
+                    }
+                    continue;
+                }
                 // A member holding nothing (given nothing, or its session
                 // lost) is idle only once its group is: what it was not given
                 // may be held by a member that died and still counts until
                 // its session times out, after which a rebalance hands it
                 // over. Past twice that timeout it holds nothing for good
                 // (more members than partitions).
-                if !context.states().is_empty() {
-                    break Ok(Ended::Idle);
-                }
                 let since = *empty_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= 2 * self.session_timeout {
                     tracing::info!(
@@ -853,6 +878,37 @@ impl KafkaConsumer {
                 _ => low == high,
             }
         })
+    }
+
+    /// [`Self::behind`] with every held partition's high-water mark asked of
+    /// the brokers now (and kept in the lag table), or why they could not say.
+    fn behind_the_brokers(&self, context: &OwnerContext) -> Option<String> {
+        let held: Vec<TopicPartition> = context
+            .states()
+            .iter()
+            .filter(|s| s.task == Task::Running)
+            .map(|s| s.partition.clone())
+            .collect();
+        let known = self.lag.snapshot();
+        for p in held {
+            match self
+                .consumer
+                .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5))
+            {
+                Ok((_, high)) => {
+                    let lag = known.get(&p).copied().unwrap_or_default();
+                    self.lag.update(
+                        p,
+                        PartitionLag {
+                            high_watermark: high,
+                            ..lag
+                        },
+                    );
+                }
+                Err(error) => return Some(format!("{p}: high-water mark unknown ({error})")),
+            }
+        }
+        self.behind(context)
     }
 
     /// Asks the brokers for current high-water marks and committed offsets of every partition seen.
@@ -1100,33 +1156,43 @@ impl KafkaConsumer {
         }
     }
 
-    /// Whether this member has been assigned and every partition it holds is at its high-water mark.
-    fn caught_up(&self, context: &OwnerContext) -> bool {
+    /// What keeps this member from being caught up (assigned, and every
+    /// partition it holds at its high-water mark): the first partition
+    /// behind and why, or that it has not been assigned yet; None if nothing.
+    fn behind(&self, context: &OwnerContext) -> Option<String> {
         if !context.assigned_once.load(Ordering::SeqCst) {
-            return false;
+            return Some("no assignment yet".into());
         }
         let lag = self.lag.snapshot();
         let states = context.states();
-        states.iter().all(|s| {
+        states.iter().find_map(|s| {
+            let p = &s.partition;
             match s.task {
                 Task::Running => {}
                 // Not read yet: what it holds is unknown.
-                Task::Preparing { .. } => return false,
+                Task::Preparing { .. } => return Some(format!("{p}: being prepared")),
                 // Failed for good here: nothing more will be read.
-                Task::Ended { .. } => return true,
+                Task::Ended { .. } => return None,
             }
             if !s.building.is_empty() || s.waiting.is_some() {
-                return false;
+                return Some(format!("{p}: a batch is open or waiting for its task"));
             }
-            let Some(l) = lag.get(&s.partition) else {
-                return false;
+            let Some(l) = lag.get(p) else {
+                return Some(format!("{p}: no statistics yet"));
             };
             let position = s
                 .next_offset
                 .or((l.position >= 0).then_some(l.position))
                 .or((l.committed >= 0).then_some(l.committed));
-            l.high_watermark >= 0 && position.is_some_and(|p| p >= l.high_watermark)
-                || l.high_watermark == 0
+            let at_end = l.high_watermark >= 0 && position.is_some_and(|at| at >= l.high_watermark)
+                || l.high_watermark == 0;
+            (!at_end).then(|| {
+                format!(
+                    "{p}: position {} below high-water mark {}",
+                    position.unwrap_or(-1),
+                    l.high_watermark
+                )
+            })
         })
     }
 }
