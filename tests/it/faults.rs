@@ -566,25 +566,76 @@ fn commits_so_far(out: &Path) -> u64 {
     manifests(out).values().filter_map(|s| s.last()).sum()
 }
 
-/// The soak (`benches/soak.sh`, an hour by default): a steady trickle of
-/// records, a commit every 50 ms per partition, and resident memory that
-/// does not grow with the number of commits. Not in CI yet: in a debug
-/// build on two shared cores the process managed only ~3 commits a second
-/// and its RSS was still climbing (155 → 200 MB) 70 s in, so a short run
-/// cannot tell a leak from warm-up.
+/// The soak (`benches/soak.sh`, an hour by default): the shipped pipeline
+/// under a steady trickle of records, a commit every 50 ms per partition,
+/// and resident memory that does not grow with the number of commits. In a
+/// debug build on two shared cores the full pipeline manages only ~7
+/// commits a second; see [`resident_memory_does_not_grow_per_commit`] for
+/// why neither is in CI yet.
 #[test]
 #[ignore = "a soak: benches/soak.sh runs it in a release build"]
 fn memory_does_not_grow_with_commits() {
     let _serial = serial();
     let scenario = Scenario::new(Broker::start(), 2_000, 2);
+    let pipeline = scenario.pipeline(&[]);
+    // `benches/soak.sh` sets an hour.
+    let samples = soak(&scenario, &pipeline, "50ms", soak_length(70));
+    assert_flat_per_commit(&samples, 300);
+}
+
+/// The soak on a pipeline with only the work every commit does (validation
+/// against the schema, Parquet, a manifest, offsets): a debug build commits
+/// ~20 times a second. Meant as CI's short soak, but not reliable enough
+/// yet: over 200 s (2,400 commits) RSS wandered between 93 and 111 MB with
+/// no trend (it ended lower than it began), which a least-squares slope
+/// still reads as 4 KiB a commit, and a 60-s run sits on one upswing.
+#[test]
+#[ignore = "a soak: RSS noise (±9 MB) hides a KiB a commit in a CI-length run"]
+fn resident_memory_does_not_grow_per_commit() {
+    let _serial = serial();
+    let scenario = Scenario::new(Broker::start(), 2_000, 2);
+    let pipeline = scenario.pipeline(&[]);
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let (head, rest) = text.split_once("\nstages:").unwrap();
+    let (_, outputs) = rest.split_once("\noutputs:").unwrap();
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas/events/order_created.v1.schema.json");
+    let light = format!(
+        "{head}\nstages:\n  - validate:\n      schema: {}\n\noutputs:{}",
+        schema.display(),
+        outputs.replace("      partition_by: [event_date]\n", "")
+    )
+    .replace("max_wait: 200ms", "max_wait: 20ms");
+    std::fs::write(&pipeline, light).unwrap();
+    let samples = soak(&scenario, &pipeline, "20ms", soak_length(60));
+    assert_flat_per_commit(&samples, 1_000);
+}
+
+/// `TRIBUTARY_SOAK_SECONDS`, or `default` seconds.
+fn soak_length(default: u64) -> Duration {
+    let seconds = std::env::var("TRIBUTARY_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    Duration::from_secs(seconds)
+}
+
+/// Runs the engine on `pipeline` committing every `commit_interval` while
+/// about 1,000 records a second arrive, for `length`; returns (commits so
+/// far, resident KiB) about once a second after a 20-second warm-up.
+fn soak(
+    scenario: &Scenario,
+    pipeline: &Path,
+    commit_interval: &str,
+    length: Duration,
+) -> Vec<(u64, u64)> {
     let payloads: Vec<Vec<u8>> = read_topic(&scenario.broker.address(), TOPIC)
         .into_iter()
         .map(|r| r.payload)
         .collect();
-    let pipeline = scenario.pipeline(&[]);
     let mut engine = scenario
-        .engine(&pipeline, "soak", &[])
-        .env("TRIBUTARY_COMMIT_INTERVAL", "50ms")
+        .engine(pipeline, "soak", &[])
+        .env("TRIBUTARY_COMMIT_INTERVAL", commit_interval)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -594,16 +645,10 @@ fn memory_does_not_grow_with_commits() {
         .set("batch.num.messages", "1")
         .create()
         .unwrap();
-    // `benches/soak.sh` sets an hour.
-    let seconds: u64 = std::env::var("TRIBUTARY_SOAK_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(70);
     let started = Instant::now();
     let mut samples = Vec::new();
     let mut sent = 0usize;
-    while started.elapsed() < Duration::from_secs(seconds) {
-        // About 1,000 records a second, so that every commit has work.
+    while started.elapsed() < length {
         for _ in 0..100 {
             let payload = &payloads[sent % payloads.len()];
             let record = BaseRecord::<[u8], [u8]>::to(TOPIC)
@@ -624,24 +669,38 @@ fn memory_does_not_grow_with_commits() {
     }
     let _ = engine.kill();
     let _ = engine.wait();
-    // Past warm-up: compare the first and last ten samples.
-    let mean = |s: &[(u64, u64)]| {
-        let n = s.len() as u64;
-        (
-            s.iter().map(|x| x.0).sum::<u64>() / n,
-            s.iter().map(|x| x.1).sum::<u64>() / n,
-        )
+    samples
+}
+
+/// Fails if the samples hold fewer than `min_commits` commits or resident
+/// memory grows by a KiB or more per commit (the least-squares slope of RSS
+/// over commits: robust to the allocator's ups and downs, unlike two ends).
+fn assert_flat_per_commit(samples: &[(u64, u64)], min_commits: u64) {
+    let commits = match (samples.first(), samples.last()) {
+        (Some(first), Some(last)) => last.0 - first.0,
+        _ => 0,
     };
-    let (early, late) = (mean(&samples[..10]), mean(&samples[samples.len() - 10..]));
-    let commits = late.0.saturating_sub(early.0);
-    assert!(commits > 300, "too few commits to judge: {samples:?}");
-    let growth = late.1.saturating_sub(early.1) as f64 * 1024.0 / commits as f64;
+    assert!(
+        commits >= min_commits,
+        "too few commits to judge ({commits}): {samples:?}"
+    );
+    let n = samples.len() as f64;
+    let mean_x = samples.iter().map(|s| s.0 as f64).sum::<f64>() / n;
+    let mean_y = samples.iter().map(|s| s.1 as f64).sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for &(x, y) in samples {
+        sxy += (x as f64 - mean_x) * (y as f64 - mean_y);
+        sxx += (x as f64 - mean_x).powi(2);
+    }
+    let bytes_per_commit = sxy / sxx * 1024.0;
     eprintln!(
-        "soak: {} s, {commits} commits measured, RSS {} → {} KiB, {growth:.1} bytes per commit",
-        seconds, early.1, late.1
+        "soak: {commits} commits over {} samples, RSS {} → {} KiB, {bytes_per_commit:.1} bytes per commit",
+        samples.len(),
+        samples[0].1,
+        samples[samples.len() - 1].1
     );
     assert!(
-        growth < 1024.0,
-        "resident memory grew by {growth:.0} bytes per commit over {commits} commits: {samples:?}"
+        bytes_per_commit < 1024.0,
+        "resident memory grew by {bytes_per_commit:.0} bytes per commit over {commits} commits: {samples:?}"
     );
 }
