@@ -170,6 +170,17 @@ impl LagTable {
         self.0.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
+    /// Records the high-water mark of `partition` as the brokers gave it now.
+    fn set_high_watermark(&self, partition: TopicPartition, high: i64) {
+        if let Ok(mut table) = self.0.lock() {
+            let entry = table.entry(partition).or_default();
+            entry.high_watermark = high;
+            if entry.committed >= 0 {
+                entry.lag = high - entry.committed;
+            }
+        }
+    }
+
     /// Records new offsets for `partition`, keeping its paused flag.
     fn update(&self, partition: TopicPartition, lag: PartitionLag) {
         if let Ok(mut table) = self.0.lock() {
@@ -889,22 +900,12 @@ impl KafkaConsumer {
             .filter(|s| s.task == Task::Running)
             .map(|s| s.partition.clone())
             .collect();
-        let known = self.lag.snapshot();
         for p in held {
             match self
                 .consumer
                 .fetch_watermarks(&p.topic, p.partition, Duration::from_secs(5))
             {
-                Ok((_, high)) => {
-                    let lag = known.get(&p).copied().unwrap_or_default();
-                    self.lag.update(
-                        p,
-                        PartitionLag {
-                            high_watermark: high,
-                            ..lag
-                        },
-                    );
-                }
+                Ok((_, high)) => self.lag.set_high_watermark(p, high),
                 Err(error) => return Some(format!("{p}: high-water mark unknown ({error})")),
             }
         }
