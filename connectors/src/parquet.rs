@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
@@ -43,7 +44,81 @@ pub struct ParquetOptions {
     pub row_group_rows: usize,
     /// Files open at once per source partition; the least recently written is closed beyond it.
     pub max_open_files: usize,
+    /// Row-group bytes every writer of this output holds together (clones share it).
+    pub budget: RowGroupBudget,
 }
+
+/// Encoded row-group bytes that the open files of every writer sharing it
+/// (one output, all the source partitions a process holds) keep in memory
+/// together. A writer that finds the total over the limit after a write cuts
+/// its own row groups, largest first, down to its share (the limit over the
+/// number of writers), so a process holding many partitions stays near the
+/// limit: at most the limit plus one write per writer.
+#[derive(Debug, Clone)]
+pub struct RowGroupBudget {
+    limit: usize,
+    counters: Arc<BudgetCounters>,
+}
+
+#[derive(Debug, Default)]
+struct BudgetCounters {
+    held: AtomicUsize,
+    peak: AtomicUsize,
+    writers: AtomicUsize,
+}
+
+impl RowGroupBudget {
+    /// A budget of `limit` bytes (at least 1).
+    pub fn new(limit: usize) -> Self {
+        RowGroupBudget {
+            limit: limit.max(1),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The limit in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The most bytes held at once so far.
+    pub fn peak(&self) -> usize {
+        self.counters.peak.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.counters.held.load(Ordering::Relaxed)
+    }
+
+    /// Moves a writer's count from `before` to `now` bytes.
+    fn update(&self, before: usize, now: usize) {
+        let held = if now >= before {
+            let added = now - before;
+            self.counters.held.fetch_add(added, Ordering::Relaxed) + added
+        } else {
+            let freed = before - now;
+            self.counters.held.fetch_sub(freed, Ordering::Relaxed) - freed
+        };
+        self.counters.peak.fetch_max(held, Ordering::Relaxed);
+    }
+
+    /// What one writer may keep while the total is over the limit, or `None` under it.
+    fn share_when_over(&self) -> Option<usize> {
+        (self.held() > self.limit)
+            .then(|| self.limit / self.counters.writers.load(Ordering::Relaxed).max(1))
+    }
+}
+
+impl Default for RowGroupBudget {
+    /// 64 MiB.
+    fn default() -> Self {
+        RowGroupBudget::new(DEFAULT_ROW_GROUP_BUDGET)
+    }
+}
+
+/// [`RowGroupBudget`]'s default limit.
+pub const DEFAULT_ROW_GROUP_BUDGET: usize = 64 << 20;
 
 /// Parquet compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,17 +206,6 @@ pub enum ParquetSinkError {
 /// An open file's encoded-but-unwritten row group is cut at about this size.
 const MAX_ROW_GROUP_BUFFER: usize = 8 << 20;
 
-/// Row-group bytes all open files of one writer hold together at most; past
-/// it the largest is cut, so memory does not grow with the number of Hive
-/// directories a partition writes to.
-const MAX_BUFFERED: usize = 16 << 20;
-
-/// Bytes an open file buffers before its upload starts (S3's smallest part).
-const UPLOAD_BUFFER: usize = 5 << 20;
-
-/// The same on local disk, where parts have no minimum size.
-const LOCAL_UPLOAD_BUFFER: usize = 256 << 10;
-
 /// Hive's name for a null partition value.
 const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
 
@@ -173,6 +237,8 @@ pub struct PartitionedParquetWriter {
     writes: u64,
     placement: Placement,
     files_opened: u64,
+    /// Row-group bytes this writer counts in `options.budget`.
+    counted: usize,
 }
 
 impl std::fmt::Debug for PartitionedParquetWriter {
@@ -238,6 +304,11 @@ impl PartitionedParquetWriter {
             .filter(|i| !partition_columns.contains(i))
             .collect();
         let props = writer_properties(&options)?;
+        options
+            .budget
+            .counters
+            .writers
+            .fetch_add(1, Ordering::Relaxed);
         Ok(PartitionedParquetWriter {
             location,
             options,
@@ -251,6 +322,7 @@ impl PartitionedParquetWriter {
             writes: 0,
             placement: Placement::Direct,
             files_opened: 0,
+            counted: 0,
         })
     }
 
@@ -354,7 +426,7 @@ impl PartitionedParquetWriter {
                     // Some of the file is uploaded, not all.
                     crate::fault::crash_point("mid_upload");
                 }
-                self.cut_largest_row_group_over_budget().await?;
+                self.keep_within_budget().await?;
                 let open = &mut self.open[file];
                 open.rows += now.len();
                 open.last_position = positions[*now.last().expect("non-empty split") as usize];
@@ -368,20 +440,35 @@ impl PartitionedParquetWriter {
         Ok(())
     }
 
-    /// Cuts the largest open row group while all of them together exceed [`MAX_BUFFERED`].
-    async fn cut_largest_row_group_over_budget(&mut self) -> Result<(), ParquetSinkError> {
-        let buffered: usize = self.open.iter().map(|f| f.writer.in_progress_size()).sum();
-        if buffered <= MAX_BUFFERED {
-            return Ok(());
+    /// Counts this writer's row groups in the budget and, while the budget
+    /// is over its limit, cuts them (largest first) down to this writer's share.
+    async fn keep_within_budget(&mut self) -> Result<(), ParquetSinkError> {
+        loop {
+            let held = self.count_in_budget();
+            let Some(share) = self.options.budget.share_when_over() else {
+                return Ok(());
+            };
+            if held <= share {
+                return Ok(());
+            }
+            match self
+                .open
+                .iter_mut()
+                .filter(|f| f.writer.in_progress_size() > 0)
+                .max_by_key(|f| f.writer.in_progress_size())
+            {
+                Some(largest) => largest.writer.flush().await?,
+                None => return Ok(()),
+            }
         }
-        if let Some(largest) = self
-            .open
-            .iter_mut()
-            .max_by_key(|f| f.writer.in_progress_size())
-        {
-            largest.writer.flush().await?;
-        }
-        Ok(())
+    }
+
+    /// Brings this writer's count in the budget up to date; returns it.
+    fn count_in_budget(&mut self) -> usize {
+        let held: usize = self.open.iter().map(|f| f.writer.in_progress_size()).sum();
+        self.options.budget.update(self.counted, held);
+        self.counted = held;
+        held
     }
 
     fn should_roll(&self, file: usize) -> bool {
@@ -419,12 +506,7 @@ impl PartitionedParquetWriter {
             self.files_opened,
         );
         let target = staged.clone().unwrap_or_else(|| path.clone());
-        let buffer = if self.location.is_local() {
-            LOCAL_UPLOAD_BUFFER
-        } else {
-            UPLOAD_BUFFER
-        };
-        let object = BufWriter::with_capacity(self.location.store.clone(), target, buffer);
+        let object = self.location.upload(target);
         let writer =
             AsyncArrowWriter::try_new(object, self.file_schema.clone(), Some(self.props.clone()))?;
         self.open.push(OpenFile {
@@ -450,7 +532,9 @@ impl PartitionedParquetWriter {
                 self.stream, open.first_position, open.last_position
             ),
         ));
-        open.writer.finish().await?;
+        let finished = open.writer.finish().await;
+        self.count_in_budget();
+        finished?;
         let bytes = open.writer.bytes_written();
         tracing::debug!(path = %open.path, rows = open.rows, "published parquet file");
         self.published.push(PublishedFile {
@@ -485,6 +569,17 @@ impl PartitionedParquetWriter {
     /// Closes every open file and returns the files closed since the last [`close_all`](Self::close_all).
     pub async fn finish(mut self) -> Result<Vec<PublishedFile>, ParquetSinkError> {
         self.close_all().await
+    }
+}
+
+impl Drop for PartitionedParquetWriter {
+    fn drop(&mut self) {
+        self.options.budget.update(self.counted, 0);
+        self.options
+            .budget
+            .counters
+            .writers
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -526,7 +621,102 @@ mod tests {
             max_age: None,
             row_group_rows: 1024,
             max_open_files: 4,
+            budget: RowGroupBudget::default(),
         }
+    }
+
+    /// `rows` rows of barely compressible text, ids from `first`.
+    fn text_batch(first: i64, rows: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        let ids: Vec<i64> = (first..first + rows as i64).collect();
+        let text: Vec<String> = ids
+            .iter()
+            .map(|i| format!("{:x}", (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).repeat(4))
+            .collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(StringArray::from(text)),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn writers_sharing_a_budget_cut_their_row_groups_to_stay_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::local(dir.path()).unwrap();
+        let (writers, writes, rows) = (8, 30, 500);
+        let limit = 256 << 10;
+        let options = |budget: RowGroupBudget| ParquetOptions {
+            partition_by: Vec::new(),
+            row_group_rows: 1 << 20,
+            budget,
+            ..options(usize::MAX)
+        };
+        // What one write adds to a row group, and what all of them would
+        // hold with no budget.
+        let mut alone = PartitionedParquetWriter::new(
+            location.clone(),
+            options(RowGroupBudget::new(usize::MAX)),
+            &text_batch(0, rows).schema(),
+            "probe",
+        )
+        .unwrap();
+        alone.write(&text_batch(0, rows), &[0; 500]).await.unwrap();
+        let one_write = alone.open[0].writer.in_progress_size();
+        drop(alone);
+        assert!(
+            one_write * writes * writers > 4 * limit,
+            "the input fits the budget: the test tests nothing"
+        );
+
+        let budget = RowGroupBudget::new(limit);
+        let mut all: Vec<_> = (0..writers)
+            .map(|w| {
+                PartitionedParquetWriter::new(
+                    location.clone(),
+                    options(budget.clone()),
+                    &text_batch(0, rows).schema(),
+                    &format!("p{w}"),
+                )
+                .unwrap()
+            })
+            .collect();
+        for n in 0..writes {
+            for writer in &mut all {
+                let first = (n * rows) as u64;
+                let positions: Vec<u64> = (first..first + rows as u64).collect();
+                writer
+                    .write(&text_batch(first as i64, rows), &positions)
+                    .await
+                    .unwrap();
+            }
+        }
+        assert!(
+            budget.peak() <= limit + writers * 2 * one_write,
+            "held {} bytes of row groups at once; the budget is {limit} (one write adds {one_write})",
+            budget.peak()
+        );
+        assert!(budget.peak() > limit / 2, "{}", budget.peak());
+        let mut written = 0;
+        for writer in all {
+            for file in writer.finish().await.unwrap() {
+                let file = std::fs::File::open(dir.path().join(&file.path)).unwrap();
+                let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+                written += reader
+                    .build()
+                    .unwrap()
+                    .map(|b| b.unwrap().num_rows())
+                    .sum::<usize>();
+            }
+        }
+        assert_eq!(written, writers * writes * rows);
+        assert_eq!(budget.held(), 0, "finished writers hold nothing");
     }
 
     fn batch() -> RecordBatch {

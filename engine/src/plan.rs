@@ -19,7 +19,7 @@ use tributary_connectors::lookup::postgres::PostgresLookup;
 use tributary_connectors::lookup::redis::{FieldType, RedisLookup, RedisValue};
 use tributary_connectors::lookup::{FileFormat, FileLookup, KeyedSource, LookupSource};
 use tributary_connectors::object_source::ObjectSource;
-use tributary_connectors::parquet::{Codec, ParquetOptions, file_schema};
+use tributary_connectors::parquet::{Codec, ParquetOptions, RowGroupBudget, file_schema};
 use tributary_connectors::raw_zone;
 use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
 use tributary_connectors::source::{BatchLimits, FileSource, Source};
@@ -412,6 +412,8 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
                         max_age: r.roll.max_age.map(|d| d.0),
                         row_group_rows: 128 * 1024,
                         max_open_files: 8,
+                        budget: row_group_budget(r.max_buffered)
+                            .map_err(|m| err(at, format!("outputs[{i}].raw.max_buffered"), m))?,
                     },
                     raw: true,
                 });
@@ -458,6 +460,8 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
                 max_age: o.roll.max_age.map(|d| d.0),
                 row_group_rows: o.row_group_rows.max(1),
                 max_open_files: o.max_open_files.max(1),
+                budget: row_group_budget(o.max_buffered)
+                    .map_err(|m| err(at, format!("{key}.max_buffered"), m))?,
             },
             raw: false,
         });
@@ -804,6 +808,14 @@ fn column_names(schema: &SchemaRef) -> String {
         .map(|f| f.name().as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// An output's row-group budget; zero bytes is refused.
+fn row_group_budget(max_buffered: crate::config::ByteSize) -> Result<RowGroupBudget, String> {
+    if max_buffered.0 == 0 {
+        return Err("must be more than zero bytes".into());
+    }
+    Ok(RowGroupBudget::new(max_buffered.as_usize()))
 }
 
 fn parse_codec(text: &str) -> Result<Codec, String> {

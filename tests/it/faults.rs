@@ -520,18 +520,26 @@ fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
 /// plus the message that crossed it, and every record still arrives once.
 /// (The input holds one 10 MiB record, which the budget cannot split.
 /// Without one, the same run held 22 MB at once here, and more with more
-/// input; with it, 10.5 MB.)
+/// input; with it, 10.5 MB.) The twelve partitions' open row groups share
+/// the output's 256 KiB budget the same way.
 #[test]
 fn a_member_holding_many_partitions_stays_within_its_memory_budget() {
     let _serial = serial();
     let scenario = Scenario::new(Broker::start(), 40_000, 12);
     let pipeline = scenario.pipeline(&[]);
     let budget: u64 = 1 << 20;
-    let text = std::fs::read_to_string(&pipeline).unwrap().replace(
-        "    commit_interval:",
-        "    max_buffered: 1MiB\n    commit_interval:",
-    );
-    assert!(text.contains("max_buffered"));
+    let row_group_budget: u64 = 256 << 10;
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace(
+            "    commit_interval:",
+            "    max_buffered: 1MiB\n    commit_interval:",
+        )
+        .replace(
+            "      compression: zstd\n",
+            "      compression: zstd\n      max_buffered: 256KiB\n",
+        );
+    assert_eq!(text.matches("max_buffered").count(), 2, "{text}");
     std::fs::write(&pipeline, text).unwrap();
     let sizes: Vec<u64> = read_topic(&scenario.broker.address(), TOPIC)
         .iter()
@@ -555,6 +563,17 @@ fn a_member_holding_many_partitions_stays_within_its_memory_budget() {
     assert!(
         peak <= budget + slack,
         "held {peak} bytes of consumed records at once, over the budget of {budget} (+ {slack})"
+    );
+    // Open row groups: all twelve partitions' writers share the output's
+    // budget, each may add one write before it cuts its own.
+    let row_groups = summary["outputs"][0]["peak_row_group_bytes"]
+        .as_u64()
+        .unwrap();
+    eprintln!("open row groups held at most {row_groups} bytes at once; budget {row_group_budget}");
+    assert!(row_groups > row_group_budget / 2, "{summary}");
+    assert!(
+        row_groups <= row_group_budget + 12 * (64 << 10),
+        "open row groups held {row_groups} bytes at once, over the budget of {row_group_budget}"
     );
     scenario.assert_exactly_once();
     scenario.assert_committed_to_end("budget");

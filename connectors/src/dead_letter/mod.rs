@@ -13,9 +13,10 @@ pub mod replay;
 
 pub use origin::{KafkaHeader, KafkaOrigin};
 
-use bytes::Bytes;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 
 use crate::parquet::Placement;
 use crate::store::Location;
@@ -91,24 +92,53 @@ pub enum DeadLetterError {
         /// The cause.
         source: object_store::Error,
     },
+    /// Streaming a file to the store failed.
+    #[error("writing {path}: {source}")]
+    Upload {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A record could not be encoded.
     #[error("encoding a dead letter: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
-/// Writes one source partition's rejected records for one destination.
+/// Writes one source partition's rejected records for one destination,
+/// streaming each file to the store as it is written (see
+/// [`Location::upload`]): memory holds an upload buffer, not the file.
 #[derive(Debug)]
 pub struct DeadLetterWriter {
     location: Location,
     stream: String,
     max_bytes: usize,
-    buffer: Vec<u8>,
-    first_position: Option<u64>,
+    /// Boxed: an upload is large, and most writers never open a file.
+    open: Option<Box<OpenLetters>>,
+    line: Vec<u8>,
     records: u64,
     published: Vec<StagedLetters>,
     placement: Placement,
     files: u64,
-    pending: u64,
+}
+
+/// The file being written.
+struct OpenLetters {
+    upload: BufWriter,
+    path: Path,
+    staged: Option<Path>,
+    bytes: usize,
+    records: u64,
+}
+
+impl std::fmt::Debug for OpenLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenLetters")
+            .field("path", &self.path)
+            .field("bytes", &self.bytes)
+            .field("records", &self.records)
+            .finish()
+    }
 }
 
 /// A dead-letter file written: at its final `path`, or staged for a commit to publish.
@@ -129,13 +159,12 @@ impl DeadLetterWriter {
             location,
             stream: stream.to_string(),
             max_bytes,
-            buffer: Vec::new(),
-            first_position: None,
+            open: None,
+            line: Vec::new(),
             records: 0,
             published: Vec::new(),
             placement: Placement::Direct,
             files: 0,
-            pending: 0,
         }
     }
 
@@ -147,51 +176,69 @@ impl DeadLetterWriter {
 
     /// Appends one record.
     pub async fn append(&mut self, record: &DeadLetter) -> Result<(), DeadLetterError> {
-        self.first_position.get_or_insert(record.position);
-        serde_json::to_writer(&mut self.buffer, record)?;
-        self.buffer.push(b'\n');
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.line.push(b'\n');
+        let open = match &mut self.open {
+            Some(open) => open,
+            None => {
+                self.files += 1;
+                let (path, staged) =
+                    self.placement
+                        .paths("", &self.stream, record.position, "ndjson", self.files);
+                let target = staged.clone().unwrap_or_else(|| path.clone());
+                self.open.insert(Box::new(OpenLetters {
+                    upload: self.location.upload(target),
+                    path,
+                    staged,
+                    bytes: 0,
+                    records: 0,
+                }))
+            }
+        };
+        open.upload
+            .write_all(&self.line)
+            .await
+            .map_err(|source| DeadLetterError::Upload {
+                path: open.staged.as_ref().unwrap_or(&open.path).to_string(),
+                source,
+            })?;
+        open.bytes += self.line.len();
+        open.records += 1;
         self.records += 1;
-        self.pending += 1;
-        if self.buffer.len() >= self.max_bytes {
-            self.flush().await?;
+        if open.bytes >= self.max_bytes {
+            self.close().await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), DeadLetterError> {
-        let Some(first) = self.first_position.take() else {
+    /// Completes the open file's upload.
+    async fn close(&mut self) -> Result<(), DeadLetterError> {
+        let Some(mut open) = self.open.take() else {
             return Ok(());
         };
-        self.files += 1;
-        let (path, staged) = self
-            .placement
-            .paths("", &self.stream, first, "ndjson", self.files);
-        let records = std::mem::take(&mut self.pending);
-        let target = staged.clone().unwrap_or_else(|| path.clone());
-        let payload = PutPayload::from(Bytes::from(std::mem::take(&mut self.buffer)));
-        self.location
-            .store
-            .put(&target, payload)
+        open.upload
+            .shutdown()
             .await
-            .map_err(|source| DeadLetterError::Store {
-                path: target.to_string(),
+            .map_err(|source| DeadLetterError::Upload {
+                path: open.staged.as_ref().unwrap_or(&open.path).to_string(),
                 source,
             })?;
         self.published.push(StagedLetters {
-            path: path.to_string(),
-            staged: staged.map(|p| p.to_string()),
-            records,
+            path: open.path.to_string(),
+            staged: open.staged.map(|p| p.to_string()),
+            records: open.records,
         });
         Ok(())
     }
 
-    /// Writes what is buffered; returns the files written since the last call.
+    /// Completes the open file; returns the files written since the last call.
     pub async fn close_all(&mut self) -> Result<Vec<StagedLetters>, DeadLetterError> {
-        self.flush().await?;
+        self.close().await?;
         Ok(std::mem::take(&mut self.published))
     }
 
-    /// Writes what is buffered; returns the files written since the last
+    /// Completes the open file; returns the files written since the last
     /// [`close_all`](Self::close_all) and the record count of the writer's life.
     pub async fn finish(mut self) -> Result<(Vec<String>, u64), DeadLetterError> {
         let files = self.close_all().await?;

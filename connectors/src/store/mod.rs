@@ -43,6 +43,16 @@ pub struct Storage {
     pub retry: RetryPolicy,
 }
 
+/// Bytes an upload buffers before it starts (S3's smallest part).
+const UPLOAD_BUFFER: usize = 5 << 20;
+
+/// The same on local disk, where parts have no minimum size.
+const LOCAL_UPLOAD_BUFFER: usize = 256 << 10;
+
+/// Parts one upload sends at once (`object_store`'s default is 8): two keep
+/// it busy, and parts in flight are memory too.
+const UPLOADS_IN_FLIGHT: usize = 2;
+
 /// An object store rooted at a location.
 #[derive(Debug, Clone)]
 pub struct Location {
@@ -114,6 +124,19 @@ impl Location {
     /// Whether the store is the local file system.
     pub fn is_local(&self) -> bool {
         self.local_root.is_some()
+    }
+
+    /// A streaming upload of `path`, which appears under its name only once
+    /// shut down (a multipart upload). It holds at most its buffer (S3's
+    /// smallest part, 5 MiB; 256 KiB on local disk) plus two parts in flight.
+    pub fn upload(&self, path: object_store::path::Path) -> object_store::buffered::BufWriter {
+        let buffer = if self.is_local() {
+            LOCAL_UPLOAD_BUFFER
+        } else {
+            UPLOAD_BUFFER
+        };
+        object_store::buffered::BufWriter::with_capacity(self.store.clone(), path, buffer)
+            .with_max_concurrency(UPLOADS_IN_FLIGHT)
     }
 
     /// Removes the temporary files of multipart uploads that never completed

@@ -602,6 +602,10 @@ pub struct RawOutputConfig {
     /// When files are closed.
     #[serde(default)]
     pub roll: RollConfig,
+    /// Row-group bytes held in memory by every open file of this output
+    /// together, across all the partitions a process holds.
+    #[serde(default = "default_output_buffered")]
+    pub max_buffered: ByteSize,
 }
 
 impl OutputConfig {
@@ -662,6 +666,14 @@ pub struct ParquetOutputConfig {
     /// Files open at once per source partition.
     #[serde(default = "default_open_files")]
     pub max_open_files: usize,
+    /// Row-group bytes held in memory by every open file of this output
+    /// together, across all the partitions a process holds.
+    #[serde(default = "default_output_buffered")]
+    pub max_buffered: ByteSize,
+}
+
+fn default_output_buffered() -> ByteSize {
+    ByteSize(tributary_connectors::parquet::DEFAULT_ROW_GROUP_BUDGET as u64)
 }
 
 fn default_row_group() -> usize {

@@ -191,6 +191,9 @@ pub struct OutputSummary {
     pub rows: u64,
     /// Bytes in them.
     pub bytes: u64,
+    /// The most row-group bytes this output's open files held in memory at
+    /// once (`outputs[].max_buffered` bounds it).
+    pub peak_row_group_bytes: u64,
 }
 
 /// The outcome of a run.
@@ -288,6 +291,7 @@ impl Summary {
                     files: total.files,
                     rows: total.rows,
                     bytes: total.bytes,
+                    peak_row_group_bytes: o.options.budget.peak() as u64,
                 }
             })
             .collect();
