@@ -114,15 +114,12 @@ impl Source for ObjectSource {
             let stream = crate::source::filename_safe(&key);
             let progress = Arc::new(AtomicU64::new(0));
             let body = Counted {
-                inner: ObjectReader {
-                    handle: handle.clone(),
-                    store: location.store.clone(),
-                    path: object.location.clone(),
-                    size: object.size,
-                    received: 0,
-                    chunk: Bytes::new(),
-                    stream: None,
-                },
+                inner: ObjectReader::new(
+                    handle.clone(),
+                    location.store.clone(),
+                    object.location.clone(),
+                    object.size,
+                ),
                 count: progress.clone(),
             };
             let reader = match Compression::of(&key) {
@@ -155,7 +152,7 @@ impl Source for ObjectSource {
 }
 
 /// A blocking reader of one object, fetched lazily as a byte stream.
-struct ObjectReader {
+pub(crate) struct ObjectReader {
     handle: Handle,
     store: Arc<dyn ObjectStore>,
     path: Path,
@@ -165,7 +162,30 @@ struct ObjectReader {
     stream: Option<BoxStream<'static, object_store::Result<Bytes>>>,
 }
 
+impl std::fmt::Debug for ObjectReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectReader")
+            .field("path", &self.path)
+            .field("received", &self.received)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
 impl ObjectReader {
+    /// Reads `path` (`size` bytes) from `store`, on `handle`'s runtime.
+    pub(crate) fn new(handle: Handle, store: Arc<dyn ObjectStore>, path: Path, size: u64) -> Self {
+        ObjectReader {
+            handle,
+            store,
+            path,
+            size,
+            received: 0,
+            chunk: Bytes::new(),
+            stream: None,
+        }
+    }
+
     /// The next chunk of the body; a broken stream is reopened at the byte it stopped at.
     fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
         let mut resumes = 0;

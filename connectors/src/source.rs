@@ -40,6 +40,10 @@ pub enum SourceError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A dead letter being replayed cannot be read (the message names the
+    /// file and line, or the topic).
+    #[error("{0}")]
+    Replay(String),
     /// A line is too long to hold in memory.
     #[error(
         "{path}:{line}: line longer than {limit} bytes; split the input or raise max_line_bytes"
@@ -79,26 +83,25 @@ pub enum Origin {
         partition: i32,
     },
     /// Dead letters being replayed; positions are their places in the queue
-    /// (lines of a file, offsets of a topic partition).
+    /// (lines of a file, offsets of a topic partition), and each batch says
+    /// where its records were first read ([`RawBatch::first_sources`]).
     Replay {
         /// The queue partition, as a prefix to a position (`dlq/a.ndjson:`, `orders.dlq/0@`).
         queue: Arc<str>,
-        /// Where each record first came from, as (position, source), by position.
-        sources: Arc<Vec<(u64, String)>>,
     },
 }
 
-impl Origin {
-    /// `path:line` for a file, `topic/partition@offset` for Kafka; a replayed
-    /// record names where it first came from and the dead-letter line.
-    pub fn describe(&self, position: u64) -> String {
-        match self {
+impl RawBatch {
+    /// Where record `row` came from: `path:line` for a file,
+    /// `topic/partition@offset` for Kafka; a replayed record names where it
+    /// was first read and its place in the dead-letter queue.
+    pub fn describe(&self, origin: &Origin, row: usize) -> String {
+        let position = self.positions.get(row).copied().unwrap_or_default();
+        match origin {
             Origin::File { path } => format!("{path}:{position}"),
             Origin::Kafka { topic, partition } => format!("{topic}/{partition}@{position}"),
-            Origin::Replay { queue, sources } => {
-                let first = sources
-                    .binary_search_by_key(&position, |(p, _)| *p)
-                    .map_or("?", |i| sources[i].1.as_str());
+            Origin::Replay { queue } => {
+                let first = self.first_sources.get(row).map_or("?", String::as_str);
                 format!("{first} (replayed from {queue}{position})")
             }
         }
@@ -129,6 +132,9 @@ pub struct RawBatch {
     pub byte_offsets: Vec<u64>,
     /// Message metadata, for Kafka sources.
     pub meta: Option<crate::kafka::meta::KafkaMeta>,
+    /// For replayed dead letters, where each record was first read
+    /// (`in.ndjson:4`, `orders/3@70`); empty otherwise.
+    pub first_sources: Vec<String>,
     /// What the batch holds against its source's memory budget.
     pub held: Held,
 }
@@ -553,6 +559,7 @@ impl PartitionReader for LineReader {
             positions,
             byte_offsets,
             meta: None,
+            first_sources: Vec::new(),
             held: Held::default(),
         }))
     }

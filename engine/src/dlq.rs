@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use tributary_connectors::dead_letter::DeadLetter;
 use tributary_connectors::dead_letter::read::{self, LetterFile, ReadError};
-use tributary_connectors::dead_letter::replay::ReplaySource;
-use tributary_connectors::kafka::dead_letters::{self, TopicLetter};
+use tributary_connectors::dead_letter::replay::{ReplaySource, kafka_origin, scan_topic};
+use tributary_connectors::kafka::dead_letters::{self, TopicLetters};
 use tributary_connectors::kafka::{KafkaConnection, KafkaError};
 use tributary_connectors::source::SourceError;
 use tributary_connectors::store::{Location, Storage, StoreError};
@@ -153,25 +153,56 @@ impl fmt::Display for DlqSource {
     }
 }
 
-/// Reads every dead letter of `source`; on a topic, only those past
-/// `replay_group`'s checkpoint when one is given (what a replay would read).
-pub async fn read_all(
+/// Counts the dead letters of `source` by stage and rule, then by reason
+/// (see [`Tally::report`]); on a topic, only those past `replay_group`'s
+/// checkpoint when one is given (what a replay would read), one per
+/// rejected record. Letters are read one at a time: memory holds the
+/// counts, not the queue.
+pub async fn inspect(
     source: &DlqSource,
     storage: &Storage,
     replay_group: Option<&str>,
-) -> Result<Vec<DeadLetter>, DlqError> {
-    match source {
-        DlqSource::Files { root, prefix } => {
-            let location = DlqSource::open(root, storage)?;
-            let files = queued_files(&location, prefix.as_deref()).await?.queued;
-            Ok(files.into_iter().flat_map(|f| f.letters).collect())
+    (reasons, examples): (usize, usize),
+) -> Result<Tally, DlqError> {
+    let (source, storage) = (source.clone(), storage.clone());
+    let group = replay_group.map(str::to_string);
+    blocking(move || {
+        let mut tally = Tally::new(reasons, examples);
+        match &source {
+            DlqSource::Files { root, prefix } => {
+                let location = DlqSource::open(root, &storage)?;
+                for file in queued_files(&location, prefix.as_deref(), &|_| Ok(()))?.queued {
+                    for letter in read::letters(&location, &file)? {
+                        tally.add(&letter?.1);
+                    }
+                }
+            }
+            DlqSource::Topic { connection, topic } => {
+                let from = checkpoint(connection, topic, group.as_deref())?;
+                let mut letters = TopicLetters::open(connection, topic, &from, TOPIC_TIMEOUT)?;
+                let mut seen = std::collections::HashSet::new();
+                let mut repeated = 0;
+                while let Some(letter) = letters.next_letter()? {
+                    match dead_letters::origin_key(&letter.letter) {
+                        Some(key) if !seen.insert(key) => repeated += 1,
+                        _ => tally.add(&letter.letter),
+                    }
+                }
+                log_repeated(topic, repeated);
+            }
         }
-        DlqSource::Topic { connection, topic } => {
-            let mut letters = read_topic(connection, topic, replay_group).await?;
-            dedupe(&mut letters, topic);
-            Ok(letters.into_iter().map(|l| l.letter).collect())
-        }
-    }
+        Ok(tally)
+    })
+    .await
+}
+
+/// Runs blocking reads of a queue on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, DlqError> + Send + 'static,
+) -> Result<T, DlqError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| DlqError::Unsupported(format!("reading the queue failed: {e}")))?
 }
 
 /// The dead-letter files of a queue.
@@ -183,42 +214,38 @@ struct QueuedFiles {
     superseded: Vec<LetterFile>,
 }
 
-async fn queued_files(location: &Location, prefix: Option<&str>) -> Result<QueuedFiles, DlqError> {
-    let (queued, superseded) = read::unfinished_replays(read::read_files(location, prefix).await?);
+/// Blocking.
+fn queued_files(
+    location: &Location,
+    prefix: Option<&str>,
+    check: read::Check<'_>,
+) -> Result<QueuedFiles, DlqError> {
+    let (queued, superseded) = read::unfinished_replays(read::list_files(location, prefix, check)?);
     for file in &superseded {
         tracing::info!(file = %file.display, "written by a replay that did not finish: its input is still queued and replays again; not counted");
     }
     Ok(QueuedFiles { queued, superseded })
 }
 
-/// Keeps one letter per rejected record (see [`dead_letters::dedupe_by_origin`]).
-fn dedupe(letters: &mut Vec<TopicLetter>, topic: &str) {
-    let dropped = dead_letters::dedupe_by_origin(letters);
-    if dropped > 0 {
-        tracing::info!(%topic, dropped, "dead letters repeated after a crash counted once");
+fn log_repeated(topic: &str, repeated: usize) {
+    if repeated > 0 {
+        tracing::info!(%topic, repeated, "dead letters repeated after a crash counted once");
     }
 }
 
 const TOPIC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Reads `topic` from the low-water marks, or from where `group`'s checkpoint says.
-async fn read_topic(
+/// Where `group`'s checkpoint says a read of `topic` starts (from the
+/// low-water marks without a group). Blocking.
+fn checkpoint(
     connection: &KafkaConnection,
     topic: &str,
     group: Option<&str>,
-) -> Result<Vec<TopicLetter>, DlqError> {
-    let (connection, topic) = (connection.clone(), topic.to_string());
-    let group = group.map(str::to_string);
-    tokio::task::spawn_blocking(move || {
-        let from = match &group {
-            Some(group) => dead_letters::checkpoint(&connection, group, &topic, TOPIC_TIMEOUT)?,
-            None => BTreeMap::new(),
-        };
-        dead_letters::read_topic(&connection, &topic, &from, TOPIC_TIMEOUT)
+) -> Result<BTreeMap<i32, i64>, DlqError> {
+    Ok(match group {
+        Some(group) => dead_letters::checkpoint(connection, group, topic, TOPIC_TIMEOUT)?,
+        None => BTreeMap::new(),
     })
-    .await
-    .map_err(|e| DlqError::Unsupported(format!("reading the topic failed: {e}")))?
-    .map_err(DlqError::from)
 }
 
 /// Dead letters counted by stage and rule, then by reason, with examples.
@@ -258,42 +285,66 @@ pub struct Reason {
     pub examples: Vec<(String, String)>,
 }
 
-impl Report {
-    /// Groups `letters`; lists up to `reasons` reasons per group and `examples` records per reason.
-    pub fn new(source: String, letters: &[DeadLetter], reasons: usize, examples: usize) -> Self {
-        let mut by_rule: BTreeMap<(&str, &str), BTreeMap<&str, Vec<&DeadLetter>>> = BTreeMap::new();
-        for letter in letters {
-            by_rule
-                .entry((&letter.stage, &letter.rule))
-                .or_default()
-                .entry(&letter.reason)
-                .or_default()
-                .push(letter);
+/// Counts letters as they are read, into a [`Report`]: per (stage, rule),
+/// per reason, a count and the first few examples.
+#[derive(Debug)]
+pub struct Tally {
+    reasons: usize,
+    examples: usize,
+    records: usize,
+    by_rule: BTreeMap<(String, String), BTreeMap<String, Reason>>,
+}
+
+impl Tally {
+    /// A report listing up to `reasons` reasons per group and `examples` records per reason.
+    pub fn new(reasons: usize, examples: usize) -> Self {
+        Tally {
+            reasons,
+            examples,
+            records: 0,
+            by_rule: BTreeMap::new(),
         }
-        let mut groups: Vec<Group> = by_rule
+    }
+
+    /// Counts one letter.
+    pub fn add(&mut self, letter: &DeadLetter) {
+        self.records += 1;
+        let by_reason = self
+            .by_rule
+            .entry((letter.stage.clone(), letter.rule.clone()))
+            .or_default();
+        let reason = by_reason
+            .entry(letter.reason.clone())
+            .or_insert_with(|| Reason {
+                reason: letter.reason.clone(),
+                records: 0,
+                examples: Vec::new(),
+            });
+        reason.records += 1;
+        if reason.examples.len() < self.examples {
+            reason
+                .examples
+                .push((letter.source.clone(), shorten(&original_text(letter), 160)));
+        }
+    }
+
+    /// The report, its groups largest first.
+    pub fn report(self, source: String) -> Report {
+        let reasons = self.reasons;
+        let mut groups: Vec<Group> = self
+            .by_rule
             .into_iter()
             .map(|((stage, rule), by_reason)| {
-                let mut listed: Vec<(&str, Vec<&DeadLetter>)> = by_reason.into_iter().collect();
-                listed.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
-                let records = listed.iter().map(|(_, l)| l.len()).sum();
+                let mut listed: Vec<Reason> = by_reason.into_values().collect();
+                listed.sort_by(|a, b| b.records.cmp(&a.records).then(a.reason.cmp(&b.reason)));
+                let records = listed.iter().map(|r| r.records).sum();
                 let other_reasons = listed.len().saturating_sub(reasons);
+                listed.truncate(reasons);
                 Group {
-                    stage: stage.to_string(),
-                    rule: rule.to_string(),
+                    stage,
+                    rule,
                     records,
-                    reasons: listed
-                        .into_iter()
-                        .take(reasons)
-                        .map(|(reason, letters)| Reason {
-                            reason: reason.to_string(),
-                            records: letters.len(),
-                            examples: letters
-                                .iter()
-                                .take(examples)
-                                .map(|l| (l.source.clone(), shorten(&original_text(l), 160)))
-                                .collect(),
-                        })
-                        .collect(),
+                    reasons: listed,
                     other_reasons,
                 }
             })
@@ -301,7 +352,7 @@ impl Report {
         groups.sort_by_key(|g| std::cmp::Reverse(g.records));
         Report {
             source,
-            records: letters.len(),
+            records: self.records,
             groups,
         }
     }
@@ -422,14 +473,17 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
     match source {
         DlqSource::Files { root, prefix } => {
             let location = DlqSource::open(root, &plan.storage)?;
+            let listed = location.clone();
+            let prefix = prefix.clone();
             let QueuedFiles { queued, superseded } =
-                queued_files(&location, prefix.as_deref()).await?;
+                blocking(move || queued_files(&listed, prefix.as_deref(), check(kafka_meta)))
+                    .await?;
             // Out of the queue before the run: this replay writes them anew
             // (under the same names when as many records fail again).
             for file in &superseded {
                 read::archive(&location, file).await?;
             }
-            let replay = ReplaySource::from_files(&queued, kafka_meta)?;
+            let replay = ReplaySource::from_files(&location, &queued, kafka_meta);
             tracing::info!(source = %source, files = queued.len(), "replaying dead letters");
             plan.source = PlannedSource::Bounded(Box::new(replay));
             let summary = runtime::run(plan, StopHandle::default(), RunOptions::default()).await?;
@@ -448,18 +502,29 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
         }
         DlqSource::Topic { connection, topic } => {
             let group = replay_group(&plan);
-            let letters = read_topic(connection, topic, Some(&group)).await?;
-            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-            for letter in &letters {
-                let at = next.entry(letter.partition).or_default();
-                *at = (*at).max(letter.offset + 1);
-            }
-            // The checkpoint covers every message read, duplicates included;
+            let (scanned, name, at) = (connection.clone(), topic.clone(), group.clone());
+            let scan = blocking(move || {
+                let from = checkpoint(&scanned, &name, Some(&at))?;
+                Ok(scan_topic(
+                    &scanned,
+                    &name,
+                    &from,
+                    check(kafka_meta),
+                    TOPIC_TIMEOUT,
+                )?)
+            })
+            .await?;
+            log_repeated(topic, scan.repeated);
+            // The checkpoint covers every message read, repeats included;
             // each record is replayed once.
-            let mut letters = letters;
-            dedupe(&mut letters, topic);
-            let replay = ReplaySource::from_topic(topic, &letters, kafka_meta)?;
-            tracing::info!(source = %source, %group, records = letters.len(), "replaying dead letters");
+            let next = scan.next_offsets();
+            let replay = ReplaySource::from_topic(connection, topic, &scan, kafka_meta);
+            tracing::info!(
+                source = %source,
+                %group,
+                records = scan.letters - scan.repeated,
+                "replaying dead letters"
+            );
             plan.source = PlannedSource::Bounded(Box::new(replay));
             let summary = runtime::run(plan, StopHandle::default(), RunOptions::default()).await?;
             let settled = if finished_cleanly(&summary) {
@@ -469,13 +534,15 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
                     group.clone(),
                     next.clone(),
                 );
-                tokio::task::spawn_blocking(move || {
-                    dead_letters::save_checkpoint(&connection, &group_name, &topic_name, &offsets)
+                blocking(move || {
+                    Ok(dead_letters::save_checkpoint(
+                        &connection,
+                        &group_name,
+                        &topic_name,
+                        &offsets,
+                    )?)
                 })
-                .await
-                .map_err(|e| {
-                    DlqError::Unsupported(format!("committing the checkpoint failed: {e}"))
-                })??;
+                .await?;
                 Settled::Checkpointed {
                     group,
                     topic: topic.clone(),
@@ -486,6 +553,16 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
             };
             Ok(Replayed { summary, settled })
         }
+    }
+}
+
+/// What a replay requires of every letter before it starts: through a
+/// pipeline that reads Kafka, an origin in Kafka.
+fn check(kafka_meta: bool) -> read::Check<'static> {
+    if kafka_meta {
+        &|letter| kafka_origin(letter).map(|_| ())
+    } else {
+        &|_| Ok(())
     }
 }
 
@@ -529,7 +606,11 @@ mod tests {
             letter("validate", "required", "/: required: order_id", 4),
             letter("enrich", "customers:miss", "no row", 5),
         ];
-        let report = Report::new("dlq".into(), &letters, 1, 1);
+        let mut tally = Tally::new(1, 1);
+        for letter in &letters {
+            tally.add(letter);
+        }
+        let report = tally.report("dlq".into());
         assert_eq!(report.records, 5);
         let first = &report.groups[0];
         assert_eq!((first.rule.as_str(), first.records), ("required", 3));

@@ -311,7 +311,7 @@ fn write_summary(summary: &Summary, path: Option<&Path>) -> Result<()> {
 }
 
 fn dlq(command: DlqCommand) -> Result<ExitCode> {
-    use tributary_engine::dlq::{self, DlqSource, Report};
+    use tributary_engine::dlq::{self, DlqSource};
     let source_of =
         |source: Option<String>, plan: Option<&plan::Plan>, review: bool| match (source, plan) {
             (Some(text), _) => Ok(DlqSource::parse(&text)?),
@@ -334,8 +334,13 @@ fn dlq(command: DlqCommand) -> Result<ExitCode> {
             let source = source_of(source, plan.as_ref(), review)?;
             let storage = plan.as_ref().map(|p| p.storage.clone()).unwrap_or_default();
             let group = plan.as_ref().filter(|_| !all).map(dlq::replay_group);
-            let letters = runtime_builder()?
-                .block_on(dlq::read_all(&source, &storage, group.as_deref()))
+            let tally = runtime_builder()?
+                .block_on(dlq::inspect(
+                    &source,
+                    &storage,
+                    group.as_deref(),
+                    (reasons, examples),
+                ))
                 .with_context(|| format!("reading {source}"))?;
             let shown = match (&source, &group) {
                 (DlqSource::Topic { .. }, Some(group)) => {
@@ -343,7 +348,7 @@ fn dlq(command: DlqCommand) -> Result<ExitCode> {
                 }
                 _ => source.to_string(),
             };
-            let report = Report::new(shown, &letters, reasons, examples);
+            let report = tally.report(shown);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -620,3 +620,85 @@ fn inspect_of_a_dead_letter_topic_still_written_to_ends() {
         "inspect read {records} letters, fewer than the {present} present when it began"
     );
 }
+
+/// A replay reads its queue as it goes: dead-letter files of 10,000 and
+/// of 40,000 records of 4 KiB each (43 and 172 MB) replayed through the
+/// pipeline, which rejects every one again. The larger queue costs the
+/// replay almost no more memory than the smaller one (it held the whole
+/// queue, parsed and copied, before; and its writer the file it wrote back),
+/// and every letter comes back once.
+#[test]
+fn a_replay_holds_a_batch_of_its_queue_not_the_queue() {
+    let (small_queue, small_peak) = replay_peak(10_000);
+    let (large_queue, large_peak) = replay_peak(40_000);
+    let (queue, peak) = (
+        large_queue - small_queue,
+        large_peak.saturating_sub(small_peak),
+    );
+    eprintln!(
+        "replaying {small_queue} and {large_queue} bytes of dead letters peaked at {small_peak} and {large_peak} bytes resident"
+    );
+    assert!(
+        peak < queue / 8,
+        "a queue larger by {queue} bytes cost the replay {peak} more bytes at its peak"
+    );
+}
+
+/// Replays a dead-letter file of `letters` 4-KiB records that all fail
+/// again; returns the file's size and the replay's peak resident bytes.
+fn replay_peak(letters: usize) -> (u64, u64) {
+    let ws = Workspace::generate(10, 0.0, 3);
+    let dlq = ws.path("out/dlq");
+    std::fs::create_dir_all(&dlq).unwrap();
+    let mut text = String::new();
+    for n in 0..letters {
+        let letter = serde_json::json!({
+            "time": "2026-12-03T00:00:00Z",
+            "pipeline": "orders",
+            "stage": "validate",
+            "rule": "json",
+            "reason": "not JSON",
+            "source": format!("input/orders.ndjson:{}", n + 1),
+            "position": n + 1,
+            "original": format!("{n:08} {}", "x".repeat(4096)),
+        });
+        text.push_str(&letter.to_string());
+        text.push('\n');
+    }
+    let queue = text.len() as u64;
+    std::fs::write(dlq.join("orders.ndjson-000000000001.ndjson"), text).unwrap();
+    let pipeline = fixed_pipeline(&ws);
+    let summary = ws.path("replay.json");
+    let mut replay = ws
+        .command(&["dlq", "replay", "--pipeline", pipeline.to_str().unwrap()])
+        .arg("--summary-json")
+        .arg(&summary)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The high-water mark of resident memory, read until the process exits.
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(status) = replay.try_wait().unwrap() {
+            break status;
+        }
+        peak_kib = peak_kib.max(peak_rss_kib(replay.id()));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut replay.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "the replay failed: {stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary).unwrap()).unwrap();
+    assert_eq!(summary["totals"]["records_in"], letters as u64, "{summary}");
+    assert_eq!(summary["totals"]["dlq"], letters as u64, "{summary}");
+    let back = dead_letters(&dlq);
+    assert_eq!(back.len(), letters);
+    let distinct: BTreeSet<&str> = back
+        .iter()
+        .map(|l| &l["original"].as_str().unwrap()[..8])
+        .collect();
+    assert_eq!(distinct.len(), letters, "each letter comes back once");
+    (queue, peak_kib * 1024)
+}

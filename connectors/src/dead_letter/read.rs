@@ -5,11 +5,14 @@
 //! `_tributary/` (staging, manifests, replayed files) is not part of the
 //! queue and is skipped.
 
+use std::io::BufRead;
+
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use super::DeadLetter;
+use crate::object_source::ObjectReader;
 use crate::store::Location;
 
 /// Where files that were replayed are moved, under the dead-letter location.
@@ -26,6 +29,24 @@ pub enum ReadError {
         /// The cause.
         source: object_store::Error,
     },
+    /// Reading a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A dead letter that the reader cannot take (see [`Check`]).
+    #[error("{path}:{line}: {message}")]
+    Refused {
+        /// The file.
+        path: String,
+        /// The 1-based line number.
+        line: usize,
+        /// Why.
+        message: String,
+    },
     /// A line is not a dead letter.
     #[error("{path}:{line}: not a dead letter: {message}")]
     Parse {
@@ -38,35 +59,39 @@ pub enum ReadError {
     },
 }
 
-/// One dead-letter file and its records.
+/// One dead-letter file of a queue (its letters are read with [`letters`]).
 #[derive(Debug, Clone)]
 pub struct LetterFile {
     /// Its key under the location.
     pub path: Path,
     /// Where it is, for messages (`<location>/<key>`).
     pub display: String,
-    /// Its records, in file order (record `i` is on line `i + 1`).
-    pub letters: Vec<DeadLetter>,
+    /// Its size in bytes.
+    pub size: u64,
     /// SHA-256 of its bytes, hex.
     pub sha256: String,
 }
 
-/// Reads every dead-letter file under `location` (optionally only those
-/// whose key starts with `prefix`), in key order.
-pub async fn read_files(
+/// What a reader requires of every letter before it reads any for real
+/// (a replay through a Kafka pipeline: an origin in Kafka).
+pub type Check<'a> = &'a dyn Fn(&DeadLetter) -> Result<(), String>;
+
+/// Lists every dead-letter file under `location` (optionally only those
+/// whose key starts with `prefix`), in key order, reading each once to
+/// hash it and to check that every line is a dead letter that passes
+/// `check`. Blocking: call from a blocking thread inside a Tokio runtime.
+pub fn list_files(
     location: &Location,
     prefix: Option<&str>,
+    check: Check<'_>,
 ) -> Result<Vec<LetterFile>, ReadError> {
-    let store_error = |path: &str| {
-        let path = path.to_string();
-        move |source| ReadError::Store { path, source }
-    };
-    let mut objects: Vec<_> = location
-        .store
-        .list(None)
-        .try_collect()
-        .await
-        .map_err(store_error(&location.display))?;
+    let handle = runtime(&location.display)?;
+    let mut objects: Vec<_> = handle
+        .block_on(location.store.list(None).try_collect::<Vec<_>>())
+        .map_err(|source| ReadError::Store {
+            path: location.display.clone(),
+            source,
+        })?;
     objects.retain(|o| {
         let key = o.location.as_ref();
         !key.starts_with("_tributary/")
@@ -76,50 +101,132 @@ pub async fn read_files(
     objects.sort_by(|a, b| a.location.cmp(&b.location));
     let mut files = Vec::with_capacity(objects.len());
     for object in objects {
-        let display = format!("{}/{}", location.display, object.location);
-        let bytes = location
-            .store
-            .get(&object.location)
-            .await
-            .map_err(store_error(&display))?
-            .bytes()
-            .await
-            .map_err(store_error(&display))?;
-        let letters = parse(&bytes, &display)?;
-        use sha2::Digest;
-        let sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
-        files.push(LetterFile {
+        let mut file = LetterFile {
+            display: format!("{}/{}", location.display, object.location),
             path: object.location,
-            display,
-            letters,
-            sha256,
-        });
+            size: object.size,
+            sha256: String::new(),
+        };
+        let mut letters = letters(location, &file)?;
+        for letter in letters.by_ref() {
+            let (line, letter) = letter?;
+            check(&letter).map_err(|message| ReadError::Refused {
+                path: file.display.clone(),
+                line,
+                message,
+            })?;
+        }
+        file.sha256 = letters.sha256();
+        files.push(file);
     }
     Ok(files)
 }
 
+fn runtime(path: &str) -> Result<tokio::runtime::Handle, ReadError> {
+    tokio::runtime::Handle::try_current().map_err(|e| ReadError::Io {
+        path: path.to_string(),
+        source: std::io::Error::other(e),
+    })
+}
+
+/// The letters of `file`, read from the store one line at a time. Blocking:
+/// call from a blocking thread inside a Tokio runtime.
+pub fn letters(
+    location: &Location,
+    file: &LetterFile,
+) -> Result<LetterLines<Box<dyn BufRead + Send>>, ReadError> {
+    let reader = ObjectReader::new(
+        runtime(&file.display)?,
+        location.store.clone(),
+        file.path.clone(),
+        file.size,
+    );
+    Ok(LetterLines::new(
+        Box::new(std::io::BufReader::with_capacity(256 << 10, reader)),
+        &file.display,
+    ))
+}
+
+/// Dead letters parsed from NDJSON one line at a time, with their line
+/// numbers; blank lines are skipped. The SHA-256 of the bytes read so far
+/// is kept as they go.
+#[derive(Debug)]
+pub struct LetterLines<R> {
+    reader: R,
+    display: String,
+    line: usize,
+    buffer: Vec<u8>,
+    hash: sha2::Sha256,
+    failed: bool,
+}
+
+impl<R: BufRead> LetterLines<R> {
+    /// Letters from `reader`; `display` names the file in errors.
+    pub fn new(reader: R, display: &str) -> Self {
+        LetterLines {
+            reader,
+            display: display.to_string(),
+            line: 0,
+            buffer: Vec::new(),
+            hash: Default::default(),
+            failed: false,
+        }
+    }
+
+    /// SHA-256 (hex) of the bytes read so far: the file's, once read to the end.
+    pub fn sha256(&self) -> String {
+        use sha2::Digest;
+        format!("{:x}", self.hash.clone().finalize())
+    }
+}
+
+impl<R: BufRead> Iterator for LetterLines<R> {
+    /// `(line number, letter)`.
+    type Item = Result<(usize, DeadLetter), ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use sha2::Digest;
+        while !self.failed {
+            self.buffer.clear();
+            match self.reader.read_until(b'\n', &mut self.buffer) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(source) => {
+                    self.failed = true;
+                    return Some(Err(ReadError::Io {
+                        path: self.display.clone(),
+                        source,
+                    }));
+                }
+            }
+            self.hash.update(&self.buffer);
+            self.line += 1;
+            if self.buffer.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let parse_error = |message: String| ReadError::Parse {
+                path: self.display.clone(),
+                line: self.line,
+                message,
+            };
+            let parsed = serde_json::from_slice::<DeadLetter>(&self.buffer)
+                .map_err(|e| parse_error(e.to_string()))
+                .and_then(|letter| {
+                    letter.original_bytes().map_err(parse_error)?;
+                    Ok((self.line, letter))
+                });
+            self.failed = parsed.is_err();
+            return Some(parsed);
+        }
+        None
+    }
+}
+
 /// Parses NDJSON dead letters; `display` names the file in errors.
 pub fn parse(bytes: &[u8], display: &str) -> Result<Vec<DeadLetter>, ReadError> {
-    let mut letters = Vec::new();
-    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let letter: DeadLetter = serde_json::from_slice(line).map_err(|e| ReadError::Parse {
-            path: display.to_string(),
-            line: i + 1,
-            message: e.to_string(),
-        })?;
-        letter
-            .original_bytes()
-            .map_err(|message| ReadError::Parse {
-                path: display.to_string(),
-                line: i + 1,
-                message,
-            })?;
-        letters.push(letter);
-    }
-    Ok(letters)
+    LetterLines::new(bytes, display)
+        .map(|letter| letter.map(|(_, letter)| letter))
+        .collect()
 }
 
 /// Splits `files` into the queue and the files that a replay of another
@@ -167,7 +274,7 @@ mod tests {
         LetterFile {
             path: Path::from(key),
             display: format!("dlq/{key}"),
-            letters: Vec::new(),
+            size: 0,
             sha256: sha256.to_string(),
         }
     }

@@ -293,6 +293,7 @@ impl BatchBuilder {
             positions: std::mem::replace(&mut self.positions, Vec::with_capacity(rows)),
             byte_offsets: Vec::new(),
             meta: Some(self.meta.finish()),
+            first_sources: Vec::new(),
             held: Held::new(self.buffered.clone(), std::mem::take(&mut self.counted)),
         }
     }

@@ -74,105 +74,211 @@ pub fn save_checkpoint(
         )))
 }
 
-/// How long [`read_topic`] reads on once every partition reached the
-/// high-water mark it had when reading began.
+/// How long a [`TopicLetters`] read without end offsets reads on once every
+/// partition reached the high-water mark it had when reading began.
 const PAST_THE_MARKS: Duration = Duration::from_secs(2);
 
-/// Reads every message of `topic` present now, from `from` (partition →
-/// first offset; the low-water mark where missing); gives up after `timeout`.
-pub fn read_topic(
-    connection: &KafkaConnection,
-    topic: &str,
-    from: &BTreeMap<i32, i64>,
+/// The letters of a dead-letter topic, read one at a time: memory stays at
+/// what librdkafka prefetches, however long the topic.
+///
+/// Each partition is read from a start offset (the low-water mark, or where
+/// `from` says) either up to its end as of opening (plus a moment past it:
+/// some brokers report a stale high-water mark), or, given end offsets, up
+/// to just before them.
+pub struct TopicLetters {
+    consumer: rdkafka::consumer::BaseConsumer,
+    topic: String,
+    /// Partition → the offset still to reach.
+    remaining: BTreeMap<i32, i64>,
+    /// Exclusive end offsets, when given: nothing at or past them is returned.
+    ends: Option<BTreeMap<i32, i64>>,
+    marks_reached: Option<Instant>,
+    /// Whether any partition has something to read.
+    assigned: bool,
+    /// How long to wait for the next message before giving up.
     timeout: Duration,
-) -> Result<Vec<TopicLetter>, KafkaError> {
-    let consumer = super::standalone_consumer(connection, "tributary-dlq-read")?;
-    let partitions = super::partitions_of(consumer.client(), topic, timeout)?;
-    let mut assignment = TopicPartitionList::new();
-    // partition → high-water mark still to reach.
-    let mut remaining = BTreeMap::new();
-    for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, timeout)
-            .map_err(KafkaError::client(format!(
-                "reading {topic}/{partition}'s offsets"
-            )))?;
-        let start = from.get(&partition).copied().unwrap_or(low).max(low);
-        // Some brokers (tansu) report the base offset of the last record
-        // batch as the high-water mark, so a partition whose mark equals the
-        // start may still hold one batch: read it too, without waiting for it.
-        if high >= start && high > low {
+    last_progress: Instant,
+    read: usize,
+}
+
+impl std::fmt::Debug for TopicLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicLetters")
+            .field("topic", &self.topic)
+            .field("remaining", &self.remaining)
+            .field("read", &self.read)
+            .finish()
+    }
+}
+
+impl TopicLetters {
+    /// Every letter of `topic` present now, from `from` (partition → first
+    /// offset; the low-water mark where missing). Gives up when no message
+    /// arrives for `timeout` while some partition has not reached its end.
+    pub fn open(
+        connection: &KafkaConnection,
+        topic: &str,
+        from: &BTreeMap<i32, i64>,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let consumer = super::standalone_consumer(connection, "tributary-dlq-read")?;
+        let partitions = super::partitions_of(consumer.client(), topic, timeout)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining = BTreeMap::new();
+        for partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(KafkaError::client(format!(
+                    "reading {topic}/{partition}'s offsets"
+                )))?;
+            let start = from.get(&partition).copied().unwrap_or(low).max(low);
+            // Some brokers (tansu) report the base offset of the last record
+            // batch as the high-water mark, so a partition whose mark equals
+            // the start may still hold one batch: read it too, without
+            // waiting for it.
+            if high >= start && high > low {
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Offset(start))
+                    .map_err(KafkaError::client("building the assignment"))?;
+                if high > start {
+                    remaining.insert(partition, high);
+                }
+            }
+        }
+        let mut letters = Self::assigned(consumer, topic, assignment, remaining, None, timeout)?;
+        letters.marks_reached = letters.remaining.is_empty().then(Instant::now);
+        Ok(letters)
+    }
+
+    /// The letters of one partition at offsets `start..end` (as found by an
+    /// earlier read).
+    pub fn range(
+        connection: &KafkaConnection,
+        topic: &str,
+        partition: i32,
+        (start, end): (i64, i64),
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let consumer = super::standalone_consumer(connection, "tributary-dlq-read")?;
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining = BTreeMap::new();
+        if end > start {
             assignment
                 .add_partition_offset(topic, partition, Offset::Offset(start))
                 .map_err(KafkaError::client("building the assignment"))?;
-            if high > start {
-                remaining.insert(partition, high);
+            remaining.insert(partition, end);
+        }
+        let ends = BTreeMap::from([(partition, end)]);
+        Self::assigned(consumer, topic, assignment, remaining, Some(ends), timeout)
+    }
+
+    fn assigned(
+        consumer: rdkafka::consumer::BaseConsumer,
+        topic: &str,
+        assignment: TopicPartitionList,
+        remaining: BTreeMap<i32, i64>,
+        ends: Option<BTreeMap<i32, i64>>,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let assigned = assignment.count() > 0;
+        if assigned {
+            consumer
+                .assign(&assignment)
+                .map_err(KafkaError::client(format!("assigning {topic}")))?;
+        }
+        Ok(TopicLetters {
+            consumer,
+            topic: topic.to_string(),
+            remaining,
+            ends,
+            marks_reached: None,
+            assigned,
+            timeout,
+            last_progress: Instant::now(),
+            read: 0,
+        })
+    }
+
+    /// Whether every partition reached its end.
+    fn done(&self) -> bool {
+        if !self.assigned {
+            return true;
+        }
+        if self.ends.is_some() {
+            return self.remaining.is_empty();
+        }
+        self.marks_reached
+            .is_some_and(|at| at.elapsed() >= PAST_THE_MARKS)
+    }
+
+    /// The next letter, or `None` once every partition reached its end.
+    pub fn next_letter(&mut self) -> Result<Option<TopicLetter>, KafkaError> {
+        loop {
+            if self.done() {
+                return Ok(None);
             }
-        }
-    }
-    let mut letters = Vec::new();
-    if assignment.count() == 0 {
-        return Ok(letters);
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(KafkaError::client(format!("assigning {topic}")))?;
-    let deadline = Instant::now() + timeout;
-    // Past the high-water marks, read on for a moment (see above), but not
-    // until the topic is quiet: a live topic never is.
-    let mut marks_reached = remaining.is_empty().then(Instant::now);
-    while marks_reached.is_none_or(|at| at.elapsed() < PAST_THE_MARKS) {
-        if Instant::now() > deadline {
-            return Err(KafkaError::Delivery {
-                topic: topic.to_string(),
-                message: format!(
-                    "read {} messages, but partitions {:?} did not reach their end within {timeout:?}",
-                    letters.len(),
-                    remaining.keys().collect::<Vec<_>>()
-                ),
-            });
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.map_err(KafkaError::client(format!("reading {topic}")))?;
-        let partition = message.partition();
-        if remaining
-            .get(&partition)
-            .is_some_and(|high| message.offset() + 1 >= *high)
-        {
-            remaining.remove(&partition);
-            if remaining.is_empty() {
-                marks_reached = Some(Instant::now());
+            if self.marks_reached.is_none() && self.last_progress.elapsed() > self.timeout {
+                return Err(KafkaError::Delivery {
+                    topic: self.topic.clone(),
+                    message: format!(
+                        "read {} messages, then nothing for {:?} while partitions {:?} had not reached their end",
+                        self.read,
+                        self.timeout,
+                        self.remaining.keys().collect::<Vec<_>>()
+                    ),
+                });
             }
+            let Some(message) = self.consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message.map_err(KafkaError::client(format!("reading {}", self.topic)))?;
+            self.last_progress = Instant::now();
+            let (partition, offset) = (message.partition(), message.offset());
+            let end = self.ends.as_ref().and_then(|e| e.get(&partition)).copied();
+            if self
+                .remaining
+                .get(&partition)
+                .is_some_and(|mark| offset + 1 >= *mark)
+            {
+                self.remaining.remove(&partition);
+                if self.remaining.is_empty() {
+                    self.marks_reached = Some(Instant::now());
+                }
+            }
+            if end.is_some_and(|end| offset >= end) {
+                continue;
+            }
+            self.read += 1;
+            return Ok(Some(TopicLetter {
+                partition,
+                offset,
+                letter: letter(&self.topic, &message),
+            }));
         }
-        letters.push(TopicLetter {
-            partition,
-            offset: message.offset(),
-            letter: letter(topic, &message),
-        });
     }
-    Ok(letters)
 }
 
-/// Drops every letter that repeats an earlier one's origin (pipeline, and
-/// the topic, partition and offset it was consumed at), keeping the first.
-/// A dead-letter topic is written at least once: letters are produced as
-/// records are rejected, before the partition's commit, so a crash in
-/// between produces them again. Returns how many were dropped.
-pub fn dedupe_by_origin(letters: &mut Vec<TopicLetter>) -> usize {
-    let before = letters.len();
-    let mut seen = std::collections::HashSet::new();
-    letters.retain(|l| match &l.letter.kafka {
-        Some(origin) => seen.insert((
-            l.letter.pipeline.clone(),
-            origin.topic.clone(),
-            origin.partition,
-            origin.offset,
-        )),
-        None => true,
-    });
-    before - letters.len()
+/// The identity of the record a letter is about: its pipeline and the
+/// topic, partition and offset it was consumed at (`None` for records that
+/// did not come from Kafka). A dead-letter topic is written at least once:
+/// letters are produced as records are rejected, before the partition's
+/// commit, so a crash in between produces them again, with the same origin.
+/// Kept as a 128-bit hash, so remembering every letter's origin costs 16
+/// bytes a letter.
+pub fn origin_key(letter: &DeadLetter) -> Option<u128> {
+    use sha2::Digest;
+    let origin = letter.kafka.as_ref()?;
+    let mut hash = sha2::Sha256::new();
+    for part in [letter.pipeline.as_bytes(), origin.topic.as_bytes()] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    hash.update(origin.partition.to_le_bytes());
+    hash.update(origin.offset.to_le_bytes());
+    let digest = hash.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    Some(u128::from_le_bytes(first))
 }
 
 fn letter<M: Message>(topic: &str, message: &M) -> DeadLetter
@@ -333,15 +439,22 @@ mod tests {
             }
         };
         // Records 5 and 6 rejected, a crash, the same two rejected again, then 7.
-        let mut letters = vec![
+        let letters = [
             message(0, "5"),
             message(1, "6"),
             message(2, "5"),
             message(3, "6"),
             message(4, "7"),
         ];
-        assert_eq!(dedupe_by_origin(&mut letters), 2);
-        let kept: Vec<i64> = letters.iter().map(|l| l.offset).collect();
+        let mut seen = std::collections::HashSet::new();
+        let kept: Vec<i64> = letters
+            .iter()
+            .filter(|l| origin_key(&l.letter).is_none_or(|k| seen.insert(k)))
+            .map(|l| l.offset)
+            .collect();
         assert_eq!(kept, vec![0, 1, 4]);
+        let mut elsewhere = letters[0].letter.clone();
+        elsewhere.pipeline = "other".into();
+        assert_ne!(origin_key(&elsewhere), origin_key(&letters[0].letter));
     }
 }

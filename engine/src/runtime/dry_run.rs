@@ -112,7 +112,7 @@ impl DryRun {
         let processed = stages::process(plan, raw).await.map_err(RunError::DryRun)?;
         for rejected in processed.rejected {
             self.rejected.push(DryReject {
-                source: origin.describe(raw.positions[rejected.raw_row]),
+                source: raw.describe(origin, rejected.raw_row),
                 door: match rejected.reject.route {
                     Route::Dlq => "dlq",
                     Route::Review => "review",

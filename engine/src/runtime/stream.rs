@@ -470,6 +470,11 @@ fn slice_batch(batch: &RawBatch, skip: usize) -> RawBatch {
             .map(<[u64]>::to_vec)
             .unwrap_or_default(),
         meta: batch.meta.as_ref().map(|m| m.slice(skip, n)),
+        first_sources: batch
+            .first_sources
+            .get(skip..)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default(),
         // `batch` holds the bytes while this part of it is processed.
         held: Default::default(),
     }

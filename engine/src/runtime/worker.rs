@@ -261,7 +261,7 @@ impl<'p> Worker<'p> {
             stage: rejected.stage.to_string(),
             rule: reject.rule.clone(),
             reason: reject.reason.clone(),
-            source: self.info.origin.describe(position),
+            source: raw.describe(&self.info.origin, raw_row),
             position,
             byte_offset: raw.byte_offsets.get(raw_row).copied(),
             original: None,
