@@ -176,7 +176,7 @@ impl FileLookup {
                     .infer_schema(BufReader::new(&mut file), Some(10_000))
                     .map_err(|e| format_error(&e))?;
                 file.rewind().map_err(io)?;
-                let schema = Arc::new(schema);
+                let schema = text_where_untyped(schema);
                 let reader = arrow::csv::ReaderBuilder::new(schema.clone())
                     .with_format(format)
                     .build(BufReader::new(file))
@@ -193,7 +193,7 @@ impl FileLookup {
                     arrow::json::reader::infer_json_schema(BufReader::new(&mut file), Some(10_000))
                         .map_err(|e| format_error(&e))?;
                 file.rewind().map_err(io)?;
-                let schema = Arc::new(schema);
+                let schema = text_where_untyped(schema);
                 let reader = arrow::json::ReaderBuilder::new(schema.clone())
                     .build(BufReader::new(file))
                     .map_err(|e| format_error(&e))?;
@@ -207,6 +207,24 @@ impl FileLookup {
         };
         concat_batches(&schema, &batches).map_err(|e| format_error(&e))
     }
+}
+
+/// An inferred schema with text for the columns whose type nothing showed
+/// (no rows, or only nulls): a Null-typed key or value cannot be joined.
+fn text_where_untyped(schema: arrow::datatypes::Schema) -> SchemaRef {
+    use arrow::datatypes::{DataType, Field};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Null => f.as_ref().clone().with_data_type(DataType::Utf8),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
 }
 
 impl LookupSource for FileLookup {
@@ -255,6 +273,24 @@ mod tests {
         std::fs::write(&nd, "{\"k\":\"a\",\"v\":1}\n{\"k\":\"b\",\"v\":2}\n").unwrap();
         let batch = FileLookup::new(nd, None).unwrap().load_blocking().unwrap();
         assert_eq!(batch.num_rows(), 2);
+    }
+
+    #[test]
+    fn a_table_with_no_rows_loads_with_text_columns() {
+        // Nothing to infer types from: every column is text, so the key
+        // still joins (a Null-typed key failed every batch of the stage).
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("empty.csv");
+        std::fs::write(&csv, "customer_id,segment\n").unwrap();
+        let batch = FileLookup::new(csv, None).unwrap().load_blocking().unwrap();
+        assert_eq!(batch.num_rows(), 0);
+        for field in batch.schema().fields() {
+            assert_eq!(
+                field.data_type(),
+                &arrow::datatypes::DataType::Utf8,
+                "{field}"
+            );
+        }
     }
 
     #[test]
