@@ -12,7 +12,8 @@ use tributary_engine::workload::{self, Workload, WorkloadSpec};
 use tributary_engine::{config, plan, query, telemetry};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: telemetry::heap::CountingAllocator<mimalloc::MiMalloc> =
+    telemetry::heap::CountingAllocator(mimalloc::MiMalloc);
 
 /// Tributary: validate, transform and enrich JSON events into Parquet.
 #[derive(Debug, Parser)]

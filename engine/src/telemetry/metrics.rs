@@ -112,6 +112,7 @@ pub struct Metrics {
     file_bytes: Family<OutputLabels, Counter>,
     commit_seconds: Histogram,
     paused: Family<PartitionLabels, Gauge>,
+    heap: Gauge,
     retries: Family<TargetLabels, Counter>,
     target_waiting: Family<TargetLabels, Gauge>,
     load_seconds: HistogramFamily<OutputLabels>,
@@ -229,6 +230,12 @@ impl Metrics {
             "Time to close, commit (manifest) and publish one partition's files",
             commit_seconds.clone(),
         );
+        let heap = Gauge::default();
+        registry.register(
+            "heap_bytes",
+            "Bytes the engine's own allocations hold now (C libraries such as librdkafka allocate beside it)",
+            heap.clone(),
+        );
         let paused = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "partition_paused",
@@ -320,6 +327,7 @@ impl Metrics {
             file_bytes,
             commit_seconds,
             paused,
+            heap,
             retries,
             target_waiting,
             load_seconds,
@@ -542,6 +550,9 @@ impl Metrics {
 
     /// Copies what others keep (consumer lag and pauses, retry targets, the alert) into the metrics.
     fn refresh(&self) {
+        if let Some(live) = super::heap::live_bytes() {
+            self.heap.set(i64::try_from(live).unwrap_or(i64::MAX));
+        }
         if let Ok(slot) = self.lag_table.lock()
             && let Some(table) = slot.as_ref()
         {

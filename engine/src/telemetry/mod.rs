@@ -6,6 +6,7 @@
 //! short lock per batch); [`serve`] exposes it with `/` (status page),
 //! `/status.json`, `/metrics`, `/healthz` and `/readyz`.
 
+pub mod heap;
 mod http;
 mod metrics;
 mod status;
