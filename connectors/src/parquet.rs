@@ -76,11 +76,6 @@ impl RowGroupBudget {
         }
     }
 
-    /// The limit in bytes.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// The most bytes held at once so far.
     pub fn peak(&self) -> usize {
         self.counters.peak.load(Ordering::Relaxed)

@@ -131,6 +131,13 @@ struct OpenLetters {
     records: u64,
 }
 
+impl OpenLetters {
+    /// Where the file is being written (its staged path, or its final one).
+    fn target(&self) -> String {
+        self.staged.as_ref().unwrap_or(&self.path).to_string()
+    }
+}
+
 impl std::fmt::Debug for OpenLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenLetters")
@@ -200,7 +207,7 @@ impl DeadLetterWriter {
             .write_all(&self.line)
             .await
             .map_err(|source| DeadLetterError::Upload {
-                path: open.staged.as_ref().unwrap_or(&open.path).to_string(),
+                path: open.target(),
                 source,
             })?;
         open.bytes += self.line.len();
@@ -221,7 +228,7 @@ impl DeadLetterWriter {
             .shutdown()
             .await
             .map_err(|source| DeadLetterError::Upload {
-                path: open.staged.as_ref().unwrap_or(&open.path).to_string(),
+                path: open.target(),
                 source,
             })?;
         self.published.push(StagedLetters {
