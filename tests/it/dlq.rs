@@ -667,7 +667,15 @@ fn replay_peak(letters: usize) -> (u64, u64) {
     }
     let queue = text.len() as u64;
     std::fs::write(dlq.join("orders.ndjson-000000000001.ndjson"), text).unwrap();
+    // Batches of 4 MiB: a batch more or less in flight (the noise of a
+    // resident peak) stays well under what holding the queue would cost.
     let pipeline = fixed_pipeline(&ws);
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(
+        &pipeline,
+        text.replace("  max_bytes: 16MiB\n", "  max_bytes: 4MiB\n"),
+    )
+    .unwrap();
     let summary = ws.path("replay.json");
     let mut replay = ws
         .command(&["dlq", "replay", "--pipeline", pipeline.to_str().unwrap()])

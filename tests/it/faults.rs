@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::kafka::{SEED, Scenario, TOPIC, read_topic, wait_exit};
+use crate::kafka::{SEED, Scenario, TOPIC, read_topic, wait_exit, wait_exit_logged};
 use crate::servers::{Broker, S3Server, serial};
 
 /// Sequence numbers of the manifests of each stream of the orders output.
@@ -388,9 +388,10 @@ fn a_partition_whose_task_fails_is_restarted_and_nothing_is_lost_or_doubled() {
     scenario.assert_committed_to_end("task-restart");
 }
 
-/// `start: latest`: where the group started a partition is in its claim,
-/// written before anything is read, so a crash before the first commit
-/// resumes there instead of at a `latest` that has moved on.
+/// The dead-letter topic's broker goes away for longer than the retry
+/// budget: the partitions whose letters cannot be delivered wait (logged as
+/// paused, then resumed) instead of failing, and once it is back every
+/// record is still delivered once and every letter at least once.
 #[test]
 fn a_dead_letter_broker_gone_past_the_retry_budget_pauses_its_partitions_until_it_is_back() {
     let _serial = serial();
@@ -441,7 +442,7 @@ fn a_dead_letter_broker_gone_past_the_retry_budget_pauses_its_partitions_until_i
         std::thread::sleep(Duration::from_millis(500));
     }
     letters.restart();
-    let status = wait_exit(&mut engine, Duration::from_secs(300), "the engine");
+    let status = wait_exit_logged(&mut engine, Duration::from_secs(300), "the engine", &log);
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{log}");
     let target = format!("kafka://{}/{TOPIC}.", letters.address());
@@ -463,6 +464,9 @@ fn a_dead_letter_broker_gone_past_the_retry_budget_pauses_its_partitions_until_i
     scenario.assert_committed_to_end("letters-outage");
 }
 
+/// `start: latest`: where the group started a partition is in its claim,
+/// written before anything is read, so a crash before the first commit
+/// resumes there instead of at a `latest` that has moved on.
 #[test]
 fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
     let _serial = serial();
@@ -473,11 +477,13 @@ fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
         .replace("start: earliest", "start: latest");
     std::fs::write(&pipeline, text).unwrap();
     let before = scenario.want_out.clone();
+    let logs = [1, 2].map(|run| scenario.dir.path().join(format!("run-{run}.log")));
     let mut first = scenario
         .engine(&pipeline, "latest", &["--until-idle", "30s"])
         .env("TRIBUTARY_CRASH_AT", "before_manifest:1")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&logs[0]).unwrap())
         .spawn()
         .unwrap();
     // The partition is claimed (its first manifest written) when assigned.
@@ -499,7 +505,26 @@ fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
 
     // `latest` has moved past those records by now; the claim remembers where
     // the group started.
-    scenario.run_to_end(&pipeline, "latest");
+    let mut second = scenario
+        .engine(&pipeline, "latest", &["--until-idle", "3s"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&logs[1]).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_exit_logged(
+        &mut second,
+        Duration::from_secs(120),
+        "the second run",
+        &logs[1],
+    );
+    let shown = || {
+        logs.iter()
+            .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---- the second run ----\n")
+    };
+    assert!(status.success(), "{}", shown());
     let ids = crate::support::parquet_strings(&scenario.out().join("orders"), "event_id");
     let unique: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(ids.len(), unique.len(), "an event was published twice");
@@ -511,7 +536,8 @@ fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
         .collect();
     assert!(
         missing.is_empty(),
-        "events read before the crash were skipped: {missing:?}…"
+        "events read before the crash were skipped: {missing:?}…\n{}",
+        shown()
     );
 }
 

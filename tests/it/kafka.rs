@@ -238,25 +238,16 @@ impl Scenario {
 
     /// [`assert_dlq`](Self::assert_dlq) for DLQ and review topics on `brokers`.
     pub(crate) fn assert_dlq_on(&self, brokers: &str, exact: bool) {
-        let messages = read_topic(brokers, &format!("{TOPIC}.dlq"));
+        let mut arrived = BTreeSet::new();
+        let messages = read_topic_until(brokers, &format!("{TOPIC}.dlq"), |m| {
+            if let Some(m) = m {
+                arrived.insert(letter_payload(m));
+            }
+            arrived.len() >= self.want_dlq.len()
+        });
         let mut seen: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
         for m in &messages {
-            // A letter over the topic's limit (1 MB by default) is cut to fit
-            // and says where the whole record is: that copy is the letter.
-            let payload = match m.header("tributary.errors.truncated") {
-                Some(truncated) => {
-                    let kept = truncated.rsplit("the whole record is at ").next().unwrap();
-                    let whole: serde_json::Value =
-                        serde_json::from_slice(&std::fs::read(kept).unwrap()).unwrap();
-                    let original = whole["original"].as_str().unwrap().as_bytes().to_vec();
-                    assert!(
-                        original.starts_with(&m.payload),
-                        "cut from the whole record"
-                    );
-                    original
-                }
-                None => m.payload.clone(),
-            };
+            let payload = letter_payload(m);
             let (rule, keys) = self.want_dlq.get(&payload).unwrap_or_else(|| {
                 let shown: String = text(&payload).chars().take(200).collect();
                 panic!("unexpected DLQ record {shown:?}")
@@ -362,6 +353,18 @@ fn client(brokers: &str, group: &str) -> BaseConsumer {
 
 /// Every message of `topic`, read from the start of every partition to its end.
 pub(crate) fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
+    read_topic_until(brokers, topic, |_| true)
+}
+
+/// [`read_topic`], reading on (for up to two minutes) until `complete`,
+/// asked first with no record and then with each one read, has said yes: a
+/// broker slow to serve a partition after a restart is not taken for the
+/// end of it.
+pub(crate) fn read_topic_until(
+    brokers: &str,
+    topic: &str,
+    mut complete: impl FnMut(Option<&Record>) -> bool,
+) -> Vec<Record> {
     let consumer = client(brokers, &format!("reader-{}", unique()));
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -388,8 +391,17 @@ pub(crate) fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut quiet_since = Instant::now();
-    while !remaining.is_empty() || quiet_since.elapsed() < Duration::from_millis(1500) {
-        assert!(Instant::now() < deadline, "reading {topic} timed out");
+    let mut completed = complete(None);
+    while !remaining.is_empty() || quiet_since.elapsed() < Duration::from_millis(1500) || !completed
+    {
+        if Instant::now() >= deadline {
+            // What was read is returned for the caller to say what is missing.
+            assert!(
+                completed || remaining.is_empty(),
+                "reading {topic} timed out"
+            );
+            break;
+        }
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
@@ -407,6 +419,7 @@ pub(crate) fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
             payload: m.payload().unwrap_or_default().to_vec(),
             headers: m.headers().map(header_pairs).unwrap_or_default(),
         });
+        completed |= complete(out.last());
     }
     out
 }
@@ -467,6 +480,22 @@ fn offsets(brokers: &str, group: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) 
         });
     }
     (c, ends)
+}
+
+/// The record a dead letter carries. One over the topic's limit (1 MB by
+/// default) is cut to fit and says where the whole record is: that copy.
+fn letter_payload(m: &Record) -> Vec<u8> {
+    let Some(truncated) = m.header("tributary.errors.truncated") else {
+        return m.payload.clone();
+    };
+    let kept = truncated.rsplit("the whole record is at ").next().unwrap();
+    let whole: serde_json::Value = serde_json::from_slice(&std::fs::read(kept).unwrap()).unwrap();
+    let original = whole["original"].as_str().unwrap().as_bytes().to_vec();
+    assert!(
+        original.starts_with(&m.payload),
+        "cut from the whole record"
+    );
+    original
 }
 
 /// Waits for a child to exit within `limit`; kills it and fails otherwise.
