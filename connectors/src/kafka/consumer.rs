@@ -219,40 +219,6 @@ const BEHIND_LOG_EVERY: Duration = Duration::from_secs(30);
 /// (the checks between rounds cost a lock and a clock read per partition).
 const MAX_DRAIN: usize = 256;
 
-/// The group's committed offset and the watermarks of each partition of its
-/// topics, in the order the brokers listed them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct GroupPosition(Vec<PartitionPosition>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PartitionPosition {
-    committed: Option<i64>,
-    low: i64,
-    high: i64,
-}
-
-impl GroupPosition {
-    /// Every partition committed up to its high-water mark (an empty one
-    /// counts as done).
-    fn caught_up(&self) -> bool {
-        self.0.iter().all(|p| match p.committed {
-            Some(c) => c >= p.high,
-            None => p.low == p.high,
-        })
-    }
-
-    /// Some partition's committed offset is further on than at `earlier`
-    /// (the same partitions, listed the same way).
-    fn moved_since(&self, earlier: &GroupPosition) -> bool {
-        self.0.len() != earlier.0.len()
-            || self
-                .0
-                .iter()
-                .zip(&earlier.0)
-                .any(|(now, then)| now.committed > then.committed)
-    }
-}
-
 /// Messages of one partition collected into the next batch.
 pub(crate) struct BatchBuilder {
     data: Vec<u8>,
@@ -773,7 +739,7 @@ impl KafkaConsumer {
         let mut last_message = Instant::now();
         let mut last_group_check: Option<Instant> = None;
         let mut last_behind_log: Option<Instant> = None;
-        let mut empty_since: Option<(Instant, GroupPosition)> = None;
+        let mut empty_since: Option<Instant> = None;
         let mut assignments = 0;
         let ended = loop {
             if stop() {
@@ -865,35 +831,21 @@ impl KafkaConsumer {
                 // lost) is idle only once its group is: what it was not given
                 // may be held by a member that died and still counts until
                 // its session times out, after which a rebalance hands it
-                // over. Past twice that timeout, it holds nothing for good
-                // (more members than partitions) if another member is
-                // committing what is left; if nobody is, what is left waits
-                // for a rebalance, which may hand it here.
-                if last_group_check.is_some_and(|at| at.elapsed() < GROUP_CHECK_EVERY) {
-                    continue;
-                }
-                last_group_check = Some(Instant::now());
-                let Some(position) = self.group_position() else {
-                    continue;
-                };
-                if position.caught_up() {
-                    break Ok(Ended::Idle);
-                }
-                let (since, at_start) =
-                    empty_since.get_or_insert_with(|| (Instant::now(), position.clone()));
+                // over. Past twice that timeout it holds nothing for good
+                // (more members than partitions).
+                let since = *empty_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= 2 * self.session_timeout {
-                    if position.moved_since(at_start) {
-                        tracing::info!(
-                            waited_s = since.elapsed().as_secs(),
-                            "holding no partitions past twice the session timeout while others commit; stopping"
-                        );
-                        break Ok(Ended::Idle);
-                    }
                     tracing::info!(
                         waited_s = since.elapsed().as_secs(),
-                        "holding no partitions, and no member has committed what is left: waiting for a rebalance"
+                        "holding no partitions past twice the session timeout; stopping"
                     );
-                    empty_since = None;
+                    break Ok(Ended::Idle);
+                }
+                if last_group_check.is_none_or(|at| at.elapsed() >= GROUP_CHECK_EVERY) {
+                    last_group_check = Some(Instant::now());
+                    if self.group_caught_up() {
+                        break Ok(Ended::Idle);
+                    }
                 }
             }
         };
@@ -904,13 +856,16 @@ impl KafkaConsumer {
         ended
     }
 
-    /// Where the group stands on every partition of its topics, as the
-    /// brokers say now; None if they cannot say.
-    fn group_position(&self) -> Option<GroupPosition> {
+    /// Whether the group has committed every partition of its topics up to
+    /// its high-water mark (an empty partition counts as done), as the
+    /// brokers say now; false if they cannot say.
+    fn group_caught_up(&self) -> bool {
         let timeout = Duration::from_secs(5);
         let mut tpl = TopicPartitionList::new();
         for topic in &self.settings.topics {
-            let metadata = self.consumer.fetch_metadata(Some(topic), timeout).ok()?;
+            let Ok(metadata) = self.consumer.fetch_metadata(Some(topic), timeout) else {
+                return false;
+            };
             for t in metadata.topics() {
                 for p in t.partitions() {
                     tpl.add_partition(t.name(), p.id());
@@ -918,29 +873,23 @@ impl KafkaConsumer {
             }
         }
         if tpl.count() == 0 {
-            return None;
+            return false;
         }
-        let committed = self.consumer.committed_offsets(tpl, timeout).ok()?;
-        let partitions = committed
-            .elements()
-            .iter()
-            .map(|e| {
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(e.topic(), e.partition(), timeout)
-                    .ok()?;
-                let committed = match e.offset() {
-                    Offset::Offset(c) => Some(c),
-                    _ => None,
-                };
-                Some(PartitionPosition {
-                    committed,
-                    low,
-                    high,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(GroupPosition(partitions))
+        let Ok(committed) = self.consumer.committed_offsets(tpl, timeout) else {
+            return false;
+        };
+        committed.elements().iter().all(|e| {
+            let Ok((low, high)) = self
+                .consumer
+                .fetch_watermarks(e.topic(), e.partition(), timeout)
+            else {
+                return false;
+            };
+            match e.offset() {
+                Offset::Offset(c) => c >= high,
+                _ => low == high,
+            }
+        })
     }
 
     /// [`Self::behind`] with every held partition's high-water mark asked of
@@ -1247,41 +1196,5 @@ impl KafkaConsumer {
                 )
             })
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{GroupPosition, PartitionPosition};
-
-    fn position(partitions: &[(Option<i64>, i64, i64)]) -> GroupPosition {
-        GroupPosition(
-            partitions
-                .iter()
-                .map(|&(committed, low, high)| PartitionPosition {
-                    committed,
-                    low,
-                    high,
-                })
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn a_group_is_caught_up_when_every_partition_is_committed_to_its_end_or_empty() {
-        assert!(position(&[(Some(10), 0, 10), (None, 4, 4)]).caught_up());
-        assert!(!position(&[(Some(10), 0, 10), (Some(3), 0, 4)]).caught_up());
-        // Never committed, with records in it: someone has yet to read them.
-        assert!(!position(&[(None, 0, 3100)]).caught_up());
-    }
-
-    #[test]
-    fn a_group_moved_when_some_partition_was_committed_further() {
-        let before = position(&[(None, 0, 50), (Some(7), 0, 50)]);
-        assert!(!before.moved_since(&before));
-        assert!(position(&[(Some(1), 0, 50), (Some(7), 0, 50)]).moved_since(&before));
-        assert!(position(&[(None, 0, 60), (Some(8), 0, 60)]).moved_since(&before));
-        // New records alone are not a member at work.
-        assert!(!position(&[(None, 0, 90), (Some(7), 0, 90)]).moved_since(&before));
     }
 }
