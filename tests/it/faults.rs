@@ -768,15 +768,17 @@ fn assert_flat_per_commit(
     what: &str,
     max_slope: f64,
 ) {
+    // Counted over every sample, as `soak` counts them to decide how long
+    // to run (the floors below start and end a window inside).
+    let commits = match (samples.first(), samples.last()) {
+        (Some(first), Some(last)) => last.commits - first.commits,
+        _ => 0,
+    };
     let floor: Vec<Sample> = samples
         .chunks(20)
         .filter_map(|window| window.iter().min_by_key(|s| bytes(s)).copied())
         .collect();
     let samples = floor.as_slice();
-    let commits = match (samples.first(), samples.last()) {
-        (Some(first), Some(last)) => last.commits - first.commits,
-        _ => 0,
-    };
     assert!(
         commits >= min_commits,
         "too few commits to judge ({commits}): {samples:?}"
