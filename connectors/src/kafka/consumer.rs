@@ -212,6 +212,18 @@ const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
 /// How often a member holding no partitions asks whether its group is done.
 const GROUP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// How long past the session timeout a member holding nothing waits for the
+/// rebalance that hands over a dead member's partitions before it joins again.
+const REJOIN_MARGIN: Duration = Duration::from_secs(2);
+
+/// Since when an idle-bound member has held no partitions, and when it joined
+/// the group again meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Empty {
+    since: Instant,
+    rejoined: Option<Instant>,
+}
+
 /// How often a quiet member that is not idle yet (under `--until-idle`) logs why.
 const BEHIND_LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -412,7 +424,8 @@ struct OwnerContext {
     lag: LagTable,
     fatal: Mutex<Option<String>>,
     assigned_once: AtomicBool,
-    /// Bumped on every assignment: a new assignment is activity, not idleness.
+    /// Bumped on every assignment of partitions: a new assignment is activity,
+    /// not idleness (an empty one, as a rebalance that moves nothing here, is neither).
     assignments: AtomicU64,
     /// Where a partition without a committed offset starts.
     start: StartPosition,
@@ -581,7 +594,9 @@ impl ConsumerContext for OwnerContext {
                         .map(|p| PartitionState::assigned(p, now, self.buffered.clone())),
                 );
                 self.assigned_once.store(true, Ordering::SeqCst);
-                self.assignments.fetch_add(1, Ordering::SeqCst);
+                if !partitions.is_empty() {
+                    self.assignments.fetch_add(1, Ordering::SeqCst);
+                }
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -739,7 +754,7 @@ impl KafkaConsumer {
         let mut last_message = Instant::now();
         let mut last_group_check: Option<Instant> = None;
         let mut last_behind_log: Option<Instant> = None;
-        let mut empty_since: Option<Instant> = None;
+        let mut empty_since: Option<Empty> = None;
         let mut assignments = 0;
         let ended = loop {
             if stop() {
@@ -833,10 +848,22 @@ impl KafkaConsumer {
                 // its session times out, after which a rebalance hands it
                 // over. Past twice that timeout it holds nothing for good
                 // (more members than partitions).
-                let since = *empty_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= 2 * self.session_timeout {
+                // Once that timeout has passed, the member joins the group
+                // again: a member that joined while the dead one still
+                // counted may never hear of the rebalance that follows
+                // (tansu 0.6 was seen to leave it with nothing), and a
+                // fresh join is answered with an assignment of what is left.
+                let empty = empty_since.get_or_insert(Empty {
+                    since: Instant::now(),
+                    rejoined: None,
+                });
+                let waited = empty.since.elapsed();
+                let settled = empty
+                    .rejoined
+                    .is_none_or(|at| at.elapsed() >= self.session_timeout);
+                if waited >= 2 * self.session_timeout && settled {
                     tracing::info!(
-                        waited_s = since.elapsed().as_secs(),
+                        waited_s = waited.as_secs(),
                         "holding no partitions past twice the session timeout; stopping"
                     );
                     break Ok(Ended::Idle);
@@ -846,6 +873,10 @@ impl KafkaConsumer {
                     if self.group_caught_up() {
                         break Ok(Ended::Idle);
                     }
+                    if empty.rejoined.is_none() && waited >= self.session_timeout + REJOIN_MARGIN {
+                        empty.rejoined = Some(Instant::now());
+                        self.rejoin();
+                    }
                 }
             }
         };
@@ -854,6 +885,20 @@ impl KafkaConsumer {
         self.refresh_lag();
         self.consumer.unsubscribe();
         ended
+    }
+
+    /// Leaves the group and joins it again (a member holding nothing, so
+    /// nothing is revoked).
+    fn rejoin(&self) {
+        let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
+        tracing::info!(
+            session_timeout_s = self.session_timeout.as_secs(),
+            "holding no partitions past the session timeout while the group is behind; joining the group again"
+        );
+        self.consumer.unsubscribe();
+        if let Err(error) = self.consumer.subscribe(&topics) {
+            tracing::warn!(%error, "joining the group again failed; the next check retries");
+        }
     }
 
     /// Whether the group has committed every partition of its topics up to
