@@ -5,8 +5,7 @@
 # and resident memory ten times a second after a 20-second warm-up; fails
 # if the floor of either rises per commit (the heap by 256 bytes, RSS by a
 # KiB) (tests/it/faults.rs, memory_does_not_grow_with_commits, ignored in
-# CI; the_heap_does_not_grow_per_commit, 75 s, is ignored in CI for now:
-# over ~400 commits its slope is too noisy to judge).
+# CI, which runs the_heap_does_not_grow_per_commit, 75 s, instead).
 #
 #   bash benches/soak.sh [MINUTES]
 set -euo pipefail
