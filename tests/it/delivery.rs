@@ -15,7 +15,7 @@ use tributary_connectors::snowflake::{Connection, Credentials, Session};
 use tributary_engine::workload::Expected;
 
 use crate::faulty_http::{Fault, FaultyHttp};
-use crate::kafka::Scenario;
+use crate::kafka::{SHORT_SESSION, Scenario};
 use crate::servers::{Broker, Outage, S3Server, SnowflakeServer, download, serial};
 use crate::support::*;
 
@@ -90,15 +90,7 @@ fn kafka_to_parquet_raw_zone_and_dlq_on_s3_exactly_once_across_crashes() {
     // tansu 0.6's group while a crashed one still counted was seen to be
     // given nothing (and to stop, holding nothing, after twice the session
     // timeout, without reaching its crash point).
-    let pipeline = s3_pipeline(
-        &scenario,
-        &s3.endpoint(),
-        &[
-            ("session.timeout.ms", "6000"),
-            ("heartbeat.interval.ms", "500"),
-        ],
-        "",
-    );
+    let pipeline = s3_pipeline(&scenario, &s3.endpoint(), &SHORT_SESSION, "");
     let group = "s3-crashy";
     // Crash at the dangerous instants, with new events arriving before each run.
     let mut crashed = Vec::new();
@@ -379,10 +371,7 @@ fn orders_land_in_snowflake_once_across_a_crash_and_a_server_outage() {
     let mut session = snowflake_session(&server.url());
     let mut scenario = Scenario::new(Broker::start(), 20_000, 4);
     // The crashed members hold their partitions until their sessions time out.
-    let path = scenario.pipeline(&[
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]);
+    let path = scenario.pipeline(&SHORT_SESSION);
     load_into_snowflake(&path, &format!("http://127.0.0.1:{}", outage.port));
     let group = "warehouse";
 
@@ -805,10 +794,7 @@ fn two_loaders_over_the_same_unloaded_files_load_each_once() {
     let mut session = snowflake_session(&server.url());
     let scenario = Scenario::new(Broker::start(), 20_000, 4);
     let group = "two-loaders";
-    let path = scenario.pipeline(&[
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]);
+    let path = scenario.pipeline(&SHORT_SESSION);
     scenario.run_to_end(&path, group);
     load_into_snowflake(&path, &server.url());
     let loader = |name: &str, pause: Option<&str>| {

@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::kafka::{SEED, Scenario, TOPIC, read_topic, wait_exit, wait_exit_logged};
+use crate::kafka::{SEED, SHORT_SESSION, Scenario, TOPIC, read_topic, wait_exit, wait_exit_logged};
 use crate::servers::{Broker, S3Server, serial};
 
 /// Sequence numbers of the manifests of each stream of the orders output.
@@ -55,10 +55,7 @@ pub(crate) fn signal(pid: u32, signal: &str) {
 fn a_member_frozen_before_its_manifest_and_thawed_after_pruning_publishes_nothing_twice() {
     let _serial = serial();
     let mut scenario = Scenario::new(Broker::start(), 20_000, 2);
-    let pipeline = scenario.pipeline(&[
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]);
+    let pipeline = scenario.pipeline(&SHORT_SESSION);
     let group = "zombie";
     // The zombie freezes itself just before its third manifest write, holding
     // both partitions, with a commit staged.
@@ -464,6 +461,23 @@ fn a_dead_letter_broker_gone_past_the_retry_budget_pauses_its_partitions_until_i
     scenario.assert_committed_to_end("letters-outage");
 }
 
+/// The engine on `pipeline` in `group` under `--until-idle idle`, logging
+/// at info level to `log`.
+fn logged_run(
+    scenario: &Scenario,
+    pipeline: &Path,
+    group: &str,
+    idle: &str,
+    log: &Path,
+) -> Command {
+    let mut command = scenario.engine(pipeline, group, &["--until-idle", idle]);
+    command
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    command
+}
+
 /// A member that joins the group while a crashed member still counts (its
 /// session not yet expired) reads what that member held once its session
 /// expires: under `--until-idle` it neither stops with the records unread
@@ -473,27 +487,16 @@ fn a_dead_letter_broker_gone_past_the_retry_budget_pauses_its_partitions_until_i
 fn a_member_joining_while_a_crashed_one_still_counts_reads_its_partitions() {
     let _serial = serial();
     let scenario = Scenario::new(Broker::start(), 2_000, 2);
-    let pipeline = scenario.pipeline(&[
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]);
+    let pipeline = scenario.pipeline(&SHORT_SESSION);
     let logs = [1, 2].map(|run| scenario.dir.path().join(format!("run-{run}.log")));
-    let mut first = scenario
-        .engine(&pipeline, "rejoin", &["--until-idle", "30s"])
+    let mut first = logged_run(&scenario, &pipeline, "rejoin", "30s", &logs[0])
         .env("TRIBUTARY_CRASH_AT", "before_manifest:1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&logs[0]).unwrap())
         .spawn()
         .unwrap();
     let status = wait_exit(&mut first, Duration::from_secs(120), "the first run");
     assert!(!status.success(), "the first run should have crashed");
     // At once: the crashed member holds both partitions for six seconds more.
-    let mut second = scenario
-        .engine(&pipeline, "rejoin", &["--until-idle", "3s"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&logs[1]).unwrap())
+    let mut second = logged_run(&scenario, &pipeline, "rejoin", "3s", &logs[1])
         .spawn()
         .unwrap();
     let status = wait_exit_logged(
@@ -515,22 +518,15 @@ fn a_member_joining_while_a_crashed_one_still_counts_reads_its_partitions() {
 fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
     let _serial = serial();
     let mut scenario = Scenario::new(Broker::start(), 100, 1);
-    let pipeline = scenario.pipeline(&[
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]);
+    let pipeline = scenario.pipeline(&SHORT_SESSION);
     let text = std::fs::read_to_string(&pipeline)
         .unwrap()
         .replace("start: earliest", "start: latest");
     std::fs::write(&pipeline, text).unwrap();
     let before = scenario.want_out.clone();
     let logs = [1, 2].map(|run| scenario.dir.path().join(format!("run-{run}.log")));
-    let mut first = scenario
-        .engine(&pipeline, "latest", &["--until-idle", "30s"])
+    let mut first = logged_run(&scenario, &pipeline, "latest", "30s", &logs[0])
         .env("TRIBUTARY_CRASH_AT", "before_manifest:1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&logs[0]).unwrap())
         .spawn()
         .unwrap();
     // The partition is claimed (its first manifest written) when assigned.
@@ -557,11 +553,7 @@ fn with_start_latest_a_crash_before_the_first_commit_skips_nothing() {
 
     // `latest` has moved past those records by now; the claim remembers where
     // the group started.
-    let mut second = scenario
-        .engine(&pipeline, "latest", &["--until-idle", "3s"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&logs[1]).unwrap())
+    let mut second = logged_run(&scenario, &pipeline, "latest", "3s", &logs[1])
         .spawn()
         .unwrap();
     let status = wait_exit_logged(

@@ -17,6 +17,13 @@ use crate::support::*;
 pub(crate) const TOPIC: &str = "orders";
 pub(crate) const SEED: u64 = 7;
 
+/// Consumer properties for a 6-s session with heartbeats every 500 ms: a
+/// crashed member's partitions are handed over within seconds.
+pub(crate) const SHORT_SESSION: [(&str, &str); 2] = [
+    ("session.timeout.ms", "6000"),
+    ("heartbeat.interval.ms", "500"),
+];
+
 /// Generated events published to a topic, with what must become of each.
 pub(crate) struct Scenario {
     pub(crate) dir: tempfile::TempDir,
@@ -607,10 +614,7 @@ fn kafka_to_parquet_exactly_once_with_dlq_topic_and_committed_offsets() {
 fn kill_9_at_any_moment_keeps_the_output_exactly_once() {
     let _serial = serial();
     let scenario = Scenario::new(Broker::start(), 200_000, 6);
-    let pipeline = scenario.pipeline(&[
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]);
+    let pipeline = scenario.pipeline(&SHORT_SESSION);
     let group = "crashy";
 
     // Crash points reproduce the dangerous instants exactly; the process aborts
@@ -699,10 +703,7 @@ fn kill_9_at_any_moment_keeps_the_output_exactly_once() {
 fn three_instances_share_partitions_and_survive_losing_one() {
     let _serial = serial();
     let scenario = Scenario::new(Broker::start(), 200_000, 12);
-    let pipeline = scenario.pipeline(&[
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]);
+    let pipeline = scenario.pipeline(&SHORT_SESSION);
     let group = "scale";
     let summaries: Vec<PathBuf> = (0..3)
         .map(|i| scenario.dir.path().join(format!("scale-{i}.json")))
@@ -775,10 +776,7 @@ fn the_engine_rides_out_a_broker_restart() {
     ];
     let broker = Broker::start_with("s3://tansu/", &env);
     let mut scenario = Scenario::new(broker, 3_000, 3);
-    let pipeline = scenario.pipeline(&[
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "500"),
-    ]);
+    let pipeline = scenario.pipeline(&SHORT_SESSION);
     let summary = scenario.dir.path().join("restart.json");
     // Idle only well after the restart: the events published then take a
     // while to reach a broker that writes to S3 (the engine asks the brokers

@@ -846,13 +846,13 @@ impl KafkaConsumer {
                 // lost) is idle only once its group is: what it was not given
                 // may be held by a member that died and still counts until
                 // its session times out, after which a rebalance hands it
-                // over. Past twice that timeout it holds nothing for good
-                // (more members than partitions).
-                // Once that timeout has passed, the member joins the group
+                // over. Once that timeout has passed it joins the group
                 // again: a member that joined while the dead one still
-                // counted may never hear of the rebalance that follows
-                // (tansu 0.6 was seen to leave it with nothing), and a
-                // fresh join is answered with an assignment of what is left.
+                // counted may never hear of that rebalance (tansu 0.6 was
+                // seen to leave it with nothing), and a fresh join is
+                // answered with what is left. Past twice the timeout, and
+                // one after the rejoin, it holds nothing for good (more
+                // members than partitions).
                 let empty = empty_since.get_or_insert(Empty {
                     since: Instant::now(),
                     rejoined: None,
