@@ -15,7 +15,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use parquet::arrow::ArrowWriter;
 use tributary_benches::{Lines, lines, plan};
-use tributary_engine::plan::Plan;
+use tributary_engine::plan::Pipeline;
 use tributary_engine::workload::Workload;
 
 #[global_allocator]
@@ -51,14 +51,14 @@ struct Stages {
     enriched: Vec<RecordBatch>,
 }
 
-fn run_stages(plan: &Plan, lines: &Lines) -> Stages {
+fn run_stages(plan: &Pipeline, lines: &Lines) -> Stages {
     let mut stages = Stages {
         validated: Vec::new(),
         transformed: Vec::new(),
         enriched: Vec::new(),
     };
     for raw in &lines.batches {
-        let validated = plan.validate.apply(raw).expect("validate").batch;
+        let validated = plan.plan.validate.apply(raw).expect("validate").batch;
         let transformed = plan.stages[0]
             .stage
             .apply(&validated)
@@ -90,7 +90,7 @@ fn stages(c: &mut Criterion) {
             g.bench_function(label, |b| {
                 b.iter(|| {
                     for raw in &input.batches {
-                        black_box(plan.validate.apply(raw).expect("validate"));
+                        black_box(plan.plan.validate.apply(raw).expect("validate"));
                     }
                 })
             });
@@ -116,7 +116,7 @@ fn stages(c: &mut Criterion) {
             g.finish();
         }
 
-        let output = &plan.outputs[0];
+        let output = &plan.plan.outputs[0];
         let props = tributary_connectors::parquet::writer_properties(&output.options)
             .expect("writer properties");
         // The sink leaves the partition columns out of the files.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use arrow::array::BinaryArray;
-use tributary_engine::plan::Plan;
+use tributary_engine::plan::Pipeline;
 use tributary_engine::workload::{self, Workload, WorkloadSpec};
 use tributary_engine::{config, plan};
 
@@ -82,9 +82,9 @@ pub fn lines(workload: Workload, events: u64, invalid_ratio: f64, seed: u64) -> 
     }
 }
 
-/// The plan of `workload`'s pipeline, with its customers lookup read from a
+/// `workload`'s pipeline, compiled, with its customers lookup read from a
 /// table generated into `dir`.
-pub fn plan(workload: Workload, dir: &Path) -> Result<Plan> {
+pub fn plan(workload: Workload, dir: &Path) -> Result<Pipeline> {
     let customers = dir.join("customers.csv");
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(&customers)
@@ -98,5 +98,5 @@ pub fn plan(workload: Workload, dir: &Path) -> Result<Plan> {
     let customers_default = regex::Regex::new(r"\$\{TRIBUTARY_CUSTOMERS:-[^}]*\}")?;
     let text = customers_default.replace_all(&text, customers.display().to_string().as_str());
     let loaded = config::parse(&text, &pipeline)?;
-    Ok(plan::build(&loaded)?)
+    Ok(plan::connect(plan::build(&loaded)?)?)
 }

@@ -37,7 +37,7 @@ use tributary_connectors::kafka::{KafkaConnection, KafkaError};
 use tributary_connectors::source::SourceError;
 use tributary_connectors::store::{Location, Storage, StoreError};
 
-use crate::plan::{Plan, PlannedSource};
+use crate::plan::{Pipeline, Plan, PlannedDeadLetter, PlannedSource};
 use crate::runtime::{self, RunError, RunOptions, StopHandle, Summary};
 
 /// Why a dead-letter queue cannot be inspected or replayed.
@@ -123,11 +123,11 @@ impl DlqSource {
     pub fn of_pipeline(plan: &Plan, review: bool) -> Self {
         let planned = if review { &plan.review } else { &plan.dlq };
         match planned {
-            crate::plan::PlannedDeadLetter::Files { path, .. } => DlqSource::Files {
+            PlannedDeadLetter::Files { path, .. } => DlqSource::Files {
                 root: path.clone(),
                 prefix: None,
             },
-            crate::plan::PlannedDeadLetter::Topic(t) => DlqSource::Topic {
+            PlannedDeadLetter::Topic(t) => DlqSource::Topic {
                 connection: t.connection.clone(),
                 topic: t.topic.clone(),
             },
@@ -459,20 +459,20 @@ pub fn replay_group(plan: &Plan) -> String {
     format!("tributary-replay-{}", plan.name)
 }
 
-/// Replays the dead letters of `source` through `plan`.
-pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqError> {
-    let kafka_meta = matches!(plan.source, PlannedSource::Kafka(_));
-    let raw_outputs = plan.outputs.iter().filter(|o| o.raw).count();
+/// Replays the dead letters of `source` through `pipeline`.
+pub async fn replay(mut pipeline: Pipeline, source: &DlqSource) -> Result<Replayed, DlqError> {
+    let kafka_meta = matches!(pipeline.plan.source, PlannedSource::Kafka(_));
+    let raw_outputs = pipeline.plan.outputs.iter().filter(|o| o.is_raw()).count();
     if raw_outputs > 0 {
         tracing::info!(
             outputs = raw_outputs,
             "raw-zone outputs are left out of a replay: they archived the originals already"
         );
-        plan.outputs.retain(|o| !o.raw);
+        pipeline.plan.outputs.retain(|o| !o.is_raw());
     }
     match source {
         DlqSource::Files { root, prefix } => {
-            let location = DlqSource::open(root, &plan.storage)?;
+            let location = DlqSource::open(root, &pipeline.plan.storage)?;
             let listed = location.clone();
             let prefix = prefix.clone();
             let QueuedFiles { queued, superseded } =
@@ -485,8 +485,9 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
             }
             let replay = ReplaySource::from_files(&location, &queued, kafka_meta);
             tracing::info!(source = %source, files = queued.len(), "replaying dead letters");
-            plan.source = PlannedSource::Bounded(Box::new(replay));
-            let summary = runtime::run(plan, StopHandle::default(), RunOptions::default()).await?;
+            pipeline.plan.source = PlannedSource::Bounded(Box::new(replay));
+            let summary =
+                runtime::run(pipeline, StopHandle::default(), RunOptions::default()).await?;
             let settled = if finished_cleanly(&summary) {
                 let mut archived = Vec::new();
                 for file in &queued {
@@ -501,7 +502,7 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
             Ok(Replayed { summary, settled })
         }
         DlqSource::Topic { connection, topic } => {
-            let group = replay_group(&plan);
+            let group = replay_group(&pipeline.plan);
             let (scanned, name, at) = (connection.clone(), topic.clone(), group.clone());
             let scan = blocking(move || {
                 let from = checkpoint(&scanned, &name, Some(&at))?;
@@ -525,8 +526,9 @@ pub async fn replay(mut plan: Plan, source: &DlqSource) -> Result<Replayed, DlqE
                 records = scan.letters - scan.repeated,
                 "replaying dead letters"
             );
-            plan.source = PlannedSource::Bounded(Box::new(replay));
-            let summary = runtime::run(plan, StopHandle::default(), RunOptions::default()).await?;
+            pipeline.plan.source = PlannedSource::Bounded(Box::new(replay));
+            let summary =
+                runtime::run(pipeline, StopHandle::default(), RunOptions::default()).await?;
             let settled = if finished_cleanly(&summary) {
                 let (connection, topic_name, group_name, offsets) = (
                     connection.clone(),

@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: the pipeline file as typed Rust, with located errors.
 //! - [`dlq`]: inspecting and replaying dead-letter queues.
-//! - [`plan`]: everything checked before data flows (`tributary check`).
+//! - [`plan`]: what the file decides (`build`, no server reached), then the
+//!   lookups reached and the stages compiled (`connect`): `tributary check`.
 //! - [`runtime`]: partitions, bounded channels, routing to the three doors.
 //! - [`query`]: SQL over a pipeline's Parquet outputs.
 //! - [`workload`]: the deterministic orders event generator.

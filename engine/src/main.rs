@@ -79,10 +79,13 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// Load and check a pipeline without running it.
+    /// Load and check a pipeline without running it (reaching its lookups).
     Check {
         /// The pipeline file.
         pipeline: PathBuf,
+        /// Reach no database: check what the file and local files decide.
+        #[arg(long)]
+        offline: bool,
     },
     /// Write deterministic orders events (and the customers table beside them).
     Generate {
@@ -230,7 +233,7 @@ fn init_logs(format: LogFormat, otlp: Option<&str>) -> Result<Option<telemetry::
 
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Check { pipeline } => check(&pipeline),
+        Command::Check { pipeline, offline } => check(&pipeline, offline),
         Command::Run {
             pipeline,
             summary_json,
@@ -239,9 +242,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             dry_run,
             sample,
         } => {
-            let plan = load_plan(&pipeline)?;
+            let pipeline = connect(&pipeline)?;
             if dry_run {
-                let report = runtime_builder()?.block_on(runtime::dry_run(&plan, sample))?;
+                let report = runtime_builder()?.block_on(runtime::dry_run(&pipeline, sample))?;
                 print!("{report}");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -255,7 +258,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                     .block_on(telemetry::serve(addr, options.metrics.clone()))
                     .with_context(|| format!("binding the HTTP port {addr}"))?;
             }
-            let summary = runtime.block_on(run_until_done(plan, options))?;
+            let summary = runtime.block_on(run_until_done(pipeline, options))?;
             print!("{summary}");
             write_summary(&summary, summary_json.as_deref())?;
             Ok(outcome(&summary))
@@ -291,11 +294,17 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Query { sql, pipeline } => {
             let plan = load_plan(&pipeline)?;
-            let batches = runtime_builder()?.block_on(query::run(
-                &plan.outputs,
-                &plan.output_schema,
-                &sql,
-            ))?;
+            let schema = match plan.check_offline()? {
+                plan::OfflineSchema::Known(schema) => Some(schema),
+                plan::OfflineSchema::Unknown { stage, .. } => {
+                    eprintln!(
+                        "note: the columns after {stage} come from its lookup database, which query does not reach; partition columns are read as text"
+                    );
+                    None
+                }
+            };
+            let batches =
+                runtime_builder()?.block_on(query::run(&plan.outputs, schema.as_deref(), &sql))?;
             println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -363,10 +372,10 @@ fn dlq(command: DlqCommand) -> Result<ExitCode> {
             review,
             summary_json,
         } => {
-            let plan = load_plan(&pipeline)?;
-            let source = source_of(source, Some(&plan), review)?;
+            let pipeline = connect(&pipeline)?;
+            let source = source_of(source, Some(&pipeline.plan), review)?;
             let replayed = runtime_builder()?
-                .block_on(dlq::replay(plan, &source))
+                .block_on(dlq::replay(pipeline, &source))
                 .with_context(|| format!("replaying {source}"))?;
             print!("{}", replayed.summary);
             println!("{source}: {}", replayed.settled);
@@ -383,23 +392,48 @@ fn runtime_builder() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The pipeline's plan: what its file decides, no server reached.
 fn load_plan(pipeline: &Path) -> Result<plan::Plan> {
     let loaded = config::load(pipeline)?;
     Ok(plan::build(&loaded)?)
 }
 
-fn check(pipeline: &Path) -> Result<ExitCode> {
-    let plan = load_plan(pipeline)?;
+/// The pipeline, its lookups reached and its stages compiled, ready to run.
+fn connect(pipeline: &Path) -> Result<plan::Pipeline> {
+    Ok(plan::connect(load_plan(pipeline)?)?)
+}
+
+fn check(pipeline: &Path, offline: bool) -> Result<ExitCode> {
+    let (plan, schema) = if offline {
+        let plan = load_plan(pipeline)?;
+        let schema = plan.check_offline()?;
+        (plan, schema)
+    } else {
+        let connected = connect(pipeline)?;
+        let schema = plan::OfflineSchema::Known(connected.output_schema);
+        (connected.plan, schema)
+    };
     println!("{}: ok", pipeline.display());
     println!(
         "  stages: validate{}",
         plan.stages
             .iter()
-            .map(|s| format!(" → {}", s.kind))
+            .map(|s| format!(" → {}", s.kind()))
             .collect::<String>()
     );
-    println!("  output columns:");
-    for field in plan.output_schema.fields() {
+    let columns = match &schema {
+        plan::OfflineSchema::Known(schema) => {
+            println!("  output columns:");
+            schema
+        }
+        plan::OfflineSchema::Unknown { stage, so_far } => {
+            println!(
+                "  {stage} and the stages after it are checked once its lookup database is reached (without --offline); the columns entering it:"
+            );
+            so_far
+        }
+    };
+    for field in columns.fields() {
         println!(
             "    {:<16} {}{}",
             field.name(),
@@ -434,8 +468,8 @@ fn check(pipeline: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the plan; the first Ctrl-C drains in-flight batches and stops.
-async fn run_until_done(plan: plan::Plan, options: runtime::RunOptions) -> Result<Summary> {
+/// Runs the pipeline; the first Ctrl-C drains in-flight batches and stops.
+async fn run_until_done(pipeline: plan::Pipeline, options: runtime::RunOptions) -> Result<Summary> {
     let stop = StopHandle::default();
     let on_signal = stop.clone();
     tokio::spawn(async move {
@@ -444,7 +478,7 @@ async fn run_until_done(plan: plan::Plan, options: runtime::RunOptions) -> Resul
             on_signal.stop();
         }
     });
-    Ok(runtime::run(plan, stop, options).await?)
+    Ok(runtime::run(pipeline, stop, options).await?)
 }
 
 /// Waits for Ctrl-C or, on Unix, SIGTERM (how Kubernetes and Docker stop a
@@ -641,17 +675,20 @@ fn demo(events: u64, dir: &Path) -> Result<ExitCode> {
         "running {} (the bundled pipelines/orders.yaml)",
         pipeline.display()
     );
-    let plan = load_plan(&pipeline)?;
-    // The run consumes the plan; keep what the example query needs.
-    let (outputs, schema) = (plan.outputs.clone(), plan.output_schema.clone());
+    let pipeline = connect(&pipeline)?;
+    // The run consumes the pipeline; keep what the example query needs.
+    let (outputs, schema) = (
+        pipeline.plan.outputs.clone(),
+        pipeline.output_schema.clone(),
+    );
     let runtime = runtime_builder()?;
-    let summary = runtime.block_on(run_until_done(plan, runtime::RunOptions::default()))?;
+    let summary = runtime.block_on(run_until_done(pipeline, runtime::RunOptions::default()))?;
     print!("{summary}");
     let sql = "SELECT event_date, count(*) AS orders, round(sum(total_cents) / 100.0, 2) AS revenue, \
                count(DISTINCT customer_id) AS customers, sum(CASE WHEN is_high_value THEN 1 ELSE 0 END) AS high_value \
                FROM orders GROUP BY event_date ORDER BY event_date";
     println!("\nexample query: tributary query \"{sql}\"");
-    let batches = runtime.block_on(query::run(&outputs, &schema, sql))?;
+    let batches = runtime.block_on(query::run(&outputs, Some(&schema), sql))?;
     println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
     Ok(outcome(&summary))
 }

@@ -1,7 +1,8 @@
 //! SQL over a pipeline's Parquet outputs, with DataFusion.
 //!
 //! Each output is registered as a table under its name, its Hive partition
-//! columns typed as in the pipeline's output schema.
+//! columns typed as in the pipeline's output schema, or as text when that
+//! schema is known only from a lookup database (see `plan::OfflineSchema`).
 
 use std::sync::Arc;
 
@@ -11,15 +12,16 @@ use datafusion::datasource::listing::ListingOptions;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use arrow::datatypes::Schema;
+use arrow::datatypes::{DataType, Schema};
 
 use crate::plan::PlannedOutput;
 
 /// A session with every output registered as a table; `schema` is the
-/// schema of the records reaching the outputs (`Plan::output_schema`).
+/// schema of the records reaching the outputs (`Pipeline::output_schema`),
+/// `None` when unknown (partition columns are then text).
 pub async fn session(
     outputs: &[PlannedOutput],
-    schema: &Schema,
+    schema: Option<&Schema>,
 ) -> Result<SessionContext, DataFusionError> {
     let ctx = SessionContext::new();
     for output in outputs {
@@ -28,8 +30,11 @@ pub async fn session(
             .partition_by
             .iter()
             .map(|c| {
-                let field = schema.field_with_name(c)?;
-                Ok((c.clone(), field.data_type().clone()))
+                let data_type = match schema {
+                    Some(schema) => schema.field_with_name(c)?.data_type().clone(),
+                    None => DataType::Utf8,
+                };
+                Ok((c.clone(), data_type))
             })
             .collect::<Result<Vec<_>, DataFusionError>>()?;
         std::fs::create_dir_all(&output.path)
@@ -47,7 +52,7 @@ pub async fn session(
 /// Runs `sql` over `outputs` (see [`session`]).
 pub async fn run(
     outputs: &[PlannedOutput],
-    schema: &Schema,
+    schema: Option<&Schema>,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, DataFusionError> {
     let ctx = session(outputs, schema).await?;

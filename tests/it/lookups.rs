@@ -484,3 +484,83 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 use crate::telemetry::get;
+
+/// Learning where a pipeline's outputs and queues live needs no lookup
+/// database: `query`, `dlq inspect --pipeline` and `check --offline` work
+/// with PostgreSQL and Redis unreachable, while `check` (which connects)
+/// names the lookup that cannot be reached.
+#[test]
+fn query_inspect_and_offline_check_need_no_lookup_database() {
+    let ws = Workspace::generate(2_000, 0.05, 33);
+    let baseline = ws.run_orders();
+    let records_out = baseline["totals"]["records_out"].as_u64().unwrap();
+    let dlq = baseline["totals"]["dlq"].as_u64().unwrap();
+    assert!(records_out > 0 && dlq > 0, "{baseline}");
+    let closed = free_port();
+    let variants = [
+        (
+            "postgres",
+            format!(
+                "        postgres:\n          url: postgres://postgres@127.0.0.1:{closed}/test\n          table: customers\n"
+            ),
+        ),
+        (
+            "redis",
+            format!(
+                "        redis:\n          url: redis://127.0.0.1:{closed}\n          key_prefix: \"customer:\"\n          fields: {{ segment: string, region: string }}\n"
+            ),
+        ),
+    ];
+    for (name, lookup) in variants {
+        let pipeline = with_lookup(
+            &orders_pipeline(),
+            &lookup,
+            &ws.path(&format!("{name}.yaml")),
+        );
+        let pipeline = pipeline.to_str().unwrap();
+
+        let query = ws.tributary(&[
+            "query",
+            "--pipeline",
+            pipeline,
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT event_date) AS days FROM orders",
+        ]);
+        let shown = text(&query.stdout);
+        assert!(
+            query.status.success(),
+            "{name}: query: {}",
+            text(&query.stderr)
+        );
+        assert!(
+            shown.contains(&format!("| {records_out} ")),
+            "{name}: {records_out} rows expected:\n{shown}"
+        );
+
+        let inspect = ws.tributary(&["dlq", "inspect", "--pipeline", pipeline, "--json"]);
+        assert!(
+            inspect.status.success(),
+            "{name}: inspect: {}",
+            text(&inspect.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert_eq!(report["records"], dlq, "{name}: {report}");
+
+        let offline = ws.tributary(&["check", "--offline", pipeline]);
+        assert!(
+            offline.status.success(),
+            "{name}: check --offline: {}",
+            text(&offline.stderr)
+        );
+
+        let online = ws.tributary(&["check", pipeline]);
+        let refused = text(&online.stderr);
+        assert!(
+            !online.status.success(),
+            "{name}: check connected to a closed port"
+        );
+        assert!(
+            refused.contains(&format!("stages[2].enrich.lookup.{name}")),
+            "{name}: {refused}"
+        );
+    }
+}

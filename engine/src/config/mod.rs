@@ -165,6 +165,15 @@ pub enum StartConfig {
     Latest,
 }
 
+impl From<StartConfig> for tributary_connectors::kafka::consumer::StartPosition {
+    fn from(start: StartConfig) -> Self {
+        match start {
+            StartConfig::Earliest => Self::Earliest,
+            StartConfig::Latest => Self::Latest,
+        }
+    }
+}
+
 /// A Kafka topic to produce to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -334,6 +343,15 @@ pub enum SeverityConfig {
     Warn,
 }
 
+impl From<SeverityConfig> for tributary_stages::validate::Severity {
+    fn from(severity: SeverityConfig) -> Self {
+        match severity {
+            SeverityConfig::Error => Self::Error,
+            SeverityConfig::Warn => Self::Warn,
+        }
+    }
+}
+
 /// The transform stage: `sql` or `mapping`, not both.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -477,6 +495,15 @@ pub enum RedisValueConfig {
     Json,
 }
 
+impl From<RedisValueConfig> for tributary_connectors::lookup::redis::RedisValue {
+    fn from(value: RedisValueConfig) -> Self {
+        match value {
+            RedisValueConfig::Hash => Self::Hash,
+            RedisValueConfig::Json => Self::Json,
+        }
+    }
+}
+
 /// The type of a Redis field.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -489,6 +516,17 @@ pub enum RedisFieldType {
     Float,
     /// Boolean.
     Bool,
+}
+
+impl From<RedisFieldType> for tributary_connectors::lookup::redis::FieldType {
+    fn from(field: RedisFieldType) -> Self {
+        match field {
+            RedisFieldType::String => Self::String,
+            RedisFieldType::Int => Self::Int,
+            RedisFieldType::Float => Self::Float,
+            RedisFieldType::Bool => Self::Bool,
+        }
+    }
 }
 
 /// The cache in front of an on-demand lookup.
@@ -551,6 +589,16 @@ pub enum LookupFormat {
     Ndjson,
 }
 
+impl From<LookupFormat> for tributary_connectors::lookup::FileFormat {
+    fn from(format: LookupFormat) -> Self {
+        match format {
+            LookupFormat::Csv => Self::Csv,
+            LookupFormat::Parquet => Self::Parquet,
+            LookupFormat::Ndjson => Self::Ndjson,
+        }
+    }
+}
+
 /// Policy for lookup misses.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -562,6 +610,16 @@ pub enum OnMissConfig {
     Review,
     /// Dead-letter queue.
     Dlq,
+}
+
+impl From<OnMissConfig> for tributary_stages::enrich::OnMiss {
+    fn from(policy: OnMissConfig) -> Self {
+        match policy {
+            OnMissConfig::Null => Self::Null,
+            OnMissConfig::Review => Self::Review,
+            OnMissConfig::Dlq => Self::Dlq,
+        }
+    }
 }
 
 /// A derived field.
@@ -641,6 +699,20 @@ pub struct KafkaOutputConfig {
     /// which `check` warns about: one broker lost loses what it holds).
     #[serde(default)]
     pub replication_factor: Option<u32>,
+}
+
+impl KafkaOutputConfig {
+    /// The topic this output produces to, as a DLQ topic would be given.
+    pub fn topic_config(&self) -> KafkaTopicConfig {
+        KafkaTopicConfig {
+            brokers: self.brokers.clone(),
+            topic: self.topic.clone(),
+            properties: self.properties.clone(),
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            max_message_bytes: None,
+        }
+    }
 }
 
 /// Parquet files under a directory.

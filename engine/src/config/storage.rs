@@ -69,6 +69,26 @@ pub enum WhenExhausted {
     Fail,
 }
 
+impl From<WhenExhausted> for tributary_connectors::retry::Exhausted {
+    fn from(when: WhenExhausted) -> Self {
+        match when {
+            WhenExhausted::Wait => Self::Wait,
+            WhenExhausted::Fail => Self::Fail,
+        }
+    }
+}
+
+impl From<&RetryConfig> for tributary_connectors::retry::RetryPolicy {
+    fn from(r: &RetryConfig) -> Self {
+        Self {
+            initial_delay: r.initial_delay.0,
+            max_delay: r.max_delay.0.max(r.initial_delay.0),
+            max_elapsed: r.max_elapsed.0,
+            exhausted: r.when_exhausted.into(),
+        }
+    }
+}
+
 fn default_initial() -> DurationText {
     DurationText(std::time::Duration::from_millis(100))
 }

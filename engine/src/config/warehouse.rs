@@ -87,6 +87,16 @@ pub enum TimestampsConfig {
     Tz,
 }
 
+impl From<TimestampsConfig> for tributary_connectors::snowflake::TimestampKind {
+    fn from(timestamps: TimestampsConfig) -> Self {
+        match timestamps {
+            TimestampsConfig::Auto => Self::Auto,
+            TimestampsConfig::Ntz => Self::Ntz,
+            TimestampsConfig::Tz => Self::Tz,
+        }
+    }
+}
+
 /// Alerting.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

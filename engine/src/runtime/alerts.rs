@@ -12,18 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
 
-/// Error-rate alert settings.
-#[derive(Debug, Clone)]
-pub struct ErrorRateAlert {
-    /// Fires above this fraction.
-    pub threshold: f64,
-    /// Window length.
-    pub window: Duration,
-    /// Records needed in the window before it can fire.
-    pub min_records: u64,
-    /// Where alerts are POSTed.
-    pub webhook: Option<String>,
-}
+use crate::plan::ErrorRateAlert;
 
 /// Per-second buckets of (records in, records rejected).
 #[derive(Debug)]

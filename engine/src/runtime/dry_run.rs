@@ -14,7 +14,7 @@ use tributary_connectors::source::{BatchLimits, Origin, RawBatch};
 use tributary_stages::Route;
 
 use super::{RunError, stages};
-use crate::plan::{Plan, PlannedSource};
+use crate::plan::{Pipeline, PlannedSource};
 
 /// A rejected record of a dry run.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -56,32 +56,37 @@ impl DryRun {
     }
 }
 
-/// Runs the first `sample` records of the plan's source through its stages:
+/// Runs the first `sample` records of the pipeline's source through its stages:
 /// the first records of a file or object source, or the next records the
 /// consumer group would read from a Kafka source (read without joining the
 /// group or committing anything).
-pub async fn dry_run(plan: &Plan, sample: usize) -> Result<DryRun, RunError> {
+pub async fn dry_run(pipeline: &Pipeline, sample: usize) -> Result<DryRun, RunError> {
     let mut run = DryRun {
         records: 0,
         output: Vec::new(),
         rejected: Vec::new(),
-        outputs: plan.outputs.iter().map(|o| o.name.clone()).collect(),
+        outputs: pipeline
+            .plan
+            .outputs
+            .iter()
+            .map(|o| o.name.clone())
+            .collect(),
     };
-    match &plan.source {
+    match &pipeline.plan.source {
         PlannedSource::Bounded(source) => {
             let mut partitions = tokio::task::block_in_place(|| source.partitions())?;
             for reader in &mut partitions {
                 while run.records < sample {
                     let limits = BatchLimits {
-                        max_records: (sample - run.records).min(plan.limits.max_records),
-                        max_bytes: plan.limits.max_bytes,
+                        max_records: (sample - run.records).min(pipeline.plan.limits.max_records),
+                        max_bytes: pipeline.plan.limits.max_bytes,
                     };
                     let Some(raw) = tokio::task::block_in_place(|| reader.next_batch(limits))?
                     else {
                         break;
                     };
                     let origin = reader.info().origin.clone();
-                    run.add(plan, &origin, &raw).await?;
+                    run.add(pipeline, &origin, &raw).await?;
                 }
             }
         }
@@ -98,7 +103,7 @@ pub async fn dry_run(plan: &Plan, sample: usize) -> Result<DryRun, RunError> {
                     topic: Arc::from(meta.topic.as_ref()),
                     partition: meta.partition,
                 };
-                run.add(plan, &origin, &raw).await?;
+                run.add(pipeline, &origin, &raw).await?;
             }
         }
     }
@@ -107,9 +112,16 @@ pub async fn dry_run(plan: &Plan, sample: usize) -> Result<DryRun, RunError> {
 
 impl DryRun {
     /// Runs one raw batch through the stages and notes where its records go.
-    async fn add(&mut self, plan: &Plan, origin: &Origin, raw: &RawBatch) -> Result<(), RunError> {
+    async fn add(
+        &mut self,
+        pipeline: &Pipeline,
+        origin: &Origin,
+        raw: &RawBatch,
+    ) -> Result<(), RunError> {
         self.records += raw.len();
-        let processed = stages::process(plan, raw).await.map_err(RunError::DryRun)?;
+        let processed = stages::process(pipeline, raw)
+            .await
+            .map_err(RunError::DryRun)?;
         for rejected in processed.rejected {
             self.rejected.push(DryReject {
                 source: raw.describe(origin, rejected.raw_row),

@@ -1,4 +1,4 @@
-//! Runs a [`Plan`]: partitions in parallel over a bounded pool, each read,
+//! Runs a [`Pipeline`]: partitions in parallel over a bounded pool, each read,
 //! processed and written in order, every record routed through exactly one
 //! door (output, DLQ or review).
 //!
@@ -36,9 +36,8 @@ use tributary_connectors::store::Location;
 
 use progress::{Progress, ProgressDisplay};
 
-use crate::plan::{Plan, PlannedDeadLetter, PlannedSource, PlannedTopic};
+use crate::plan::{Pipeline, PlannedDeadLetter, PlannedSource, PlannedTopic};
 use crate::telemetry::Metrics;
-pub use alerts::ErrorRateAlert;
 pub use dry_run::{DryReject, DryRun, dry_run};
 pub use summary::{
     Counts, KafkaPartitionSummary, KafkaSummary, PartitionSummary, StageCounts, Summary,
@@ -126,12 +125,17 @@ pub(crate) struct Destinations {
 }
 
 impl Destinations {
-    async fn open(plan: &Plan) -> Result<Self, RunError> {
+    async fn open(pipeline: &Pipeline) -> Result<Self, RunError> {
         // Topics we produce to are created when missing, with the partitions
         // and replication factor the pipeline gives (1 and 1 by default). A refusal (no permission) is not fatal:
         // the topic may exist, and producing says so if it does not.
-        let mut topics: Vec<&PlannedTopic> = plan.topic_outputs.iter().map(|o| &o.topic).collect();
-        for d in [&plan.dlq, &plan.review] {
+        let mut topics: Vec<&PlannedTopic> = pipeline
+            .plan
+            .topic_outputs
+            .iter()
+            .map(|o| &o.topic)
+            .collect();
+        for d in [&pipeline.plan.dlq, &pipeline.plan.review] {
             if let PlannedDeadLetter::Topic(t) = d {
                 topics.push(t);
             }
@@ -150,40 +154,43 @@ impl Destinations {
                     path,
                     max_file_bytes,
                 } => DeadLetterDestination::Files {
-                    location: open(plan, what, path)?,
+                    location: open(pipeline, what, path)?,
                     max_file_bytes: *max_file_bytes,
                 },
                 PlannedDeadLetter::Topic(t) => DeadLetterDestination::Topic {
-                    producer: producer(&t.connection, plan.storage.retry)?,
+                    producer: producer(&t.connection, pipeline.plan.storage.retry)?,
                     topic: t.topic.clone(),
                     max_message_bytes: t.max_message_bytes,
                 },
             })
         };
         Ok(Destinations {
-            outputs: plan
+            outputs: pipeline
+                .plan
                 .outputs
                 .iter()
-                .map(|o| open(plan, &format!("output {}", o.name), &o.path))
+                .map(|o| open(pipeline, &format!("output {}", o.name), &o.path))
                 .collect::<Result<_, _>>()?,
-            topic_outputs: plan
+            topic_outputs: pipeline
+                .plan
                 .topic_outputs
                 .iter()
-                .map(|o| producer(&o.topic.connection, plan.storage.retry))
+                .map(|o| producer(&o.topic.connection, pipeline.plan.storage.retry))
                 .collect::<Result<_, _>>()?,
-            dlq: dead_letters("dlq", &plan.dlq)?,
-            review: dead_letters("review", &plan.review)?,
+            dlq: dead_letters("dlq", &pipeline.plan.dlq)?,
+            review: dead_letters("review", &pipeline.plan.review)?,
             warehouse: warehouse::Feeds::default(),
-            error_rate: plan
+            error_rate: pipeline
+                .plan
                 .error_rate
                 .clone()
-                .map(|settings| alerts::ErrorRate::new(&plan.name, settings)),
+                .map(|settings| alerts::ErrorRate::new(&pipeline.plan.name, settings)),
             metrics: Arc::default(),
         })
     }
 
     /// The store of a file destination by name (an output's name, `dlq` or `review`).
-    pub(crate) fn location(&self, plan: &Plan, name: &str) -> Option<&Location> {
+    pub(crate) fn location(&self, pipeline: &Pipeline, name: &str) -> Option<&Location> {
         fn files(d: &DeadLetterDestination) -> Option<&Location> {
             match d {
                 DeadLetterDestination::Files { location, .. } => Some(location),
@@ -193,7 +200,8 @@ impl Destinations {
         match name {
             "dlq" => files(&self.dlq),
             "review" => files(&self.review),
-            _ => plan
+            _ => pipeline
+                .plan
                 .outputs
                 .iter()
                 .position(|o| o.name == name)
@@ -218,51 +226,65 @@ impl Destinations {
     }
 }
 
-fn open(plan: &Plan, what: &str, path: &str) -> Result<Location, RunError> {
-    Location::open(path, &plan.storage).map_err(|source| RunError::Open {
+fn open(pipeline: &Pipeline, what: &str, path: &str) -> Result<Location, RunError> {
+    Location::open(path, &pipeline.plan.storage).map_err(|source| RunError::Open {
         what: what.to_string(),
         path: path.to_string(),
         source,
     })
 }
 
-/// Runs `plan` until its source is exhausted (or idle, see [`RunOptions`]) or `stop` is set.
-pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Summary, RunError> {
+/// Runs `pipeline` until its source is exhausted (or idle, see [`RunOptions`]) or `stop` is set.
+pub async fn run(
+    pipeline: Pipeline,
+    stop: StopHandle,
+    options: RunOptions,
+) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let mut destinations = Destinations::open(&plan).await?;
+    let mut destinations = Destinations::open(&pipeline).await?;
     destinations.metrics = options.metrics.clone();
-    destinations.metrics.pipeline(&plan.name);
+    destinations.metrics.pipeline(&pipeline.plan.name);
     if let Some(alert) = &destinations.error_rate {
         destinations.metrics.watch_error_rate(alert.clone());
     }
-    let (feeds, loaders) = start_loaders(&plan, &destinations);
+    let (feeds, loaders) = start_loaders(&pipeline, &destinations);
     destinations.warehouse = feeds;
     let checker = destinations
         .error_rate
         .clone()
-        .map(|alert| alerts::spawn_checker(alert, plan.storage.retry));
-    let refreshers: Vec<_> = plan
+        .map(|alert| alerts::spawn_checker(alert, pipeline.plan.storage.retry));
+    let refreshers: Vec<_> = pipeline
         .lookups
         .iter()
-        .filter_map(|l| lookups::spawn_refresher(l, plan.storage.retry, &destinations.metrics))
+        .filter_map(|l| {
+            lookups::spawn_refresher(l, pipeline.plan.storage.retry, &destinations.metrics)
+        })
         .collect();
-    let invalidations = lookups::spawn_invalidation(&plan.lookups, &destinations.metrics);
-    for lookup in &plan.lookups {
+    let invalidations = lookups::spawn_invalidation(&pipeline.lookups, &destinations.metrics);
+    for lookup in &pipeline.lookups {
         if let Some(cache) = &lookup.cache {
             destinations
                 .metrics
                 .watch_cache(&lookup.name, cache.clone());
         }
     }
-    let result = match &plan.source {
+    let result = match &pipeline.plan.source {
         PlannedSource::Bounded(source) => match tokio::task::block_in_place(|| source.partitions())
         {
-            Ok(partitions) => run_bounded(plan, partitions, destinations, stop, started).await,
+            Ok(partitions) => run_bounded(pipeline, partitions, destinations, stop, started).await,
             Err(e) => Err(e.into()),
         },
         PlannedSource::Kafka(kafka) => {
             let kafka = kafka.clone();
-            stream::run(Arc::new(plan), kafka, destinations, stop, options, started).await
+            stream::run(
+                Arc::new(pipeline),
+                kafka,
+                destinations,
+                stop,
+                options,
+                started,
+            )
+            .await
         }
     };
     for r in refreshers.into_iter().chain(checker) {
@@ -286,27 +308,27 @@ pub async fn run(plan: Plan, stop: StopHandle, options: RunOptions) -> Result<Su
 }
 
 async fn run_bounded(
-    plan: Plan,
+    pipeline: Pipeline,
     partitions: Vec<Box<dyn PartitionReader>>,
     destinations: Destinations,
     stop: StopHandle,
     started: Instant,
 ) -> Result<Summary, RunError> {
     tracing::info!(
-        pipeline = %plan.name,
+        pipeline = %pipeline.plan.name,
         partitions = partitions.len(),
-        workers = plan.workers,
+        workers = pipeline.plan.workers,
         "run started"
     );
-    let plan = Arc::new(plan);
-    let pool = Arc::new(Semaphore::new(plan.workers));
+    let pipeline = Arc::new(pipeline);
+    let pool = Arc::new(Semaphore::new(pipeline.plan.workers));
     let progress = Arc::new(Progress::default());
     let total_bytes = partitions.iter().map(|p| p.info().bytes).sum();
     let display = ProgressDisplay::start(progress.clone(), total_bytes);
     let mut tasks = Vec::with_capacity(partitions.len());
     for reader in partitions {
-        let (plan, pool, stop, destinations, progress) = (
-            plan.clone(),
+        let (pipeline, pool, stop, destinations, progress) = (
+            pipeline.clone(),
             pool.clone(),
             stop.clone(),
             destinations.clone(),
@@ -320,7 +342,7 @@ async fn run_bounded(
             if stop.is_stopped() {
                 return PartitionSummary::not_started(label);
             }
-            partition::run(&plan, &destinations, reader, &stop, &progress).await
+            partition::run(&pipeline, &destinations, reader, &stop, &progress).await
         }));
     }
     let mut partitions = Vec::with_capacity(tasks.len());
@@ -334,7 +356,7 @@ async fn run_bounded(
     }
     drop(display);
     Ok(Summary::collect(
-        &plan,
+        &pipeline,
         &destinations,
         partitions,
         started.elapsed(),
@@ -344,13 +366,13 @@ async fn run_bounded(
 
 /// Starts the Snowflake loaders; each stage URL is its Parquet output's root.
 fn start_loaders(
-    plan: &Plan,
+    pipeline: &Pipeline,
     destinations: &Destinations,
 ) -> (warehouse::Feeds, warehouse::Loaders) {
-    let mut planned = plan.snowflake.clone();
+    let mut planned = pipeline.snowflake.clone();
     for p in &mut planned {
         if p.create_stage
-            && let Some(location) = destinations.location(plan, &p.from)
+            && let Some(location) = destinations.location(pipeline, &p.from)
         {
             let root = &location.display;
             p.target.stage_url = Some(if root.contains("://") {
@@ -362,8 +384,8 @@ fn start_loaders(
     }
     warehouse::start(
         &planned,
-        |from| destinations.location(plan, from).cloned(),
-        |target| Retrier::new(target, plan.storage.retry),
+        |from| destinations.location(pipeline, from).cloned(),
+        |target| Retrier::new(target, pipeline.plan.storage.retry),
         &destinations.metrics,
     )
 }

@@ -12,14 +12,14 @@ use super::progress::Progress;
 use super::summary::PartitionSummary;
 use super::worker::{PartitionError, Worker};
 use super::{Destinations, StopHandle};
-use crate::plan::Plan;
+use crate::plan::Pipeline;
 
 /// Batches read ahead of processing, per partition.
 pub(crate) const READ_AHEAD: usize = 2;
 
 /// Runs one partition to its end (or until stopped); never panics on bad input.
 pub(crate) async fn run(
-    plan: &Plan,
+    pipeline: &Pipeline,
     destinations: &Destinations,
     mut reader: Box<dyn PartitionReader>,
     stop: &StopHandle,
@@ -27,7 +27,7 @@ pub(crate) async fn run(
 ) -> PartitionSummary {
     let info = reader.info().clone();
     let (tx, rx) = mpsc::channel::<Result<RawBatch, SourceError>>(READ_AHEAD);
-    let limits = plan.limits;
+    let limits = pipeline.plan.limits;
     let reader_stop = stop.clone();
     let read_progress = progress.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -50,7 +50,7 @@ pub(crate) async fn run(
             }
         }
     });
-    let mut worker = match Worker::new(plan, destinations, &info, Placement::Direct) {
+    let mut worker = match Worker::new(pipeline, destinations, &info, Placement::Direct) {
         Ok(w) => w,
         Err(e) => return PartitionSummary::failed(info.label.clone(), e.to_string()),
     };

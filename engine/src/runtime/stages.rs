@@ -12,7 +12,7 @@ use tributary_stages::{Reject, Route, StageOutput};
 
 use super::StageCounts;
 use super::worker::PartitionError;
-use crate::plan::Plan;
+use crate::plan::Pipeline;
 
 /// A record a stage rejected.
 #[derive(Debug)]
@@ -40,17 +40,20 @@ pub(crate) struct Processed {
     pub(crate) stages: Vec<(&'static str, StageCounts, Duration)>,
 }
 
-/// Runs `raw` through every stage of `plan` (awaiting only on-demand lookups).
-pub(crate) async fn process(plan: &Plan, raw: &RawBatch) -> Result<Processed, PartitionError> {
+/// Runs `raw` through every stage of `pipeline` (awaiting only on-demand lookups).
+pub(crate) async fn process(
+    pipeline: &Pipeline,
+    raw: &RawBatch,
+) -> Result<Processed, PartitionError> {
     let mut clock = Instant::now();
     let mut processed = Processed {
-        batch: RecordBatch::new_empty(plan.output_schema.clone()),
+        batch: RecordBatch::new_empty(pipeline.output_schema.clone()),
         rows: (0..raw.len()).collect(),
         rejected: Vec::new(),
-        stages: Vec::with_capacity(1 + plan.stages.len()),
+        stages: Vec::with_capacity(1 + pipeline.stages.len()),
     };
     let validated = tracing::info_span!("stage", stage = "validate", records = raw.len())
-        .in_scope(|| plan.validate.apply(&raw.payloads))
+        .in_scope(|| pipeline.plan.validate.apply(&raw.payloads))
         .map_err(|source| PartitionError::Stage {
             stage: "validate",
             source,
@@ -70,7 +73,7 @@ pub(crate) async fn process(plan: &Plan, raw: &RawBatch) -> Result<Processed, Pa
             .map_err(PartitionError::Metadata)?;
     }
     clock = Instant::now();
-    for (i, planned) in plan.stages.iter().enumerate() {
+    for (i, planned) in pipeline.stages.iter().enumerate() {
         let span = tracing::info_span!("stage", stage = planned.kind, records = batch.num_rows());
         let out = match &planned.keyed {
             Some(keyed) => {

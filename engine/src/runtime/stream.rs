@@ -35,7 +35,7 @@ use super::partition::READ_AHEAD;
 use super::summary::{KafkaPartitionSummary, KafkaSummary, PartitionSummary, Summary};
 use super::worker::{PartitionError, Worker};
 use super::{Destinations, RunError, RunOptions, StopHandle};
-use crate::plan::{Plan, PlannedKafkaSource};
+use crate::plan::{Pipeline, PlannedKafkaSource};
 
 /// Why a Kafka run cannot keep commit logs (`plan` refuses such pipelines).
 const NO_STATE: &str = "no file destination to keep the commit log in";
@@ -76,7 +76,7 @@ type Finished = (PartitionSummary, Option<i64>);
 /// The engine's side of the consumer: prepares and drains partition tasks.
 struct Owner {
     runtime: Handle,
-    plan: Arc<Plan>,
+    pipeline: Arc<Pipeline>,
     destinations: Destinations,
     commit_interval: Duration,
     commits: OnceLock<OffsetCommits>,
@@ -103,7 +103,7 @@ impl Owner {
             let latest = log.latest().await?;
             if let Some(m) = &latest {
                 let moved = commit_log::publish(&m.files, |name| {
-                    self.destinations.location(&self.plan, name)
+                    self.destinations.location(&self.pipeline, name)
                 })
                 .await?;
                 // Published only now (the previous owner stopped before its
@@ -169,7 +169,7 @@ impl PartitionOwner for Owner {
             .ok_or_else(|| "offset commit queue not ready".to_string())?;
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let task = PartitionTask {
-            plan: self.plan.clone(),
+            pipeline: self.pipeline.clone(),
             destinations: self.destinations.clone(),
             partition: partition.clone(),
             stream,
@@ -227,7 +227,7 @@ impl Owner {
 
 /// One assigned partition's work.
 struct PartitionTask {
-    plan: Arc<Plan>,
+    pipeline: Arc<Pipeline>,
     destinations: Destinations,
     partition: TopicPartition,
     stream: String,
@@ -278,7 +278,7 @@ impl PartitionTask {
             committed: Some(self.resume.next_offset),
             commits: 0,
         };
-        let outcome = match Worker::new(&self.plan, &self.destinations, &info, placement) {
+        let outcome = match Worker::new(&self.pipeline, &self.destinations, &info, placement) {
             Ok(mut worker) => {
                 let outcome = self
                     .consume(&mut worker, &mut batches, &mut committer, &mut summary)
@@ -406,7 +406,7 @@ impl PartitionTask {
         committer.seq = manifest.seq;
         fault::crash_point("after_manifest");
         commit_log::publish(&manifest.files, |name| {
-            self.destinations.location(&self.plan, name)
+            self.destinations.location(&self.pipeline, name)
         })
         .await?;
         fault::crash_point("after_publish");
@@ -448,7 +448,10 @@ impl PartitionTask {
     /// A fenced-off owner deletes what it staged (best effort: the next owner's recovery also does).
     async fn discard_staged(&self, manifest: &Manifest) {
         for file in &manifest.files {
-            if let Some(location) = self.destinations.location(&self.plan, &file.destination) {
+            if let Some(location) = self
+                .destinations
+                .location(&self.pipeline, &file.destination)
+            {
                 let _ = location
                     .store
                     .delete(&object_store::path::Path::from(file.staged.as_str()))
@@ -480,9 +483,9 @@ fn slice_batch(batch: &RawBatch, skip: usize) -> RawBatch {
     }
 }
 
-/// Runs a Kafka-sourced plan until stopped (or idle with `options.until_idle`).
+/// Runs a Kafka-sourced pipeline until stopped (or idle with `options.until_idle`).
 pub(crate) async fn run(
-    plan: Arc<Plan>,
+    pipeline: Arc<Pipeline>,
     kafka: PlannedKafkaSource,
     destinations: Destinations,
     stop: StopHandle,
@@ -491,7 +494,7 @@ pub(crate) async fn run(
 ) -> Result<Summary, RunError> {
     let owner = Arc::new(Owner {
         runtime: Handle::current(),
-        plan: plan.clone(),
+        pipeline: pipeline.clone(),
         destinations: destinations.clone(),
         commit_interval: kafka.commit_interval,
         commits: OnceLock::new(),
@@ -504,7 +507,7 @@ pub(crate) async fn run(
     let peak_buffered = consumer.peak_buffered();
     destinations.metrics.watch_lag(lag.clone());
     tracing::info!(
-        pipeline = %plan.name,
+        pipeline = %pipeline.plan.name,
         group = %kafka.settings.group,
         topics = ?kafka.settings.topics,
         "joining the consumer group"
@@ -543,7 +546,7 @@ pub(crate) async fn run(
         ));
     }
     let mut summary = Summary::collect(
-        &plan,
+        &pipeline,
         &destinations,
         partitions,
         started.elapsed(),

@@ -11,7 +11,7 @@ use tributary_connectors::parquet::PublishedFile;
 use tributary_stages::Route;
 
 use super::Destinations;
-use crate::plan::Plan;
+use crate::plan::Pipeline;
 
 /// Records through one stage.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -259,17 +259,18 @@ pub struct KafkaPartitionSummary {
 
 impl Summary {
     pub(crate) fn collect(
-        plan: &Plan,
+        pipeline: &Pipeline,
         destinations: &Destinations,
         partitions: Vec<PartitionSummary>,
         elapsed: Duration,
         interrupted: bool,
     ) -> Self {
-        let mut totals = Counts::new(1 + plan.stages.len());
+        let mut totals = Counts::new(1 + pipeline.stages.len());
         for p in &partitions {
             totals.add(&p.counts);
         }
-        let outputs = plan
+        let outputs = pipeline
+            .plan
             .outputs
             .iter()
             .zip(&destinations.outputs)
@@ -296,15 +297,15 @@ impl Summary {
             })
             .collect();
         let mut stage_names = vec!["validate".to_string()];
-        stage_names.extend(plan.stages.iter().map(|s| s.kind.to_string()));
+        stage_names.extend(pipeline.stages.iter().map(|s| s.kind.to_string()));
         Summary {
-            pipeline: plan.name.clone(),
+            pipeline: pipeline.plan.name.clone(),
             stage_names,
             totals,
             partitions,
             outputs,
-            dlq_root: plan.dlq.describe(),
-            review_root: plan.review.describe(),
+            dlq_root: pipeline.plan.dlq.describe(),
+            review_root: pipeline.plan.review.describe(),
             kafka: None,
             warehouse: Vec::new(),
             elapsed,

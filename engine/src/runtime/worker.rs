@@ -24,7 +24,7 @@ use tributary_stages::{Route, StageError};
 use super::stages::{self, Rejected};
 use super::summary::Counts;
 use super::{DeadLetterDestination, Destinations};
-use crate::plan::Plan;
+use crate::plan::Pipeline;
 use crate::telemetry::Metrics;
 
 /// Why a partition stopped early.
@@ -83,7 +83,7 @@ pub(crate) struct Closed {
 
 /// State of one partition's processing.
 pub(crate) struct Worker<'p> {
-    plan: &'p Plan,
+    pipeline: &'p Pipeline,
     info: PartitionInfo,
     parquet: Vec<PartitionedParquetWriter>,
     topics: Vec<JsonTopic>,
@@ -101,20 +101,21 @@ pub(crate) struct Worker<'p> {
 
 impl<'p> Worker<'p> {
     pub(crate) fn new(
-        plan: &'p Plan,
+        pipeline: &'p Pipeline,
         destinations: &Destinations,
         info: &PartitionInfo,
         placement: Placement,
     ) -> Result<Self, PartitionError> {
-        let parquet = plan
+        let parquet = pipeline
+            .plan
             .outputs
             .iter()
             .zip(&destinations.outputs)
             .map(|(o, location)| {
-                let schema = if o.raw {
+                let schema = if o.is_raw() {
                     raw_zone::schema()
                 } else {
-                    plan.output_schema.clone()
+                    pipeline.output_schema.clone()
                 };
                 PartitionedParquetWriter::new(
                     location.clone(),
@@ -125,7 +126,8 @@ impl<'p> Worker<'p> {
                 .map(|w| w.with_placement(placement))
             })
             .collect::<Result<_, _>>()?;
-        let topics = plan
+        let topics = pipeline
+            .plan
             .topic_outputs
             .iter()
             .zip(&destinations.topic_outputs)
@@ -150,13 +152,13 @@ impl<'p> Worker<'p> {
             )),
         };
         Ok(Worker {
-            plan,
+            pipeline,
             info: info.clone(),
             parquet,
             topics,
             dlq: sink(&destinations.dlq),
             review: sink(&destinations.review),
-            counts: Counts::new(1 + plan.stages.len()),
+            counts: Counts::new(1 + pipeline.stages.len()),
             now: String::new(),
             error_rate: destinations.error_rate.clone(),
             metrics: destinations.metrics.clone(),
@@ -177,13 +179,13 @@ impl<'p> Worker<'p> {
         self.counts.bytes_in += raw.payloads.values().len() as u64;
         let span = tracing::info_span!(
             "batch",
-            pipeline = %self.plan.name,
+            pipeline = %self.pipeline.plan.name,
             partition = %self.metrics_label,
             stream = %self.info.stream,
             first_position = raw.positions.first().copied().unwrap_or_default(),
             records = raw.len(),
         );
-        let processed = stages::process(self.plan, raw).instrument(span).await?;
+        let processed = stages::process(self.pipeline, raw).instrument(span).await?;
         for rejected in &processed.rejected {
             self.route(raw, rejected).await?;
         }
@@ -202,13 +204,13 @@ impl<'p> Worker<'p> {
 
     /// Writes the batch as consumed to the raw-zone outputs.
     async fn archive(&mut self, raw: &RawBatch) -> Result<(), PartitionError> {
-        if !self.plan.outputs.iter().any(|o| o.raw) || raw.is_empty() {
+        if !self.pipeline.plan.outputs.iter().any(|o| o.is_raw()) || raw.is_empty() {
             return Ok(());
         }
         let rows = raw_zone::batch(raw, chrono::Utc::now().timestamp_millis())
             .map_err(PartitionError::Metadata)?;
-        for (writer, output) in self.parquet.iter_mut().zip(&self.plan.outputs) {
-            if output.raw {
+        for (writer, output) in self.parquet.iter_mut().zip(&self.pipeline.plan.outputs) {
+            if output.is_raw() {
                 writer.write(&rows, &raw.positions).await?;
             }
         }
@@ -226,8 +228,8 @@ impl<'p> Worker<'p> {
             return Ok(());
         }
         let positions: Vec<u64> = rows.iter().map(|r| raw.positions[*r]).collect();
-        for (writer, output) in self.parquet.iter_mut().zip(&self.plan.outputs) {
-            if !output.raw {
+        for (writer, output) in self.parquet.iter_mut().zip(&self.pipeline.plan.outputs) {
+            if !output.is_raw() {
                 writer.write(batch, &positions).await?;
             }
         }
@@ -257,7 +259,7 @@ impl<'p> Worker<'p> {
         };
         let letter = DeadLetter {
             time: self.now.clone(),
-            pipeline: self.plan.name.clone(),
+            pipeline: self.pipeline.plan.name.clone(),
             stage: rejected.stage.to_string(),
             rule: reject.rule.clone(),
             reason: reject.reason.clone(),
@@ -327,7 +329,7 @@ impl<'p> Worker<'p> {
     /// still need their commit to be published).
     pub(crate) async fn close_all(&mut self) -> Result<Closed, PartitionError> {
         let mut closed = Closed::default();
-        for (writer, output) in self.parquet.iter_mut().zip(&self.plan.outputs) {
+        for (writer, output) in self.parquet.iter_mut().zip(&self.pipeline.plan.outputs) {
             for file in writer.close_all().await? {
                 closed.files.push(StagedFile {
                     destination: output.name.clone(),
