@@ -1,12 +1,16 @@
 //! Tributary's connectors: everything that touches files, stores and networks.
 //!
-//! - [`source`]: the source contract (partitions of raw records with positions) and the NDJSON file source.
-//! - [`parquet`]: the partitioned, rolling Parquet sink over `object_store`.
-//! - [`dead_letter`]: the NDJSON sink for DLQ and review records.
-//! - [`lookup`]: loaders for enrich reference tables (CSV, Parquet, NDJSON).
-//! - [`kafka`]: the Kafka consumer-group source and the Kafka producers.
+//! - [`source`]: the source contract (partitions of raw records with positions) and the NDJSON file source;
+//!   [`object_source`] reads NDJSON objects from S3.
+//! - [`kafka`]: the Kafka consumer-group source, the producers (outputs, dead-letter topics), admin and tails.
+//! - [`parquet`]: the partitioned, rolling Parquet sink over `object_store`; [`raw_zone`] archives messages as consumed.
+//! - [`dead_letter`]: the NDJSON sink for DLQ and review records, and reading them back for inspect and replay.
+//! - [`store`]: resolving a path or `s3://` URL to an object store, retried with backoff.
+//! - [`retry`]: the retry policy (exponential backoff with jitter) and its targets' state.
 //! - [`commit_log`]: the per-partition manifests behind exactly-once output.
-//! - [`store`]: resolving a path or URL to an object store.
+//! - [`snowflake`]: the SQL API client and the loader that `COPY`s published files once.
+//! - [`lookup`]: enrich reference tables from files (CSV, Parquet, NDJSON), PostgreSQL and Redis, with an LRU cache.
+//! - [`fault`]: crash and pause points for the fault tests.
 
 pub mod commit_log;
 pub mod dead_letter;
