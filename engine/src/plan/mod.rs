@@ -9,8 +9,8 @@
 //!   the stages after validate, each against the schema the previous one
 //!   emits; the result is what `run` takes. `tributary check` is both steps.
 //!
-//! One file per section of the pipeline file: [`source`], [`stages`],
-//! [`lookups`], [`outputs`], [`alerts`], [`warehouse`].
+//! One file per section of the pipeline file: `source`, `stages`, `lookups`,
+//! `outputs`, `storage`, `alerts`, `warehouse`.
 
 mod alerts;
 mod context;
@@ -18,6 +18,7 @@ mod lookups;
 mod outputs;
 mod source;
 mod stages;
+mod storage;
 mod warehouse;
 
 use std::collections::BTreeMap;
@@ -110,7 +111,7 @@ pub fn build(loaded: &Loaded) -> Result<Plan, ConfigError> {
     let cx = Cx(&loaded.file);
     let p = &loaded.pipeline;
     let limits = source::limits(cx, loaded)?;
-    let storage = outputs::storage(p);
+    let storage = storage::storage(p);
     let source = source::source(cx, loaded, limits, &storage)?;
     let (validate, stages) = stages::stages(cx, loaded, source.kafka())?;
     let destinations = outputs::outputs(cx, loaded, &source)?;

@@ -1,17 +1,15 @@
-//! `outputs:`, `dlq:`, `review:`, `storage:` and `retry:`: where records go
-//! and how the stores holding them are reached. Nothing is opened here.
+//! `outputs:`, `dlq:` and `review:`: where records go. Nothing is opened here.
 
 use arrow::datatypes::SchemaRef;
 use tributary_connectors::kafka::KafkaConnection;
 use tributary_connectors::parquet::{Codec, ParquetOptions, RowGroupBudget, file_schema};
 use tributary_connectors::raw_zone;
-use tributary_connectors::store::{S3Settings, Storage};
 
 use super::context::{Cx, Origin};
 use super::source::PlannedSource;
 use super::values;
 use crate::config::{
-    ByteSize, ConfigError, DeadLetterConfig, KafkaTopicConfig, Loaded, OutputConfig, PipelineFile,
+    ByteSize, ConfigError, DeadLetterConfig, KafkaTopicConfig, Loaded, OutputConfig,
     SnowflakeOutputConfig, Span, Text,
 };
 
@@ -296,24 +294,6 @@ impl Topics<'_> {
                 |b| b.as_usize(),
             ),
         })
-    }
-}
-
-/// `storage:` and `retry:`: how remote stores are reached and retried.
-pub(super) fn storage(p: &PipelineFile) -> Storage {
-    let text = |t: &Option<Text>| t.as_ref().map(|t| t.value.clone());
-    let s3 = &p.storage.s3;
-    Storage {
-        s3: S3Settings {
-            region: text(&s3.region),
-            endpoint: text(&s3.endpoint),
-            path_style: s3.path_style,
-            access_key_id: text(&s3.access_key_id),
-            secret_access_key: text(&s3.secret_access_key),
-            session_token: text(&s3.session_token),
-            profile: text(&s3.profile),
-        },
-        retry: (&p.retry).into(),
     }
 }
 
