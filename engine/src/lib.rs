@@ -2,6 +2,7 @@
 //! orders workload generator. The `tributary` binary is a thin CLI over it.
 //!
 //! - [`config`]: the pipeline file as typed Rust, with located errors.
+//! - [`counts`]: what a run counts per stage and per partition.
 //! - [`dlq`]: inspecting and replaying dead-letter queues.
 //! - [`plan`]: what the file decides (`build`, no server reached), then the
 //!   lookups reached and the stages compiled (`connect`): `tributary check`.
@@ -10,6 +11,7 @@
 //! - [`workload`]: the deterministic orders event generator.
 
 pub mod config;
+pub mod counts;
 pub mod dlq;
 pub mod plan;
 pub mod query;

@@ -13,6 +13,7 @@ use serde_json::json;
 use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
 
 use crate::plan::ErrorRateAlert;
+use crate::telemetry::WatchedAlert;
 
 /// Per-second buckets of (records in, records rejected).
 #[derive(Debug)]
@@ -84,21 +85,6 @@ impl ErrorRate {
         slot.1 += rejected;
     }
 
-    /// The share of records rejected over the window, as of the last check.
-    pub(crate) fn rate(&self) -> f64 {
-        self.rate_ppm.load(Ordering::Relaxed) as f64 / 1_000_000.0
-    }
-
-    /// The window the rate is taken over.
-    pub(crate) fn window(&self) -> Duration {
-        self.settings.window
-    }
-
-    /// Whether the alert is firing.
-    pub(crate) fn is_firing(&self) -> bool {
-        self.firing.load(Ordering::Relaxed)
-    }
-
     /// Checks the window; returns the alert to send when the state changed.
     fn check(&self) -> Option<serde_json::Value> {
         let (records, rejected) = self
@@ -143,6 +129,20 @@ impl ErrorRate {
             "rejected": rejected,
             "at": chrono::Utc::now().to_rfc3339(),
         }))
+    }
+}
+
+impl WatchedAlert for ErrorRate {
+    fn window(&self) -> Duration {
+        self.settings.window
+    }
+
+    fn rate(&self) -> f64 {
+        self.rate_ppm.load(Ordering::Relaxed) as f64 / 1_000_000.0
+    }
+
+    fn is_firing(&self) -> bool {
+        self.firing.load(Ordering::Relaxed)
     }
 }
 

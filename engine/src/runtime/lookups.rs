@@ -20,7 +20,7 @@ use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
 use tributary_stages::StageOutput;
 use tributary_stages::enrich::LookupTable;
 
-use super::worker::PartitionError;
+use super::error::PartitionError;
 use crate::plan::{KeyedEnrich, PlannedLookup};
 use crate::telemetry::Metrics;
 

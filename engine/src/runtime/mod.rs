@@ -10,12 +10,13 @@
 //! is published before `run` returns.
 
 pub(crate) mod alerts;
+mod bounded;
 mod dry_run;
+mod error;
+mod kafka;
 mod lookups;
-mod partition;
 mod progress;
 mod stages;
-mod stream;
 mod summary;
 mod warehouse;
 mod worker;
@@ -26,51 +27,18 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use tributary_connectors::kafka::KafkaError;
 use tributary_connectors::kafka::admin;
 use tributary_connectors::kafka::producer::{Producer, producer};
 use tributary_connectors::retry::Retrier;
-use tributary_connectors::source::PartitionReader;
 use tributary_connectors::store::Location;
 
-use progress::{Progress, ProgressDisplay};
-
+pub use crate::counts::{Counts, StageCounts};
 use crate::plan::{Pipeline, PlannedDeadLetter, PlannedSource, PlannedTopic};
 use crate::telemetry::Metrics;
 pub use dry_run::{DryReject, DryRun, dry_run};
-pub use summary::{
-    Counts, KafkaPartitionSummary, KafkaSummary, PartitionSummary, StageCounts, Summary,
-};
+pub use error::{PartitionError, RunError};
+pub use summary::{KafkaPartitionSummary, KafkaSummary, PartitionSummary, Summary};
 pub use warehouse::WarehouseSummary;
-pub use worker::PartitionError;
-
-/// Failures that stop a run before or outside any partition.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// An output location cannot be opened.
-    #[error("opening {what} at {path}: {source}")]
-    Open {
-        /// Which destination.
-        what: String,
-        /// Its path.
-        path: String,
-        /// The cause.
-        source: tributary_connectors::store::StoreError,
-    },
-    /// The source cannot list its partitions.
-    #[error(transparent)]
-    Source(#[from] tributary_connectors::source::SourceError),
-    /// A Kafka client cannot be created or the consumer failed.
-    #[error(transparent)]
-    Kafka(#[from] KafkaError),
-    /// A dry run could not process a batch.
-    #[error("dry run: {0}")]
-    DryRun(PartitionError),
-    /// The request does not apply to this pipeline.
-    #[error("{0}")]
-    Unsupported(String),
-}
 
 /// How a run ends, beyond its source running dry or Ctrl-C.
 #[derive(Debug, Clone, Default)]
@@ -271,12 +239,12 @@ pub async fn run(
     let result = match &pipeline.plan.source {
         PlannedSource::Bounded(source) => match tokio::task::block_in_place(|| source.partitions())
         {
-            Ok(partitions) => run_bounded(pipeline, partitions, destinations, stop, started).await,
+            Ok(partitions) => bounded::run(pipeline, partitions, destinations, stop, started).await,
             Err(e) => Err(e.into()),
         },
         PlannedSource::Kafka(kafka) => {
             let kafka = kafka.clone();
-            stream::run(
+            kafka::run(
                 Arc::new(pipeline),
                 kafka,
                 destinations,
@@ -305,63 +273,6 @@ pub async fn run(
         "run finished"
     );
     Ok(summary)
-}
-
-async fn run_bounded(
-    pipeline: Pipeline,
-    partitions: Vec<Box<dyn PartitionReader>>,
-    destinations: Destinations,
-    stop: StopHandle,
-    started: Instant,
-) -> Result<Summary, RunError> {
-    tracing::info!(
-        pipeline = %pipeline.plan.name,
-        partitions = partitions.len(),
-        workers = pipeline.plan.workers,
-        "run started"
-    );
-    let pipeline = Arc::new(pipeline);
-    let pool = Arc::new(Semaphore::new(pipeline.plan.workers));
-    let progress = Arc::new(Progress::default());
-    let total_bytes = partitions.iter().map(|p| p.info().bytes).sum();
-    let display = ProgressDisplay::start(progress.clone(), total_bytes);
-    let mut tasks = Vec::with_capacity(partitions.len());
-    for reader in partitions {
-        let (pipeline, pool, stop, destinations, progress) = (
-            pipeline.clone(),
-            pool.clone(),
-            stop.clone(),
-            destinations.clone(),
-            progress.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let label = reader.info().label.clone();
-            let Ok(_permit) = pool.acquire_owned().await else {
-                return PartitionSummary::not_started(label);
-            };
-            if stop.is_stopped() {
-                return PartitionSummary::not_started(label);
-            }
-            partition::run(&pipeline, &destinations, reader, &stop, &progress).await
-        }));
-    }
-    let mut partitions = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        partitions.push(match task.await {
-            Ok(summary) => summary,
-            Err(join) => {
-                PartitionSummary::failed("?".into(), format!("partition task panicked: {join}"))
-            }
-        });
-    }
-    drop(display);
-    Ok(Summary::collect(
-        &pipeline,
-        &destinations,
-        partitions,
-        started.elapsed(),
-        stop.is_stopped(),
-    ))
 }
 
 /// Starts the Snowflake loaders; each stage URL is its Parquet output's root.

@@ -10,8 +10,8 @@ use tracing::Instrument;
 use tributary_connectors::source::RawBatch;
 use tributary_stages::{Reject, Route, StageOutput};
 
-use super::StageCounts;
-use super::worker::PartitionError;
+use super::error::PartitionError;
+use crate::counts::StageCounts;
 use crate::plan::Pipeline;
 
 /// A record a stage rejected.

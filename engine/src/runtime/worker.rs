@@ -10,59 +10,18 @@ use tracing::Instrument;
 use arrow::array::{Array, RecordBatch};
 use tributary_connectors::commit_log::StagedFile;
 use tributary_connectors::dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter};
-use tributary_connectors::kafka::KafkaError;
-use tributary_connectors::kafka::producer::{
-    DeadLetterTopic, JsonTopic, JsonTopicError, SourceMessage,
-};
-use tributary_connectors::parquet::{
-    ParquetSinkError, PartitionedParquetWriter, Placement, PublishedFile,
-};
+use tributary_connectors::kafka::producer::{DeadLetterTopic, JsonTopic, SourceMessage};
+use tributary_connectors::parquet::{PartitionedParquetWriter, Placement, PublishedFile};
 use tributary_connectors::raw_zone;
-use tributary_connectors::source::{Origin, PartitionInfo, RawBatch, SourceError};
-use tributary_stages::{Route, StageError};
+use tributary_connectors::source::{Origin, PartitionInfo, RawBatch};
+use tributary_stages::Route;
 
+use super::error::PartitionError;
 use super::stages::{self, Rejected};
-use super::summary::Counts;
 use super::{DeadLetterDestination, Destinations};
+use crate::counts::Counts;
 use crate::plan::Pipeline;
 use crate::telemetry::Metrics;
-
-/// Why a partition stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum PartitionError {
-    /// Reading failed.
-    #[error("source: {0}")]
-    Source(#[from] SourceError),
-    /// A stage failed on a whole batch (not a record's fault).
-    #[error("stage {stage}: {source}")]
-    Stage {
-        /// The stage kind.
-        stage: &'static str,
-        /// The failure.
-        source: StageError,
-    },
-    /// Writing Parquet failed.
-    #[error("output: {0}")]
-    Output(#[from] ParquetSinkError),
-    /// Writing a dead letter file failed.
-    #[error("dead letters: {0}")]
-    DeadLetter(#[from] DeadLetterError),
-    /// Producing to Kafka failed.
-    #[error(transparent)]
-    Kafka(#[from] KafkaError),
-    /// Producing records to a Kafka output failed.
-    #[error("kafka output: {0}")]
-    TopicOutput(#[from] JsonTopicError),
-    /// Adding Kafka metadata columns failed.
-    #[error("kafka metadata columns: {0}")]
-    Metadata(arrow::error::ArrowError),
-    /// The commit protocol failed (or this instance was fenced off).
-    #[error(transparent)]
-    Commit(#[from] tributary_connectors::commit_log::CommitLogError),
-    /// A lookup source answered with something unusable (not an outage: those follow `on_error`).
-    #[error("lookup: {0}")]
-    Lookup(String),
-}
 
 /// Dead letters for one destination.
 enum DeadLetterSink {

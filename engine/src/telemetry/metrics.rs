@@ -22,8 +22,7 @@ use tributary_connectors::kafka::consumer::LagTable;
 use tributary_connectors::lookup::cache::CachedLookup;
 use tributary_connectors::retry;
 
-use crate::runtime::StageCounts;
-use crate::runtime::alerts::ErrorRate;
+use crate::counts::StageCounts;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RecordLabels {
@@ -98,6 +97,17 @@ pub enum Readiness {
     NotReady(Vec<String>),
 }
 
+/// A sliding-window alert whose state the metrics report at each scrape
+/// (the runtime's error-rate alert).
+pub(crate) trait WatchedAlert: std::fmt::Debug + Send + Sync {
+    /// The window the rate is taken over.
+    fn window(&self) -> Duration;
+    /// The share of records rejected over the window, as of the last check.
+    fn rate(&self) -> f64;
+    /// Whether the alert is firing.
+    fn is_firing(&self) -> bool;
+}
+
 /// Counters, gauges and histograms of one engine process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -128,7 +138,7 @@ pub struct Metrics {
     caches: Mutex<Vec<(String, Arc<CachedLookup>)>>,
     streaming: AtomicI64,
     lag_table: Mutex<Option<LagTable>>,
-    alert: Mutex<Option<Arc<ErrorRate>>>,
+    alert: Mutex<Option<Arc<dyn WatchedAlert>>>,
     /// What the status page shows besides the metrics.
     pub(super) board: Mutex<Board>,
 }
@@ -475,7 +485,7 @@ impl Metrics {
     }
 
     /// Reports the error-rate alert's window at each scrape.
-    pub(crate) fn watch_error_rate(&self, alert: Arc<ErrorRate>) {
+    pub(crate) fn watch_error_rate(&self, alert: Arc<dyn WatchedAlert>) {
         if let Ok(mut slot) = self.alert.lock() {
             *slot = Some(alert);
         }

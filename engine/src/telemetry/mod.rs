@@ -13,5 +13,6 @@ mod status;
 mod traces;
 
 pub use http::serve;
+pub(crate) use metrics::WatchedAlert;
 pub use metrics::{Metrics, Readiness};
 pub use traces::{Traces, TracesError, otlp};

@@ -206,7 +206,7 @@ const PAGE: &str = include_str!("status.html");
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::StageCounts;
+    use crate::counts::StageCounts;
 
     #[test]
     fn rates_come_from_consecutive_samples_and_the_page_embeds_them() {

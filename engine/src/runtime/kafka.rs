@@ -31,9 +31,10 @@ use tributary_connectors::kafka::consumer::{
 use tributary_connectors::parquet::Placement;
 use tributary_connectors::source::{Origin, PartitionInfo, RawBatch};
 
-use super::partition::READ_AHEAD;
+use super::bounded::READ_AHEAD;
+use super::error::PartitionError;
 use super::summary::{KafkaPartitionSummary, KafkaSummary, PartitionSummary, Summary};
-use super::worker::{PartitionError, Worker};
+use super::worker::Worker;
 use super::{Destinations, RunError, RunOptions, StopHandle};
 use crate::plan::{Pipeline, PlannedKafkaSource};
 

@@ -1,24 +1,85 @@
-//! One bounded partition (a file chunk): read on a blocking thread, process,
-//! publish every file when the partition ends.
+//! The bounded run (files and S3 objects): partitions (file chunks) over a
+//! pool of `workers`, each read on a blocking thread, processed, and its
+//! files published when the partition ends.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tributary_connectors::parquet::Placement;
 use tributary_connectors::source::{PartitionReader, RawBatch, SourceError};
 
-use super::progress::Progress;
-use super::summary::PartitionSummary;
-use super::worker::{PartitionError, Worker};
+use super::error::{PartitionError, RunError};
+use super::progress::{Progress, ProgressDisplay};
+use super::summary::{PartitionSummary, Summary};
+use super::worker::Worker;
 use super::{Destinations, StopHandle};
 use crate::plan::Pipeline;
 
 /// Batches read ahead of processing, per partition.
 pub(crate) const READ_AHEAD: usize = 2;
 
+/// Runs every partition of a bounded source, at most `workers` at once.
+pub(super) async fn run(
+    pipeline: Pipeline,
+    partitions: Vec<Box<dyn PartitionReader>>,
+    destinations: Destinations,
+    stop: StopHandle,
+    started: Instant,
+) -> Result<Summary, RunError> {
+    tracing::info!(
+        pipeline = %pipeline.plan.name,
+        partitions = partitions.len(),
+        workers = pipeline.plan.workers,
+        "run started"
+    );
+    let pipeline = Arc::new(pipeline);
+    let pool = Arc::new(Semaphore::new(pipeline.plan.workers));
+    let progress = Arc::new(Progress::default());
+    let total_bytes = partitions.iter().map(|p| p.info().bytes).sum();
+    let display = ProgressDisplay::start(progress.clone(), total_bytes);
+    let mut tasks = Vec::with_capacity(partitions.len());
+    for reader in partitions {
+        let (pipeline, pool, stop, destinations, progress) = (
+            pipeline.clone(),
+            pool.clone(),
+            stop.clone(),
+            destinations.clone(),
+            progress.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let label = reader.info().label.clone();
+            let Ok(_permit) = pool.acquire_owned().await else {
+                return PartitionSummary::not_started(label);
+            };
+            if stop.is_stopped() {
+                return PartitionSummary::not_started(label);
+            }
+            run_partition(&pipeline, &destinations, reader, &stop, &progress).await
+        }));
+    }
+    let mut partitions = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        partitions.push(match task.await {
+            Ok(summary) => summary,
+            Err(join) => {
+                PartitionSummary::failed("?".into(), format!("partition task panicked: {join}"))
+            }
+        });
+    }
+    drop(display);
+    Ok(Summary::collect(
+        &pipeline,
+        &destinations,
+        partitions,
+        started.elapsed(),
+        stop.is_stopped(),
+    ))
+}
+
 /// Runs one partition to its end (or until stopped); never panics on bad input.
-pub(crate) async fn run(
+async fn run_partition(
     pipeline: &Pipeline,
     destinations: &Destinations,
     mut reader: Box<dyn PartitionReader>,
