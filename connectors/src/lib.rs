@@ -10,6 +10,7 @@
 //! - [`commit_log`]: the per-partition manifests behind exactly-once output.
 //! - [`snowflake`]: the SQL API client and the loader that `COPY`s published files once.
 //! - [`lookup`]: enrich reference tables from files (CSV, Parquet, NDJSON), PostgreSQL and Redis, with an LRU cache.
+//! - [`secret`]: values kept out of logs and `Debug` (keys, passwords, URLs that carry them).
 //! - [`fault`]: crash and pause points for the fault tests.
 
 pub mod commit_log;
@@ -21,6 +22,7 @@ pub mod object_source;
 pub mod parquet;
 pub mod raw_zone;
 pub mod retry;
+pub mod secret;
 pub mod snowflake;
 pub mod source;
 pub mod store;

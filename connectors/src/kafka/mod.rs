@@ -122,13 +122,35 @@ impl KafkaError {
     }
 }
 
-/// Connection settings shared by consumers and producers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Connection settings shared by consumers and producers; `Debug` hides the
+/// values of secret properties (`sasl.password`, …).
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaConnection {
     /// `host:port[,host:port…]`.
     pub brokers: String,
     /// librdkafka properties, applied last (they override Tributary's defaults).
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if crate::secret::is_secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConnection")
+            .field("brokers", &self.brokers)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 impl KafkaConnection {

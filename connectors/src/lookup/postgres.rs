@@ -23,6 +23,7 @@ use sqlx::{AssertSqlSafe, Column, Connection, Executor, Row, SqlSafeStr, Stateme
 use tokio::sync::OnceCell;
 
 use super::{Fetched, KeyedSource, LookupError, LookupSource};
+use crate::secret::Secret;
 
 /// A PostgreSQL table or query.
 ///
@@ -31,7 +32,8 @@ use super::{Fetched, KeyedSource, LookupError, LookupSource};
 /// run's async runtime.
 #[derive(Debug)]
 pub struct PostgresLookup {
-    url: String,
+    /// May hold a password.
+    url: Secret,
     pool: OnceCell<PgPool>,
     /// The `SELECT` giving the whole table.
     query: String,
@@ -107,7 +109,7 @@ impl PostgresLookup {
                 }
             };
         Ok(PostgresLookup {
-            url: url.to_string(),
+            url: Secret::new(url),
             pool: OnceCell::new(),
             query: query.to_string(),
             key,
@@ -125,7 +127,9 @@ impl PostgresLookup {
     /// Reads the whole table over a connection of its own (for `check`, before the run's runtime exists).
     pub async fn load_now(&self) -> Result<RecordBatch, LookupError> {
         let fail = |e: sqlx::Error| classify(&self.name, e);
-        let mut connection = PgConnection::connect(&self.url).await.map_err(fail)?;
+        let mut connection = PgConnection::connect(self.url.expose())
+            .await
+            .map_err(fail)?;
         let rows = sqlx::query(AssertSqlSafe(self.query.as_str()))
             .fetch_all(&mut connection)
             .await
@@ -140,7 +144,7 @@ impl PostgresLookup {
                 PgPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(Duration::from_secs(5))
-                    .connect(&self.url)
+                    .connect(self.url.expose())
                     .await
             })
             .await

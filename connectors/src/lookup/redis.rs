@@ -80,7 +80,7 @@ impl RedisLookup {
     ) -> Result<Self, LookupError> {
         let client = redis::Client::open(url).map_err(|e| LookupError::Invalid {
             source_name: name.to_string(),
-            message: format!("{url}: {e}"),
+            message: format!("{}: {e}", crate::secret::redact_url(url)),
         })?;
         let mut schema = vec![Field::new(key, DataType::Utf8, false)];
         schema.extend(

@@ -19,26 +19,18 @@ use serde_json::{Value, json};
 
 use super::SnowflakeError;
 use super::jwt;
+use crate::secret::Secret;
 
-/// How to authenticate.
-#[derive(Clone)]
+/// How to authenticate; `Debug` shows neither the password nor the key.
+#[derive(Debug, Clone)]
 pub enum Credentials {
     /// User and password (test servers, legacy accounts).
-    Password(String),
+    Password(Secret),
     /// Key-pair authentication: a PKCS#8 PEM RSA private key, signed into a JWT per login.
     KeyPair {
         /// The PEM text.
-        private_key_pem: String,
+        private_key_pem: Secret,
     },
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Credentials::Password(_) => "Password(…)",
-            Credentials::KeyPair { .. } => "KeyPair(…)",
-        })
-    }
 }
 
 /// Where and as whom to connect.
@@ -252,10 +244,10 @@ async fn login(http: &reqwest::Client, c: &Connection) -> Result<String, Snowfla
         data["SESSION_PARAMETERS"][name] = json!(value);
     }
     match &c.credentials {
-        Credentials::Password(password) => data["PASSWORD"] = json!(password),
+        Credentials::Password(password) => data["PASSWORD"] = json!(password.expose()),
         Credentials::KeyPair { private_key_pem } => {
             data["AUTHENTICATOR"] = json!("SNOWFLAKE_JWT");
-            data["TOKEN"] = json!(jwt::token(&c.account, &c.user, private_key_pem)?);
+            data["TOKEN"] = json!(jwt::token(&c.account, &c.user, private_key_pem.expose())?);
         }
     }
     let mut query = vec![

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use object_store::RetryConfig;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 
+use crate::secret::Secret;
+
 /// How to reach S3, as configured in the pipeline file; every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct S3Settings {
@@ -25,9 +27,9 @@ pub struct S3Settings {
     /// Access key id.
     pub access_key_id: Option<String>,
     /// Secret access key.
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Session token for temporary credentials.
-    pub session_token: Option<String>,
+    pub session_token: Option<Secret>,
     /// Profile in the shared credentials file (default: `AWS_PROFILE` or `default`).
     pub profile: Option<String>,
 }
@@ -69,10 +71,10 @@ impl S3Settings {
             builder = builder.with_access_key_id(v);
         }
         if let Some(v) = &self.secret_access_key {
-            builder = builder.with_secret_access_key(v);
+            builder = builder.with_secret_access_key(v.expose());
         }
         if let Some(v) = &self.session_token {
-            builder = builder.with_token(v);
+            builder = builder.with_token(v.expose());
         }
         if let Some(endpoint) = &self.endpoint {
             builder = builder

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use storage::{RetryConfig, S3Config, StorageConfig, WhenExhausted};
-pub use values::{ByteSize, DurationText, Located, Text};
+pub use values::{ByteSize, DurationText, Located, Properties, SecretText, Text};
 pub use warehouse::{AlertsConfig, ErrorRateConfig, SnowflakeOutputConfig, TimestampsConfig};
 
 /// Where a problem in the pipeline file is.
@@ -143,7 +143,7 @@ pub struct KafkaSourceConfig {
     pub max_buffered: ByteSize,
     /// librdkafka consumer properties, applied over Tributary's defaults.
     #[serde(default)]
-    pub properties: std::collections::BTreeMap<String, Text>,
+    pub properties: Properties,
 }
 
 fn default_max_buffered() -> ByteSize {
@@ -185,7 +185,7 @@ pub struct KafkaTopicConfig {
     pub topic: Text,
     /// librdkafka producer properties, applied over Tributary's defaults.
     #[serde(default)]
-    pub properties: std::collections::BTreeMap<String, Text>,
+    pub properties: Properties,
     /// Partitions of the topic when Tributary creates it (default 1).
     #[serde(default)]
     pub partitions: Option<u32>,
@@ -439,7 +439,7 @@ pub struct LookupConfig {
 #[serde(deny_unknown_fields)]
 pub struct PostgresLookupConfig {
     /// `postgres://user:password@host:port/database` (use `${VAR}` for the password).
-    pub url: Text,
+    pub url: SecretText,
     /// A table (or view), read whole.
     #[serde(default)]
     pub table: Option<String>,
@@ -469,8 +469,8 @@ pub enum LookupMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisLookupConfig {
-    /// `redis://host:port/db`.
-    pub url: Text,
+    /// `redis://host:port/db` (or `redis://:password@host:port/db`).
+    pub url: SecretText,
     /// Prepended to each key (`customer:` → `customer:C000042`).
     #[serde(default)]
     pub key_prefix: String,
@@ -691,7 +691,7 @@ pub struct KafkaOutputConfig {
     pub topic: Text,
     /// librdkafka producer properties, applied over Tributary's defaults.
     #[serde(default)]
-    pub properties: std::collections::BTreeMap<String, Text>,
+    pub properties: Properties,
     /// Partitions of the topic when Tributary creates it (default 1).
     #[serde(default)]
     pub partitions: Option<u32>,

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{DurationText, Text};
+use super::{DurationText, SecretText, Text};
 
 /// Settings for remote stores, shared by every `s3://` location in the file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -31,10 +31,10 @@ pub struct S3Config {
     pub access_key_id: Option<Text>,
     /// Secret access key.
     #[serde(default)]
-    pub secret_access_key: Option<Text>,
+    pub secret_access_key: Option<SecretText>,
     /// Session token.
     #[serde(default)]
-    pub session_token: Option<Text>,
+    pub session_token: Option<SecretText>,
     /// Profile in `~/.aws/credentials`.
     #[serde(default)]
     pub profile: Option<Text>,

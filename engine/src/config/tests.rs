@@ -145,3 +145,64 @@ fn the_pipeline_json_schema_matches_the_shipped_pipelines() {
         .collect();
     assert!(errors.is_empty(), "deploy/k8s/configmap.yaml: {errors:?}");
 }
+
+#[test]
+fn secrets_in_the_file_never_show_in_debug() {
+    let text = "\
+name: p
+source:
+  kafka:
+    brokers: b:9092
+    topics: [t]
+    group: g
+    properties:
+      sasl.username: app
+      sasl.password: kafka-hunter2
+stages:
+  - validate:
+      schema: s.json
+  - enrich:
+      lookup:
+        key: id
+        postgres:
+          url: postgres://app:pg-hunter2@db/orders
+          table: customers
+outputs:
+  - parquet:
+      name: t
+      path: out/t
+  - snowflake:
+      name: wh
+      from: t
+      account: acme
+      user: loader
+      password: sf-hunter2
+      database: D
+      schema: S
+      table: T
+      stage: ST
+dlq:
+  path: out/dlq
+review:
+  path: out/review
+storage:
+  s3:
+    access_key_id: AKIAEXAMPLE
+    secret_access_key: s3-hunter2
+    session_token: s3-token
+";
+    let loaded = parse_text(text).unwrap();
+    let shown = format!("{loaded:?}");
+    for secret in [
+        "kafka-hunter2",
+        "pg-hunter2",
+        "sf-hunter2",
+        "s3-hunter2",
+        "s3-token",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown in Debug");
+    }
+    for visible in ["sasl.username", "app", "AKIAEXAMPLE", "customers"] {
+        assert!(shown.contains(visible), "{visible} missing from Debug");
+    }
+}

@@ -1,11 +1,13 @@
 //! Scalar value types of the pipeline file: interpolated text, sizes, durations.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_saphyr::Spanned;
+use tributary_connectors::secret::is_secret_property;
 
 use super::Span;
 
@@ -36,6 +38,65 @@ impl<'de> Deserialize<'de> for Text {
             de::Error::custom(format!("{e} (line {}, column {})", span.line, span.column))
         })?;
         Ok(Text { value, span })
+    }
+}
+
+/// A [`Text`] holding a secret (a password, a key, a URL that carries a
+/// password): `Debug` shows `***`, and the value is read with [`SecretText::expose`].
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(Text);
+
+impl SecretText {
+    /// The value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0.value
+    }
+
+    /// Where the value starts in the pipeline file.
+    pub fn span(&self) -> &Span {
+        &self.0.span
+    }
+}
+
+impl fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SecretText(*** at {}:{})",
+            self.0.span.line, self.0.span.column
+        )
+    }
+}
+
+/// Client properties (librdkafka's, …): `Debug` hides the values of secret
+/// ones (`sasl.password`, `ssl.key.password`, …).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Properties(pub BTreeMap<String, Text>);
+
+impl Properties {
+    /// The properties as plain strings.
+    pub fn values(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect()
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if is_secret_property(k) {
+                    "***"
+                } else {
+                    v.value.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
     }
 }
 

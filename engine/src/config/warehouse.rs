@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{DurationText, Text};
+use super::{DurationText, SecretText, Text};
 
 /// Loads the files another (Parquet) output publishes into a Snowflake table.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,7 +21,7 @@ pub struct SnowflakeOutputConfig {
     pub user: Text,
     /// Password (tests and legacy accounts); use `${ENV}`.
     #[serde(default)]
-    pub password: Option<Text>,
+    pub password: Option<SecretText>,
     /// PKCS#8 PEM private key file for key-pair (JWT) authentication.
     #[serde(default)]
     pub private_key_path: Option<Text>,

@@ -15,6 +15,7 @@ use tributary_connectors::lookup::postgres::PostgresLookup;
 use tributary_connectors::lookup::redis::RedisLookup;
 use tributary_connectors::lookup::{FileLookup, KeyedSource, LookupSource};
 use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
+use tributary_connectors::secret::Secret;
 use tributary_stages::enrich::{LookupTable, SharedTable};
 
 use super::context::Cx;
@@ -50,7 +51,7 @@ pub enum TablePlan {
     /// A PostgreSQL table or query.
     Postgres {
         /// Connection URL (may hold a password).
-        url: String,
+        url: Secret,
         /// The `SELECT`.
         query: String,
         /// Asked per batch through a cache (else loaded whole).
@@ -139,7 +140,7 @@ pub(super) fn lookup(
             (table, name)
         }
         (None, Some(pg), None) => {
-            let span = pg.url.span.clone();
+            let span = pg.url.span().clone();
             let query = match (&pg.table, &pg.query) {
                 (Some(table), None) => format!("SELECT * FROM {table}"),
                 (None, Some(query)) => query.value.trim().trim_end_matches(';').to_string(),
@@ -165,7 +166,7 @@ pub(super) fn lookup(
                 .or_else(|| pg.table.clone())
                 .unwrap_or_else(|| "lookup".into());
             let table = TablePlan::Postgres {
-                url: pg.url.value.clone(),
+                url: Secret::new(pg.url.expose()),
                 query,
                 on_demand,
                 cache: pg.cache.clone(),
@@ -174,7 +175,7 @@ pub(super) fn lookup(
             (table, name)
         }
         (None, None, Some(redis)) => {
-            let span = redis.url.span.clone();
+            let span = redis.url.span().clone();
             let [one] = keys.as_slice() else {
                 return Err(at(
                     Some(&span),
@@ -190,7 +191,7 @@ pub(super) fn lookup(
                 .collect();
             let source = RedisLookup::new(
                 &name,
-                redis.url.as_str(),
+                redis.url.expose(),
                 &redis.key_prefix,
                 redis.value.into(),
                 one,
@@ -293,8 +294,13 @@ impl LookupPlan {
             } => {
                 let at_pg = |message: String| at(Some(span), ".postgres", message);
                 let by_key = on_demand.then(|| self.keys[0].as_str());
-                let source = block_on_io(PostgresLookup::connect(&self.name, url, query, by_key))
-                    .map_err(|e| at_pg(e.to_string()))?;
+                let source = block_on_io(PostgresLookup::connect(
+                    &self.name,
+                    url.expose(),
+                    query,
+                    by_key,
+                ))
+                .map_err(|e| at_pg(e.to_string()))?;
                 if *on_demand {
                     check_key_type(input, &self.keys[0]).map_err(at_pg)?;
                     let empty = RecordBatch::new_empty(source.schema());

@@ -7,7 +7,6 @@ use tributary_connectors::raw_zone;
 
 use super::context::{Cx, Origin};
 use super::source::PlannedSource;
-use super::values;
 use crate::config::{
     ByteSize, ConfigError, DeadLetterConfig, KafkaTopicConfig, Loaded, OutputConfig,
     SnowflakeOutputConfig, Span, Text,
@@ -284,7 +283,7 @@ impl Topics<'_> {
         Ok(PlannedTopic {
             connection: KafkaConnection {
                 brokers,
-                properties: values(&t.properties),
+                properties: t.properties.values(),
             },
             topic: topic.value.clone(),
             partitions: t.partitions.unwrap_or(1).max(1),

@@ -120,7 +120,7 @@ fn kafka(
         settings: ConsumerSettings {
             connection: KafkaConnection {
                 brokers: config.brokers.value.clone(),
-                properties: super::values(&config.properties),
+                properties: config.properties.values(),
             },
             topics: config.topics.iter().map(|t| t.value.clone()).collect(),
             group: config.group.value.clone(),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use tributary_connectors::parquet::file_schema;
+use tributary_connectors::secret::Secret;
 use tributary_connectors::snowflake::{
     Connection as SnowflakeConnection, Credentials, LoadTarget, TimestampKind,
 };
@@ -90,8 +91,8 @@ pub(super) fn snowflake(
     let password = sf
         .password
         .as_ref()
-        .map(|t| t.value.clone())
-        .or_else(|| std::env::var("SNOWFLAKE_PASSWORD").ok());
+        .map(|t| Secret::new(t.expose()))
+        .or_else(|| std::env::var("SNOWFLAKE_PASSWORD").ok().map(Secret::from));
     let key_path = sf
         .private_key_path
         .as_ref()
@@ -104,7 +105,7 @@ pub(super) fn snowflake(
             tributary_connectors::snowflake::public_key_fingerprint(&pem)
                 .map_err(|e| err("private_key_path", format!("{path}: {e}")))?;
             Credentials::KeyPair {
-                private_key_pem: pem,
+                private_key_pem: Secret::from(pem),
             }
         }
         (Some(password), None) => Credentials::Password(password),

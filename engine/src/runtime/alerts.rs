@@ -184,8 +184,18 @@ pub(crate) fn spawn_checker(
                         || {
                             let (http, url, body) = (http.clone(), url.clone(), body.clone());
                             async move {
-                                let response = http.post(&url).json(&body).send().await?;
-                                response.error_for_status().map(|_| ())
+                                // A webhook's path is often its secret (Slack,
+                                // Teams): errors, logged by the retrier, leave it out.
+                                let response = http
+                                    .post(&url)
+                                    .json(&body)
+                                    .send()
+                                    .await
+                                    .map_err(reqwest::Error::without_url)?;
+                                response
+                                    .error_for_status()
+                                    .map(|_| ())
+                                    .map_err(reqwest::Error::without_url)
                             }
                         },
                         |e: &reqwest::Error| {
@@ -195,7 +205,8 @@ pub(crate) fn spawn_checker(
                     )
                     .await;
                 if let Err(error) = sent {
-                    tracing::error!(%url, %error, "could not deliver the alert");
+                    let webhook = tributary_connectors::secret::url_origin(&url);
+                    tracing::error!(%webhook, %error, "could not deliver the alert");
                 }
             });
         }
