@@ -92,7 +92,10 @@ pub fn run(options: &Options, tributary: &Path) -> Result<()> {
         .spawn()?;
     let result = measure(options, &topic, &output.join("orders"), &mut engine);
     // SAFETY: the engine is our child; SIGINT asks it to drain and stop.
-    unsafe { libc::kill(engine.id() as libc::pid_t, libc::SIGINT) };
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(engine.id() as libc::pid_t, libc::SIGINT)
+    };
     let _ = engine.wait();
     result
 }

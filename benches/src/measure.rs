@@ -51,6 +51,7 @@ pub fn run_measured(command: &mut Command) -> Result<Measured> {
 }
 
 /// Waits for `pid` and returns its wait status and resource usage.
+#[allow(unsafe_code)] // libc::wait4; see the SAFETY notes.
 fn wait4(pid: u32) -> Result<(i32, libc::rusage)> {
     let mut status = 0;
     // SAFETY: rusage is plain old data; zeroed is a valid value for wait4 to overwrite.

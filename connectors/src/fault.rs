@@ -57,6 +57,7 @@ pub fn crash_point(point: &str) {
         eprintln!("pause point {point} reached: stopping until SIGCONT");
         // SAFETY: raise has no memory-safety preconditions; SIGSTOP stops the
         // whole process, which resumes here on SIGCONT.
+        #[allow(unsafe_code)]
         unsafe {
             libc::raise(libc::SIGSTOP);
         }

@@ -668,7 +668,10 @@ fn demo(events: u64, dir: &Path) -> Result<ExitCode> {
     ];
     for (name, value) in &vars {
         // SAFETY: no other thread exists yet; the async runtime starts below.
-        unsafe { std::env::set_var(name, value) };
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(name, value)
+        };
     }
     let pipeline = bundled_pipeline(dir)?;
     println!(

@@ -138,6 +138,7 @@ fn a_member_frozen_before_its_manifest_and_thawed_after_pruning_publishes_nothin
 /// Overwrites the name of header `index` in place with `bytes` (of the same
 /// length): rdkafka only builds headers from `&str` names, and the point is
 /// a name that is not UTF-8.
+#[allow(unsafe_code)] // writes a header name librdkafka would not; see the SAFETY note.
 fn rename_header(headers: &OwnedHeaders, index: usize, bytes: &[u8]) {
     use rdkafka::bindings as rd;
     let native = std::ptr::from_ref(headers.as_borrowed()).cast::<rd::rd_kafka_headers_t>();

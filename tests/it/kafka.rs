@@ -433,6 +433,7 @@ pub(crate) fn read_topic_until(
 
 /// A message's headers, names read as bytes (rdkafka's accessor panics on a
 /// name that is not UTF-8, and the poison-record test sends one).
+#[allow(unsafe_code)] // reads header names rdkafka would panic on; see the SAFETY note.
 fn header_pairs(headers: &rdkafka::message::BorrowedHeaders) -> Vec<(String, Vec<u8>)> {
     use rdkafka::bindings as rd;
     let native = std::ptr::from_ref(headers).cast::<rd::rd_kafka_headers_t>();

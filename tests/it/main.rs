@@ -2,6 +2,9 @@
 //! generated data and inspect what it writes. The Kafka tests start their
 //! own broker processes (see `servers`).
 
+// A test's unwrap is its assertion: a failure shows where and why.
+#![allow(clippy::unwrap_used)]
+
 mod check;
 mod delivery;
 mod dlq;

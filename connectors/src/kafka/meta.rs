@@ -107,6 +107,7 @@ impl NativeHeaders for OwnedHeaders {
 }
 
 /// Every header of a message, in order.
+#[allow(unsafe_code)] // librdkafka's raw header list; see the SAFETY notes.
 pub(crate) fn raw_headers(headers: &impl NativeHeaders) -> Vec<RawHeader<'_>> {
     use rdkafka::bindings as rd;
     let headers = headers.native();

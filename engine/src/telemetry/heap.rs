@@ -17,6 +17,7 @@ pub struct CountingAllocator<A>(pub A);
 
 // SAFETY: every call is forwarded to `A` unchanged; the counting never
 // touches the memory.
+#[allow(unsafe_code)]
 unsafe impl<A: GlobalAlloc> GlobalAlloc for CountingAllocator<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller upholds `alloc`'s contract, forwarded as is.

@@ -208,6 +208,7 @@ impl Column {
     }
 
     /// Moves the rows out as an Arrow array of `field`'s type, leaving the column empty.
+    #[allow(unsafe_code)] // one unchecked string array; see the SAFETY note.
     pub(crate) fn finish(&mut self, data_type: &DataType) -> ArrayRef {
         match (self, data_type) {
             (Column::Boolean(v), _) => {
