@@ -6,7 +6,7 @@
 //!
 //! **Replay** runs dead letters through a pipeline as a bounded source (one
 //! partition per file or topic partition, see
-//! [`ReplaySource`](tributary_connectors::dead_letter::replay::ReplaySource)).
+//! [`ReplaySource`]).
 //! Records that now pass go to the pipeline's outputs; records that still
 //! fail go to its DLQ or review queue with the new reason. Output names
 //! derive from the record's place in the queue, so a replay interrupted and

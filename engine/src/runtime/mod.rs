@@ -8,6 +8,14 @@
 //! At most `workers` partitions are open at once. Stopping (Ctrl-C) ends
 //! reading; batches already read go through the stages and every open file
 //! is published before `run` returns.
+//!
+//! Two runs share the per-partition work (`worker`): the bounded run
+//! (`bounded`: files and S3 objects, published when a partition ends) and
+//! the Kafka run (`kafka`: partitions assigned by the consumer group, each
+//! committed every `commit_interval` through the commit log, exactly once).
+//! Beside them: destinations opened once (local and S3 stores with retries,
+//! Kafka producers), lookups kept current (`lookups`), Snowflake loaders
+//! (`warehouse`) and the error-rate alert (`alerts`).
 
 pub(crate) mod alerts;
 mod bounded;
