@@ -304,6 +304,16 @@ pub async fn clear_staging(location: &Location, stream: &str) -> Result<usize, C
     Ok(objects.len() + incomplete)
 }
 
+/// Deletes one staged file (`staged`, a path in `location`) that a
+/// fenced-off owner will never commit; one already gone is no error.
+pub async fn discard_staged(location: &Location, staged: &str) -> Result<(), CommitLogError> {
+    let path = Path::from(staged);
+    match location.store.delete(&path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(source) => Err(store_error(&path)(source)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -253,6 +253,31 @@ impl DeadLetterWriter {
     }
 }
 
+/// Stores a dead letter too large for its topic, whole, under `state` (the
+/// commit logs' location: `_tributary/oversized/<stream>/<position>.json`),
+/// before its cut-down copy is produced; returns where. The name is fixed
+/// by the record's position, so a record rejected again after a crash is
+/// stored again under the same name.
+pub async fn keep_oversized(
+    state: &Location,
+    stream: &str,
+    letter: &DeadLetter,
+    position: u64,
+) -> Result<String, DeadLetterError> {
+    let path = Path::from(format!(
+        "{}/oversized/{stream}/{position:020}.json",
+        crate::commit_log::STATE_DIR,
+    ));
+    let body = serde_json::to_vec(letter)?;
+    object_store::ObjectStoreExt::put(&*state.store, &path, body.into())
+        .await
+        .map_err(|source| DeadLetterError::Store {
+            path: path.to_string(),
+            source,
+        })?;
+    Ok(format!("{}/{path}", state.display))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use object_store::ObjectStoreExt;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -449,14 +448,14 @@ impl PartitionTask {
     /// A fenced-off owner deletes what it staged (best effort: the next owner's recovery also does).
     async fn discard_staged(&self, manifest: &Manifest) {
         for file in &manifest.files {
-            if let Some(location) = self
+            let Some(location) = self
                 .destinations
                 .location(&self.pipeline, &file.destination)
-            {
-                let _ = location
-                    .store
-                    .delete(&object_store::path::Path::from(file.staged.as_str()))
-                    .await;
+            else {
+                continue;
+            };
+            if let Err(error) = commit_log::discard_staged(location, &file.staged).await {
+                tracing::warn!(partition = %self.partition, %error, "could not delete a staged file; the next owner's recovery will");
             }
         }
     }

@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use arrow::array::{Array, RecordBatch};
 use tributary_connectors::commit_log::StagedFile;
-use tributary_connectors::dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter};
+use tributary_connectors::dead_letter::{self, DeadLetter, DeadLetterWriter};
 use tributary_connectors::kafka::producer::{DeadLetterTopic, JsonTopic, SourceMessage};
 use tributary_connectors::parquet::{PartitionedParquetWriter, Placement, PublishedFile};
 use tributary_connectors::raw_zone;
@@ -329,11 +329,8 @@ impl<'p> Worker<'p> {
     }
 }
 
-/// Stores a dead letter too large for its topic, whole, under the state
-/// location (`_tributary/oversized/<stream>/<position>.json`), before its
-/// cut-down copy is produced; returns where. The name is fixed by the
-/// record's position, so a record rejected again after a crash is
-/// stored again under the same name.
+/// Stores a dead letter too large for its topic, whole, beside the commit
+/// logs (see [`dead_letter::keep_oversized`]); returns where.
 async fn keep_oversized(
     state: Option<&tributary_connectors::store::Location>,
     stream: &str,
@@ -343,17 +340,5 @@ async fn keep_oversized(
     let Some(state) = state else {
         return Ok("nowhere (the pipeline has no file destination)".into());
     };
-    let path = object_store::path::Path::from(format!(
-        "{}/oversized/{}/{position:020}.json",
-        tributary_connectors::commit_log::STATE_DIR,
-        stream
-    ));
-    let body = serde_json::to_vec(letter).map_err(DeadLetterError::from)?;
-    object_store::ObjectStoreExt::put(&*state.store, &path, body.into())
-        .await
-        .map_err(|source| DeadLetterError::Store {
-            path: path.to_string(),
-            source,
-        })?;
-    Ok(format!("{}/{path}", state.display))
+    Ok(dead_letter::keep_oversized(state, stream, letter, position).await?)
 }
