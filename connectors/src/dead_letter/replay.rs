@@ -119,9 +119,11 @@ pub fn scan_topic(
     while let Some(letter) = letters.next_letter()? {
         read += 1;
         let at = (letter.partition, letter.offset);
-        check(&letter.letter).map_err(|message| crate::kafka::KafkaError::Delivery {
+        check(&letter.letter).map_err(|message| crate::kafka::KafkaError::BadLetter {
             topic: topic.to_string(),
-            message: format!("{topic}/{}@{}: {message}", at.0, at.1),
+            partition: at.0,
+            offset: at.1,
+            message,
         })?;
         let range = ranges.entry(at.0).or_insert((at.1, at.1 + 1));
         *range = (range.0.min(at.1), range.1.max(at.1 + 1));

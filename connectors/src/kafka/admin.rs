@@ -36,9 +36,9 @@ pub async fn ensure_topic(
     match results.into_iter().next() {
         Some(Ok(_)) => Ok(true),
         Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
-        Some(Err((_, code))) => Err(KafkaError::Delivery {
+        Some(Err((_, code))) => Err(KafkaError::CreateTopic {
             topic: topic.to_string(),
-            message: format!("creating the topic: {code}"),
+            code: code.to_string(),
         }),
     }
 }

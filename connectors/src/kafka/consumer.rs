@@ -761,8 +761,8 @@ impl KafkaConsumer {
                 break Ok(Ended::Stopped);
             }
             if let Some(fatal) = context.fatal.lock().ok().and_then(|f| f.clone()) {
-                break Err(KafkaError::Delivery {
-                    topic: self.settings.topics.join(","),
+                break Err(KafkaError::Consumer {
+                    topics: self.settings.topics.join(","),
                     message: fatal,
                 });
             }

@@ -218,7 +218,7 @@ impl TopicLetters {
                 return Ok(None);
             }
             if self.marks_reached.is_none() && self.last_progress.elapsed() > self.timeout {
-                return Err(KafkaError::Delivery {
+                return Err(KafkaError::Stalled {
                     topic: self.topic.clone(),
                     message: format!(
                         "read {} messages, then nothing for {:?} while partitions {:?} had not reached their end",

@@ -43,6 +43,52 @@ pub enum KafkaError {
         /// Why.
         message: String,
     },
+    /// The consumer stopped: a fatal client error, or its thread could not
+    /// start or panicked.
+    #[error("kafka consumer of {topics}: {message}")]
+    Consumer {
+        /// The topics it reads.
+        topics: String,
+        /// Why.
+        message: String,
+    },
+    /// The brokers know no such topic (or it has no partitions).
+    #[error("kafka topic {topic}: no such topic (or it has no partitions)")]
+    NoSuchTopic {
+        /// The topic.
+        topic: String,
+    },
+    /// The brokers refused to create a topic.
+    #[error("kafka topic {topic}: creating it failed: {code}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The brokers' error code.
+        code: String,
+    },
+    /// Reading a topic to its end stopped short: nothing arrived for too long.
+    #[error("kafka topic {topic}: {message}")]
+    Stalled {
+        /// The topic.
+        topic: String,
+        /// How far it got.
+        message: String,
+    },
+    /// A message of a dead-letter topic is not a letter that can be replayed.
+    #[error("kafka topic {topic}, partition {partition}, offset {offset}: {message}")]
+    BadLetter {
+        /// The topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The request does not apply to Kafka sources as given.
+    #[error("kafka: {0}")]
+    Unsupported(String),
 }
 
 /// The partition ids of `topic`, as the brokers report them now (an error if it has none).
@@ -63,9 +109,8 @@ pub(crate) fn partitions_of<C: rdkafka::client::ClientContext>(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(KafkaError::Delivery {
+        return Err(KafkaError::NoSuchTopic {
             topic: topic.to_string(),
-            message: "no such topic (or it has no partitions)".into(),
         });
     }
     Ok(partitions)

@@ -22,10 +22,9 @@ pub fn sample(
     timeout: Duration,
 ) -> Result<Vec<RawBatch>, KafkaError> {
     if let Some(pattern) = settings.topics.iter().find(|t| t.starts_with('^')) {
-        return Err(KafkaError::Delivery {
-            topic: pattern.clone(),
-            message: "a dry run names its topics; patterns are not sampled".into(),
-        });
+        return Err(KafkaError::Unsupported(format!(
+            "a dry run names its topics; the pattern {pattern} is not sampled"
+        )));
     }
     let consumer = super::standalone_consumer(&settings.connection, &settings.group)?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();

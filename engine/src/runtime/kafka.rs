@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tributary_connectors::commit_log::{self, CommitLog, CommitLogError, Manifest, clear_staging};
 use tributary_connectors::fault;
+use tributary_connectors::kafka::KafkaError;
 use tributary_connectors::kafka::consumer::{
     Assignment, KafkaConsumer, OffsetCommits, PartitionOwner, StartOffset, TopicPartition,
 };
@@ -521,16 +522,16 @@ pub(crate) async fn run(
             let _ = done_tx.send(ended);
         })
         .map_err(|e| {
-            RunError::Kafka(tributary_connectors::kafka::KafkaError::Delivery {
-                topic: kafka.settings.topics.join(","),
+            RunError::Kafka(KafkaError::Consumer {
+                topics: kafka.settings.topics.join(","),
                 message: format!("cannot start the consumer thread: {e}"),
             })
         })?;
     // The thread drops its sender without a word only when it panicked:
     // that is a failure of the run, never a clean stop.
     let ended = done_rx.await.unwrap_or_else(|_| {
-        Err(tributary_connectors::kafka::KafkaError::Delivery {
-            topic: kafka.settings.topics.join(","),
+        Err(KafkaError::Consumer {
+            topics: kafka.settings.topics.join(","),
             message: "the consumer thread panicked (see the log above)".into(),
         })
     });
