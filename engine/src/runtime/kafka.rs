@@ -103,10 +103,8 @@ impl Owner {
         loop {
             let latest = log.latest().await?;
             if let Some(m) = &latest {
-                let moved = commit_log::publish(&m.files, |name| {
-                    self.destinations.location(&self.pipeline, name)
-                })
-                .await?;
+                let moved =
+                    commit_log::publish(&m.files, |name| self.destinations.location(name)).await?;
                 // Published only now (the previous owner stopped before its
                 // renames): their loads are due too.
                 self.destinations
@@ -406,10 +404,7 @@ impl PartitionTask {
         }
         committer.seq = manifest.seq;
         fault::crash_point("after_manifest");
-        commit_log::publish(&manifest.files, |name| {
-            self.destinations.location(&self.pipeline, name)
-        })
-        .await?;
+        commit_log::publish(&manifest.files, |name| self.destinations.location(name)).await?;
         fault::crash_point("after_publish");
         self.destinations
             .warehouse
@@ -449,10 +444,7 @@ impl PartitionTask {
     /// A fenced-off owner deletes what it staged (best effort: the next owner's recovery also does).
     async fn discard_staged(&self, manifest: &Manifest) {
         for file in &manifest.files {
-            let Some(location) = self
-                .destinations
-                .location(&self.pipeline, &file.destination)
-            else {
+            let Some(location) = self.destinations.location(&file.destination) else {
                 continue;
             };
             if let Err(error) = commit_log::discard_staged(location, &file.staged).await {

@@ -41,7 +41,7 @@ use tributary_connectors::retry::Retrier;
 use tributary_connectors::store::Location;
 
 pub use crate::counts::{Counts, StageCounts};
-use crate::plan::{Pipeline, PlannedDeadLetter, PlannedSource, PlannedTopic};
+use crate::plan::{Pipeline, PlannedDeadLetter, PlannedOutput, PlannedSource, PlannedTopic};
 use crate::telemetry::Metrics;
 pub use dry_run::{DryReject, DryRun, dry_run};
 pub use error::{PartitionError, RunError};
@@ -88,11 +88,26 @@ pub(crate) enum DeadLetterDestination {
     },
 }
 
+/// A Parquet output with its store open.
+#[derive(Clone)]
+pub(crate) struct OpenOutput {
+    pub(crate) planned: PlannedOutput,
+    pub(crate) location: Location,
+}
+
+/// A Kafka output with its producer.
+#[derive(Clone)]
+pub(crate) struct OpenTopic {
+    /// The topic.
+    pub(crate) topic: String,
+    pub(crate) producer: Producer,
+}
+
 /// Open destinations shared by all partitions.
 #[derive(Clone)]
 pub(crate) struct Destinations {
-    pub(crate) outputs: Vec<Location>,
-    pub(crate) topic_outputs: Vec<Producer>,
+    pub(crate) outputs: Vec<OpenOutput>,
+    pub(crate) topic_outputs: Vec<OpenTopic>,
     pub(crate) dlq: DeadLetterDestination,
     pub(crate) review: DeadLetterDestination,
     pub(crate) warehouse: warehouse::Feeds,
@@ -145,13 +160,23 @@ impl Destinations {
                 .plan
                 .outputs
                 .iter()
-                .map(|o| open(pipeline, &format!("output {}", o.name), &o.path))
+                .map(|o| {
+                    Ok::<_, RunError>(OpenOutput {
+                        planned: o.clone(),
+                        location: open(pipeline, &format!("output {}", o.name), &o.path)?,
+                    })
+                })
                 .collect::<Result<_, _>>()?,
             topic_outputs: pipeline
                 .plan
                 .topic_outputs
                 .iter()
-                .map(|o| producer(&o.topic.connection, pipeline.plan.storage.retry))
+                .map(|o| {
+                    Ok::<_, RunError>(OpenTopic {
+                        topic: o.topic.topic.clone(),
+                        producer: producer(&o.topic.connection, pipeline.plan.storage.retry)?,
+                    })
+                })
                 .collect::<Result<_, _>>()?,
             dlq: dead_letters("dlq", &pipeline.plan.dlq)?,
             review: dead_letters("review", &pipeline.plan.review)?,
@@ -166,7 +191,7 @@ impl Destinations {
     }
 
     /// The store of a file destination by name (an output's name, `dlq` or `review`).
-    pub(crate) fn location(&self, pipeline: &Pipeline, name: &str) -> Option<&Location> {
+    pub(crate) fn location(&self, name: &str) -> Option<&Location> {
         fn files(d: &DeadLetterDestination) -> Option<&Location> {
             match d {
                 DeadLetterDestination::Files { location, .. } => Some(location),
@@ -176,12 +201,11 @@ impl Destinations {
         match name {
             "dlq" => files(&self.dlq),
             "review" => files(&self.review),
-            _ => pipeline
-                .plan
+            _ => self
                 .outputs
                 .iter()
-                .position(|o| o.name == name)
-                .map(|i| &self.outputs[i]),
+                .find(|o| o.planned.name == name)
+                .map(|o| &o.location),
         }
     }
 
@@ -192,7 +216,7 @@ impl Destinations {
 
     /// Every file destination's store.
     pub(crate) fn file_locations(&self) -> Vec<&Location> {
-        let mut all: Vec<&Location> = self.outputs.iter().collect();
+        let mut all: Vec<&Location> = self.outputs.iter().map(|o| &o.location).collect();
         for d in [&self.dlq, &self.review] {
             if let DeadLetterDestination::Files { location, .. } = d {
                 all.push(location);
@@ -291,7 +315,7 @@ fn start_loaders(
     let mut planned = pipeline.snowflake.clone();
     for p in &mut planned {
         if p.create_stage
-            && let Some(location) = destinations.location(pipeline, &p.from)
+            && let Some(location) = destinations.location(&p.from)
         {
             let root = &location.display;
             p.target.stage_url = Some(if root.contains("://") {
@@ -303,7 +327,7 @@ fn start_loaders(
     }
     warehouse::start(
         &planned,
-        |from| destinations.location(pipeline, from).cloned(),
+        |from| destinations.location(from).cloned(),
         |target| Retrier::new(target, pipeline.plan.storage.retry),
         &destinations.metrics,
     )

@@ -172,12 +172,11 @@ impl Summary {
         for p in &partitions {
             totals.add(&p.counts);
         }
-        let outputs = pipeline
-            .plan
+        let outputs = destinations
             .outputs
             .iter()
-            .zip(&destinations.outputs)
-            .map(|(o, location)| {
+            .map(|open| {
+                let (o, location) = (&open.planned, &open.location);
                 let mut total = Published::default();
                 for p in &partitions {
                     for (_, file) in p.files.iter().filter(|(name, _)| *name == o.name) {

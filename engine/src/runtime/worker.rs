@@ -20,7 +20,7 @@ use super::error::PartitionError;
 use super::stages::{self, Rejected};
 use super::{DeadLetterDestination, Destinations};
 use crate::counts::Counts;
-use crate::plan::Pipeline;
+use crate::plan::{OutputKind, Pipeline};
 use crate::telemetry::Metrics;
 
 /// Dead letters for one destination.
@@ -40,11 +40,20 @@ pub(crate) struct Closed {
     pub(crate) dead_letter_files: Vec<(&'static str, String)>,
 }
 
+/// One Parquet output's writer for this partition.
+struct OutputWriter {
+    /// The output's name.
+    name: String,
+    /// What it holds: records leaving the stages, or messages as consumed.
+    kind: OutputKind,
+    writer: PartitionedParquetWriter,
+}
+
 /// State of one partition's processing.
 pub(crate) struct Worker<'p> {
     pipeline: &'p Pipeline,
     info: PartitionInfo,
-    parquet: Vec<PartitionedParquetWriter>,
+    parquet: Vec<OutputWriter>,
     topics: Vec<JsonTopic>,
     dlq: DeadLetterSink,
     review: DeadLetterSink,
@@ -65,32 +74,31 @@ impl<'p> Worker<'p> {
         info: &PartitionInfo,
         placement: Placement,
     ) -> Result<Self, PartitionError> {
-        let parquet = pipeline
-            .plan
+        let parquet = destinations
             .outputs
             .iter()
-            .zip(&destinations.outputs)
-            .map(|(o, location)| {
-                let schema = if o.is_raw() {
-                    raw_zone::schema()
-                } else {
-                    pipeline.output_schema.clone()
+            .map(|o| {
+                let schema = match o.planned.kind {
+                    OutputKind::Raw => raw_zone::schema(),
+                    OutputKind::Records => pipeline.output_schema.clone(),
                 };
-                PartitionedParquetWriter::new(
-                    location.clone(),
-                    o.options.clone(),
+                let writer = PartitionedParquetWriter::new(
+                    o.location.clone(),
+                    o.planned.options.clone(),
                     &schema,
                     &info.stream,
-                )
-                .map(|w| w.with_placement(placement))
+                )?;
+                Ok::<_, PartitionError>(OutputWriter {
+                    name: o.planned.name.clone(),
+                    kind: o.planned.kind,
+                    writer: writer.with_placement(placement),
+                })
             })
             .collect::<Result<_, _>>()?;
-        let topics = pipeline
-            .plan
+        let topics = destinations
             .topic_outputs
             .iter()
-            .zip(&destinations.topic_outputs)
-            .map(|(o, producer)| JsonTopic::new(producer.clone(), &o.topic.topic))
+            .map(|o| JsonTopic::new(o.producer.clone(), &o.topic))
             .collect();
         let sink = |destination: &DeadLetterDestination| match destination {
             DeadLetterDestination::Files {
@@ -163,14 +171,14 @@ impl<'p> Worker<'p> {
 
     /// Writes the batch as consumed to the raw-zone outputs.
     async fn archive(&mut self, raw: &RawBatch) -> Result<(), PartitionError> {
-        if !self.pipeline.plan.outputs.iter().any(|o| o.is_raw()) || raw.is_empty() {
+        if !self.parquet.iter().any(|o| o.kind == OutputKind::Raw) || raw.is_empty() {
             return Ok(());
         }
         let rows = raw_zone::batch(raw, chrono::Utc::now().timestamp_millis())
             .map_err(PartitionError::Metadata)?;
-        for (writer, output) in self.parquet.iter_mut().zip(&self.pipeline.plan.outputs) {
-            if output.is_raw() {
-                writer.write(&rows, &raw.positions).await?;
+        for output in &mut self.parquet {
+            if output.kind == OutputKind::Raw {
+                output.writer.write(&rows, &raw.positions).await?;
             }
         }
         Ok(())
@@ -187,9 +195,9 @@ impl<'p> Worker<'p> {
             return Ok(());
         }
         let positions: Vec<u64> = rows.iter().map(|r| raw.positions[*r]).collect();
-        for (writer, output) in self.parquet.iter_mut().zip(&self.pipeline.plan.outputs) {
-            if !output.is_raw() {
-                writer.write(batch, &positions).await?;
+        for output in &mut self.parquet {
+            if output.kind == OutputKind::Records {
+                output.writer.write(batch, &positions).await?;
             }
         }
         if !self.topics.is_empty() {
@@ -288,8 +296,8 @@ impl<'p> Worker<'p> {
     /// still need their commit to be published).
     pub(crate) async fn close_all(&mut self) -> Result<Closed, PartitionError> {
         let mut closed = Closed::default();
-        for (writer, output) in self.parquet.iter_mut().zip(&self.pipeline.plan.outputs) {
-            for file in writer.close_all().await? {
+        for output in &mut self.parquet {
+            for file in output.writer.close_all().await? {
                 closed.files.push(StagedFile {
                     destination: output.name.clone(),
                     staged: file.staged.clone().unwrap_or_else(|| file.path.clone()),
