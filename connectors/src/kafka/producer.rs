@@ -18,7 +18,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 use super::{KafkaConnection, KafkaError};
 use crate::dead_letter::DeadLetter;
@@ -58,11 +58,18 @@ const MAX_TRUNCATED_KEY: usize = 1024;
 /// Room left for the record and batch framing Kafka adds.
 const FRAMING_BYTES: usize = 512;
 
-/// An idempotent producer (one per destination; it is cheap to clone), with
-/// the retry policy its deliveries follow.
+/// An idempotent producer (one per destination; it is cheap to clone, and
+/// clones share one client), with the retry policy its deliveries follow.
+///
+/// A client that hit a fatal error stays unusable (librdkafka's idempotent
+/// producer, for one, gives up for good when a broker that lost its state
+/// answers with an out-of-order sequence number). The next [`TopicProducer`]
+/// made from it (a restarted partition's) replaces it with a new client, so
+/// the partitions that failed with it resume instead of failing for ever.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    client: std::sync::Arc<std::sync::Mutex<FutureProducer>>,
+    connection: std::sync::Arc<KafkaConnection>,
     brokers: std::sync::Arc<str>,
     policy: RetryPolicy,
 }
@@ -78,13 +85,43 @@ impl std::fmt::Debug for Producer {
 
 /// Creates a producer to `connection`'s brokers whose deliveries follow `policy`.
 pub fn producer(connection: &KafkaConnection, policy: RetryPolicy) -> Result<Producer, KafkaError> {
+    Ok(Producer {
+        client: std::sync::Arc::new(std::sync::Mutex::new(client(connection, policy)?)),
+        connection: std::sync::Arc::new(connection.clone()),
+        brokers: connection.brokers.as_str().into(),
+        policy,
+    })
+}
+
+impl Producer {
+    /// The shared client, replaced first when it hit a fatal error (if a new
+    /// one cannot be created, the old one is returned and sends fail again).
+    fn live(&self) -> FutureProducer {
+        let mut current = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((code, reason)) = current.client().fatal_error() {
+            match client(&self.connection, self.policy) {
+                Ok(fresh) => {
+                    tracing::warn!(brokers = %self.brokers, ?code, %reason, "producer hit a fatal error; replaced it with a new one");
+                    *current = fresh;
+                }
+                Err(error) => {
+                    tracing::error!(brokers = %self.brokers, %error, "producer hit a fatal error and cannot be replaced")
+                }
+            }
+        }
+        current.clone()
+    }
+}
+
+/// A librdkafka client for [`producer`].
+fn client(connection: &KafkaConnection, policy: RetryPolicy) -> Result<FutureProducer, KafkaError> {
     // 0 is librdkafka's "no deadline": it redelivers until the brokers take
     // the message (or refuse it for good, as one over their size limit).
     let timeout = match policy.exhausted {
         Exhausted::Wait => 0,
         Exhausted::Fail => policy.max_elapsed.as_millis().max(1),
     };
-    let inner = connection
+    connection
         .client_config(&[
             ("enable.idempotence", "true"),
             ("acks", "all"),
@@ -96,12 +133,7 @@ pub fn producer(connection: &KafkaConnection, policy: RetryPolicy) -> Result<Pro
             ("message.max.bytes", "67108864"),
         ])
         .create()
-        .map_err(KafkaError::client("creating a producer"))?;
-    Ok(Producer {
-        inner,
-        brokers: connection.brokers.as_str().into(),
-        policy,
-    })
+        .map_err(KafkaError::client("creating a producer"))
 }
 
 /// An idempotent producer to one topic, tracking unacknowledged sends.
@@ -130,7 +162,7 @@ impl TopicProducer {
                 format!("kafka://{}/{topic}", producer.brokers),
                 producer.policy,
             ),
-            producer: producer.inner,
+            producer: producer.live(),
             topic: topic.to_string(),
             in_flight: VecDeque::new(),
             sent: 0,
@@ -423,4 +455,57 @@ pub enum JsonTopicError {
     /// Producing failed.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+}
+
+#[cfg(test)]
+mod fatal_tests {
+    use super::*;
+    use rdkafka::bindings as rd;
+    use rdkafka::mocking::MockCluster;
+
+    /// Puts `producer`'s client in librdkafka's fatal state, as a broker
+    /// answering an idempotent producer with an out-of-order sequence does.
+    #[allow(unsafe_code)] // librdkafka's test hook; see the SAFETY note.
+    fn make_fatal(producer: &Producer) {
+        let client = producer.live();
+        let reason = c"injected by the test";
+        // SAFETY: the client is alive for the call; the reason is a
+        // NUL-terminated string librdkafka copies.
+        unsafe {
+            rd::rd_kafka_test_fatal_error(
+                client.client().native_ptr(),
+                rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+        assert!(client.client().fatal_error().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_producer_that_hit_a_fatal_error_is_replaced_for_the_next_topic_producer() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("letters", 1, 1).unwrap();
+        let connection = KafkaConnection {
+            brokers: cluster.bootstrap_servers(),
+            properties: Default::default(),
+        };
+        let producer = producer(&connection, RetryPolicy::default()).unwrap();
+        let mut before = TopicProducer::new(producer.clone(), "letters");
+        before.send(Some(b"k"), b"first", None).await.unwrap();
+        assert_eq!(before.flush().await.unwrap(), 1);
+
+        make_fatal(&producer);
+        // The partition holding the dead client fails...
+        let sent = before.send(Some(b"k"), b"lost", None).await;
+        let failed = match sent {
+            Err(e) => Err(e),
+            Ok(()) => before.flush().await.map(|_| ()),
+        };
+        assert!(failed.is_err(), "a fatal client still delivered");
+        // ...and its restart gets a working one.
+        let mut after = TopicProducer::new(producer.clone(), "letters");
+        after.send(Some(b"k"), b"again", None).await.unwrap();
+        assert_eq!(after.flush().await.unwrap(), 1);
+        let _ = producer.live().flush(Duration::from_secs(5));
+    }
 }
