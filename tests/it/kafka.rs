@@ -299,14 +299,21 @@ impl Scenario {
                 );
             }
         }
-        let review = read_topic(brokers, &format!("{TOPIC}.review"));
-        let ids: BTreeSet<String> = review
-            .iter()
-            .map(|m| {
-                let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-                v["event_id"].as_str().unwrap().to_string()
-            })
-            .collect();
+        // Read on until every expected review letter has arrived, as for the
+        // DLQ: an S3-backed broker can be quiet for longer than `read_topic`
+        // waits (seen in a loaded run: 48 of 60 read, the rest still coming).
+        let event_id = |m: &Record| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            v["event_id"].as_str().unwrap().to_string()
+        };
+        let mut arrived = BTreeSet::new();
+        let review = read_topic_until(brokers, &format!("{TOPIC}.review"), |m| {
+            if let Some(m) = m {
+                arrived.insert(event_id(m));
+            }
+            arrived.len() >= self.want_review.len()
+        });
+        let ids: BTreeSet<String> = review.iter().map(event_id).collect();
         assert_eq!(ids, self.want_review);
     }
 
