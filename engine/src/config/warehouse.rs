@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{DurationText, SecretText, Text};
+use super::{DurationText, Properties, SecretText, Text};
 
 /// Loads the files another (Parquet) output publishes into a Snowflake table.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,7 +59,7 @@ pub struct SnowflakeOutputConfig {
     pub max_backlog: usize,
     /// Session parameters set at login.
     #[serde(default)]
-    pub session_parameters: std::collections::BTreeMap<String, Text>,
+    pub session_parameters: Properties,
 }
 
 fn default_max_files() -> usize {

@@ -21,7 +21,6 @@ mod stages;
 mod storage;
 mod warehouse;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -30,7 +29,7 @@ use tributary_connectors::source::BatchLimits;
 use tributary_connectors::store::Storage;
 use tributary_stages::validate::Validate;
 
-use crate::config::{ConfigError, Loaded, Text};
+use crate::config::{ConfigError, Loaded};
 use context::Cx;
 use lookups::Reach;
 
@@ -150,16 +149,17 @@ pub fn connect(plan: Plan) -> Result<Pipeline, ConfigError> {
     let compiled =
         match stages::compile(cx, &plan.stages, plan.validated_schema(), Reach::Connected)? {
             Ok(compiled) => compiled,
+            // Connected, every lookup is reached (or refused with its error).
             Err((stage, _)) => {
-                return Err(cx.at(None, stage, "this lookup could not be reached"));
+                return Err(cx.at(None, stage, "this lookup's columns are unknown"));
             }
         };
-    let (output_schema, snowflake) = plan.check_columns(&compiled.schema)?;
+    let snowflake = plan.check_columns(&compiled.schema)?;
     Ok(Pipeline {
         plan,
         stages: compiled.stages,
         lookups: compiled.lookups,
-        output_schema,
+        output_schema: compiled.schema,
         snowflake,
     })
 }
@@ -184,12 +184,9 @@ impl Plan {
         }
     }
 
-    /// Checks what depends on the records reaching the outputs: partition
-    /// columns and Snowflake column types.
-    fn check_columns(
-        &self,
-        schema: &SchemaRef,
-    ) -> Result<(SchemaRef, Vec<PlannedSnowflake>), ConfigError> {
+    /// Checks what depends on the records reaching the outputs (partition
+    /// columns, Snowflake column types); returns the Snowflake loads.
+    fn check_columns(&self, schema: &SchemaRef) -> Result<Vec<PlannedSnowflake>, ConfigError> {
         let cx = Cx(&self.file);
         outputs::check_columns(cx, &self.outputs, schema)?;
         let snowflake = self
@@ -197,15 +194,8 @@ impl Plan {
             .iter()
             .map(|sf| sf.with_columns(cx, &self.outputs, schema))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((schema.clone(), snowflake))
+        Ok(snowflake)
     }
-}
-
-/// `properties:`-style maps as plain strings.
-fn values(map: &BTreeMap<String, Text>) -> BTreeMap<String, String> {
-    map.iter()
-        .map(|(k, v)| (k.clone(), v.value.clone()))
-        .collect()
 }
 
 /// `name type, …` of a schema, for messages.

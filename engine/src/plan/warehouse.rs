@@ -9,9 +9,9 @@ use tributary_connectors::snowflake::{
     Connection as SnowflakeConnection, Credentials, LoadTarget, TimestampKind,
 };
 
-use super::context::Cx;
+use super::context::{Cx, Origin};
 use super::outputs::PlannedOutput;
-use crate::config::{ConfigError, Loaded, SnowflakeOutputConfig, Span, Text};
+use crate::config::{ConfigError, Loaded, SnowflakeOutputConfig, Text};
 
 /// A Snowflake table loaded from a Parquet output's files, as the pipeline
 /// file gives it; its columns are known once the stages are compiled.
@@ -39,8 +39,7 @@ pub struct SnowflakePlan {
     pub max_backlog: usize,
     /// Whether the stage is created (with the output's URL) when absent.
     pub create_stage: bool,
-    key: String,
-    span: Span,
+    origin: Origin,
 }
 
 /// A Snowflake table loaded from a Parquet output's files, with its columns.
@@ -133,7 +132,7 @@ pub(super) fn snowflake(
             schema: sf.schema.value.clone(),
             warehouse: text(&sf.warehouse),
             role: text(&sf.role),
-            session_parameters: super::values(&sf.session_parameters),
+            session_parameters: sf.session_parameters.values(),
         },
         table: sf.table.value.clone(),
         stage: sf.stage.value.clone(),
@@ -143,8 +142,7 @@ pub(super) fn snowflake(
         max_wait: sf.max_wait.0,
         max_backlog: sf.max_backlog.max(1),
         create_stage: sf.create_stage,
-        key,
-        span,
+        origin: Origin { key, span },
     })
 }
 
@@ -157,7 +155,13 @@ impl SnowflakePlan {
         outputs: &[PlannedOutput],
         schema: &SchemaRef,
     ) -> Result<PlannedSnowflake, ConfigError> {
-        let err = |m: String| cx.at(Some(&self.span), format!("{}.from", self.key), m);
+        let err = |m: String| {
+            cx.at(
+                Some(&self.origin.span),
+                format!("{}.from", self.origin.key),
+                m,
+            )
+        };
         let partition_by = outputs
             .iter()
             .find(|o| o.name == self.from)
