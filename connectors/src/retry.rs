@@ -123,46 +123,66 @@ pub struct Retrier {
     pub health: Arc<Health>,
 }
 
-/// Every live retrier's target and health, so that metrics and readiness can
-/// report on all of them without each owner passing them along.
-static TARGETS: Mutex<Vec<(Arc<str>, Weak<Health>)>> = Mutex::new(Vec::new());
+/// The retriers of one run, listed by target so that metrics and readiness
+/// can report on all of them without each owner passing them along. Clones
+/// share one list; a retrier drops out of it when the last clone of it is gone.
+#[derive(Debug, Clone, Default)]
+pub struct RetryTargets(Arc<Mutex<Vec<Listed>>>);
 
-/// The targets of the retriers alive now, with their health (oldest first).
-/// Several retriers may share a target name (one per store opened for it).
-pub fn targets() -> Vec<(Arc<str>, Arc<Health>)> {
-    let Ok(mut all) = TARGETS.lock() else {
-        return Vec::new();
-    };
-    all.retain(|(_, health)| health.strong_count() > 0);
-    all.iter()
-        .filter_map(|(target, health)| Some((target.clone(), health.upgrade()?)))
-        .collect()
-}
+/// A listed retrier: its target and its health, held weakly.
+type Listed = (Arc<str>, Weak<Health>);
 
-/// Per target name: retries so far and whether any of its retriers waits past its budget.
-pub fn by_target() -> std::collections::BTreeMap<Arc<str>, (u64, bool)> {
-    let mut all = std::collections::BTreeMap::<Arc<str>, (u64, bool)>::new();
-    for (target, health) in targets() {
-        let entry = all.entry(target).or_default();
-        entry.0 += health.retries();
-        entry.1 |= health.is_waiting();
+impl RetryTargets {
+    /// A retrier for `target` under `policy`, listed here while it lives.
+    pub fn retrier(&self, target: impl Into<Arc<str>>, policy: RetryPolicy) -> Retrier {
+        let retrier = Retrier::new(target, policy);
+        self.watch(&retrier);
+        retrier
     }
-    all
+
+    /// Lists a retrier made elsewhere (and its clones) while it lives.
+    pub fn watch(&self, retrier: &Retrier) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|(_, health)| health.strong_count() > 0);
+        if !all
+            .iter()
+            .any(|(_, h)| h.ptr_eq(&Arc::downgrade(&retrier.health)))
+        {
+            all.push((retrier.target.clone(), Arc::downgrade(&retrier.health)));
+        }
+    }
+
+    /// The listed retriers alive now, with their health (oldest first).
+    /// Several retriers may share a target name (one per store opened for it).
+    pub fn live(&self) -> Vec<(Arc<str>, Arc<Health>)> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|(_, health)| health.strong_count() > 0);
+        all.iter()
+            .filter_map(|(target, health)| Some((target.clone(), health.upgrade()?)))
+            .collect()
+    }
+
+    /// Per target name: retries so far and whether any of its retriers waits past its budget.
+    pub fn by_target(&self) -> std::collections::BTreeMap<Arc<str>, (u64, bool)> {
+        let mut all = std::collections::BTreeMap::<Arc<str>, (u64, bool)>::new();
+        for (target, health) in self.live() {
+            let entry = all.entry(target).or_default();
+            entry.0 += health.retries();
+            entry.1 |= health.is_waiting();
+        }
+        all
+    }
 }
 
 impl Retrier {
-    /// A retrier for `target` under `policy`, listed in [`targets`] while it lives.
+    /// A retrier for `target` under `policy`, listed nowhere (see
+    /// [`RetryTargets::retrier`] for one that metrics report on).
     pub fn new(target: impl Into<Arc<str>>, policy: RetryPolicy) -> Self {
-        let retrier = Retrier {
+        Retrier {
             target: target.into(),
             policy,
             health: Arc::default(),
-        };
-        if let Ok(mut all) = TARGETS.lock() {
-            all.retain(|(_, health)| health.strong_count() > 0);
-            all.push((retrier.target.clone(), Arc::downgrade(&retrier.health)));
         }
-        retrier
     }
 
     /// Awaits `work`, which retries by itself (librdkafka's producer redelivers
@@ -416,19 +436,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn live_retriers_are_listed_with_their_health() {
-        let retrier = Retrier::new("listed-target", policy(Exhausted::Fail));
+    async fn live_retriers_are_listed_with_their_health_in_their_own_registry() {
+        let targets = RetryTargets::default();
+        let retrier = targets.retrier("listed-target", policy(Exhausted::Fail));
+        let twin = targets.retrier("listed-target", policy(Exhausted::Fail));
         let _ = retrier
             .run("op", || async { Err::<(), _>("down") }, |_| true)
             .await;
-        let listed = targets();
-        let (_, health) = listed
-            .iter()
-            .find(|(t, _)| &**t == "listed-target")
-            .expect("listed while alive");
+        let listed = targets.live();
+        assert_eq!(listed.len(), 2);
+        let (_, health) = &listed[0];
         assert!(health.retries() > 0);
+        let by_target = targets.by_target();
+        assert_eq!(by_target.len(), 1, "one name, summed: {by_target:?}");
+        assert_eq!(by_target["listed-target"].0, retrier.health.retries());
+        // Another run's registry does not see them.
+        assert!(RetryTargets::default().live().is_empty());
         drop(listed);
         drop(retrier);
-        assert!(!targets().iter().any(|(t, _)| &**t == "listed-target"));
+        assert_eq!(targets.live().len(), 1);
+        drop(twin);
+        assert!(targets.live().is_empty());
     }
 }

@@ -597,8 +597,10 @@ async fn publish(
         eprintln!("created topic {topic} with {partitions} partitions");
     }
     let started = std::time::Instant::now();
-    let policy = tributary_connectors::retry::RetryPolicy::default();
-    let mut out = TopicProducer::new(producer(connection, policy)?, topic);
+    use tributary_connectors::retry::{RetryPolicy, RetryTargets};
+    let unlisted = RetryTargets::default();
+    let producer = producer(connection, RetryPolicy::default(), &unlisted)?;
+    let mut out = TopicProducer::new(producer, topic);
     let mut invalid = 0u64;
     for (n, (line, expected)) in workload::events(spec).enumerate() {
         if matches!(expected, workload::Expected::Dlq(_)) {

@@ -248,7 +248,7 @@ fn chart_rows(png: &Path, color: [u8; 3]) -> usize {
 /// alerts query is one the engine registers.
 #[test]
 fn the_dashboard_and_alerts_query_metrics_the_engine_exports() {
-    let metrics = tributary_engine::telemetry::Metrics::new();
+    let metrics = tributary_engine::telemetry::Metrics::default();
     let families: BTreeSet<&str> = metrics.families().iter().map(String::as_str).collect();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut checked = 0;

@@ -22,7 +22,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 
 use super::{KafkaConnection, KafkaError};
 use crate::dead_letter::DeadLetter;
-use crate::retry::{Exhausted, Retrier, RetryPolicy};
+use crate::retry::{Exhausted, Retrier, RetryPolicy, RetryTargets};
 
 /// Sends beyond this many unacknowledged messages wait for the oldest.
 const MAX_IN_FLIGHT: usize = 50_000;
@@ -72,6 +72,7 @@ pub struct Producer {
     connection: std::sync::Arc<KafkaConnection>,
     brokers: std::sync::Arc<str>,
     policy: RetryPolicy,
+    targets: RetryTargets,
 }
 
 impl std::fmt::Debug for Producer {
@@ -83,13 +84,19 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// Creates a producer to `connection`'s brokers whose deliveries follow `policy`.
-pub fn producer(connection: &KafkaConnection, policy: RetryPolicy) -> Result<Producer, KafkaError> {
+/// Creates a producer to `connection`'s brokers whose deliveries follow
+/// `policy`; its topics' retriers are listed in `targets`.
+pub fn producer(
+    connection: &KafkaConnection,
+    policy: RetryPolicy,
+    targets: &RetryTargets,
+) -> Result<Producer, KafkaError> {
     Ok(Producer {
         client: std::sync::Arc::new(std::sync::Mutex::new(client(connection, policy)?)),
         connection: std::sync::Arc::new(connection.clone()),
         brokers: connection.brokers.as_str().into(),
         policy,
+        targets: targets.clone(),
     })
 }
 
@@ -158,7 +165,7 @@ impl TopicProducer {
     /// Sends to `topic` through `producer`.
     pub fn new(producer: Producer, topic: &str) -> Self {
         TopicProducer {
-            retrier: Retrier::new(
+            retrier: producer.targets.retrier(
                 format!("kafka://{}/{topic}", producer.brokers),
                 producer.policy,
             ),
@@ -489,7 +496,12 @@ mod fatal_tests {
             brokers: cluster.bootstrap_servers(),
             properties: Default::default(),
         };
-        let producer = producer(&connection, RetryPolicy::default()).unwrap();
+        let producer = producer(
+            &connection,
+            RetryPolicy::default(),
+            &RetryTargets::default(),
+        )
+        .unwrap();
         let mut before = TopicProducer::new(producer.clone(), "letters");
         before.send(Some(b"k"), b"first", None).await.unwrap();
         assert_eq!(before.flush().await.unwrap(), 1);

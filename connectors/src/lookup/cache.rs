@@ -75,6 +75,11 @@ impl CachedLookup {
         }
     }
 
+    /// The retrier the source is asked through.
+    pub fn retrier(&self) -> &Retrier {
+        &self.retrier
+    }
+
     /// The rows' schema.
     pub fn schema(&self) -> SchemaRef {
         self.source.schema()

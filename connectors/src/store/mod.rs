@@ -11,7 +11,7 @@ use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 
-use crate::retry::{Retrier, RetryPolicy};
+use crate::retry::{RetryPolicy, RetryTargets};
 pub use retrying::is_transient;
 pub use s3::S3Settings;
 
@@ -41,6 +41,8 @@ pub struct Storage {
     pub s3: S3Settings,
     /// Retries of every request to a remote store.
     pub retry: RetryPolicy,
+    /// Where the retriers of the stores opened with these settings are listed.
+    pub targets: RetryTargets,
 }
 
 /// Bytes an upload buffers before it starts (S3's smallest part).
@@ -106,7 +108,7 @@ impl Location {
             return Err(StoreError::Unsupported(url.into()));
         }
         let display = url.trim_end_matches('/').to_string();
-        let retrier = Retrier::new(display.clone(), storage.retry);
+        let retrier = storage.targets.retrier(display.clone(), storage.retry);
         let store = retrying::RetryingStore::new(storage.s3.build(bucket)?, retrier);
         let prefix = prefix.trim_matches('/');
         let store: Arc<dyn ObjectStore> = if prefix.is_empty() {

@@ -21,5 +21,6 @@ pub(super) fn storage(p: &PipelineFile) -> Storage {
             profile: text(&s3.profile),
         },
         retry: (&p.retry).into(),
+        targets: Default::default(),
     }
 }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
+use tributary_connectors::retry::{Exhausted, RetryPolicy};
+use tributary_connectors::store::Storage;
 
 use crate::plan::ErrorRateAlert;
 use crate::telemetry::WatchedAlert;
@@ -149,15 +150,16 @@ impl WatchedAlert for ErrorRate {
 /// Checks `alert` every second and delivers state changes to its webhook, until aborted.
 pub(crate) fn spawn_checker(
     alert: Arc<ErrorRate>,
-    retry: RetryPolicy,
+    storage: &Storage,
 ) -> tokio::task::JoinHandle<()> {
+    let (retry, targets) = (storage.retry, storage.targets.clone());
     tokio::spawn(async move {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .ok();
         let retrier = alert.settings.webhook.as_ref().map(|url| {
-            Retrier::new(
+            targets.retrier(
                 format!("alert webhook {url}"),
                 RetryPolicy {
                     exhausted: Exhausted::Fail,

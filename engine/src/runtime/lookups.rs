@@ -16,7 +16,8 @@ use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use tributary_connectors::kafka::tail::Tail;
-use tributary_connectors::retry::{Exhausted, Retrier, RetryPolicy};
+use tributary_connectors::retry::{Exhausted, RetryPolicy};
+use tributary_connectors::store::Storage;
 use tributary_stages::StageOutput;
 use tributary_stages::enrich::LookupTable;
 
@@ -29,7 +30,7 @@ use crate::telemetry::Metrics;
 /// backoff within the policy's budget before the old snapshot is kept.
 pub(crate) fn spawn_refresher(
     lookup: &PlannedLookup,
-    retry: RetryPolicy,
+    storage: &Storage,
     metrics: &Arc<Metrics>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let metrics = metrics.clone();
@@ -38,8 +39,9 @@ pub(crate) fn spawn_refresher(
         return None;
     }
     let lookup = lookup.clone();
+    let retry = storage.retry;
     let budget = lookup.refresh.unwrap_or(retry.max_elapsed);
-    let retrier = Retrier::new(
+    let retrier = storage.targets.retrier(
         format!("lookup {}", lookup.name),
         RetryPolicy {
             exhausted: Exhausted::Fail,

@@ -37,7 +37,6 @@ use std::time::Duration;
 
 use tributary_connectors::kafka::admin;
 use tributary_connectors::kafka::producer::{Producer, producer};
-use tributary_connectors::retry::Retrier;
 use tributary_connectors::store::Location;
 
 pub use crate::counts::{Counts, StageCounts};
@@ -139,6 +138,7 @@ impl Destinations {
                 Err(error) => tracing::warn!(topic = %t.topic, %error, "could not create topic"),
             }
         }
+        let storage = &pipeline.plan.storage;
         let dead_letters = |what: &str, planned: &PlannedDeadLetter| {
             Ok::<_, RunError>(match planned {
                 PlannedDeadLetter::Files {
@@ -149,7 +149,7 @@ impl Destinations {
                     max_file_bytes: *max_file_bytes,
                 },
                 PlannedDeadLetter::Topic(t) => DeadLetterDestination::Topic {
-                    producer: producer(&t.connection, pipeline.plan.storage.retry)?,
+                    producer: producer(&t.connection, storage.retry, &storage.targets)?,
                     topic: t.topic.clone(),
                     max_message_bytes: t.max_message_bytes,
                 },
@@ -174,7 +174,7 @@ impl Destinations {
                 .map(|o| {
                     Ok::<_, RunError>(OpenTopic {
                         topic: o.topic.topic.clone(),
-                        producer: producer(&o.topic.connection, pipeline.plan.storage.retry)?,
+                        producer: producer(&o.topic.connection, storage.retry, &storage.targets)?,
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -186,7 +186,7 @@ impl Destinations {
                 .error_rate
                 .clone()
                 .map(|settings| alerts::ErrorRate::new(&pipeline.plan.name, settings)),
-            metrics: Arc::default(),
+            metrics: Arc::new(Metrics::new(storage.targets.clone())),
         })
     }
 
@@ -252,13 +252,11 @@ pub async fn run(
     let checker = destinations
         .error_rate
         .clone()
-        .map(|alert| alerts::spawn_checker(alert, pipeline.plan.storage.retry));
+        .map(|alert| alerts::spawn_checker(alert, &pipeline.plan.storage));
     let refreshers: Vec<_> = pipeline
         .lookups
         .iter()
-        .filter_map(|l| {
-            lookups::spawn_refresher(l, pipeline.plan.storage.retry, &destinations.metrics)
-        })
+        .filter_map(|l| lookups::spawn_refresher(l, &pipeline.plan.storage, &destinations.metrics))
         .collect();
     let invalidations = lookups::spawn_invalidation(&pipeline.lookups, &destinations.metrics);
     for lookup in &pipeline.lookups {
@@ -328,7 +326,10 @@ fn start_loaders(
     warehouse::start(
         &planned,
         |from| destinations.location(from).cloned(),
-        |target| Retrier::new(target, pipeline.plan.storage.retry),
+        |target| {
+            let storage = &pipeline.plan.storage;
+            storage.targets.retrier(target, storage.retry)
+        },
         &destinations.metrics,
     )
 }
@@ -341,7 +342,7 @@ mod tests {
     use tributary_connectors::lookup::FileLookup;
     use tributary_stages::enrich::{LookupTable, SharedTable};
 
-    use tributary_connectors::retry::RetryPolicy;
+    use tributary_connectors::store::Storage;
 
     use super::*;
     use crate::plan::PlannedLookup;
@@ -375,8 +376,8 @@ mod tests {
             reload: Arc::default(),
             invalidate: None,
         };
-        let metrics = Arc::new(crate::telemetry::Metrics::new());
-        let task = lookups::spawn_refresher(&lookup, RetryPolicy::default(), &metrics).unwrap();
+        let metrics = Arc::new(crate::telemetry::Metrics::default());
+        let task = lookups::spawn_refresher(&lookup, &Storage::default(), &metrics).unwrap();
 
         write(&path, "vip");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

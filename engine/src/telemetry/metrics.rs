@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use tributary_connectors::kafka::consumer::LagTable;
 use tributary_connectors::lookup::cache::CachedLookup;
-use tributary_connectors::retry;
+use tributary_connectors::retry::RetryTargets;
 
 use crate::counts::StageCounts;
 
@@ -136,6 +136,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     cache_requests: Family<CacheLabels, Counter>,
     caches: Mutex<Vec<(String, Arc<CachedLookup>)>>,
+    retry_targets: RetryTargets,
     streaming: AtomicI64,
     lag_table: Mutex<Option<LagTable>>,
     alert: Mutex<Option<Arc<dyn WatchedAlert>>>,
@@ -183,13 +184,14 @@ impl Names {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new()
+        Metrics::new(RetryTargets::default())
     }
 }
 
 impl Metrics {
-    /// Empty metrics, registered under the `tributary_` prefix.
-    pub fn new() -> Self {
+    /// Empty metrics, registered under the `tributary_` prefix, reporting on
+    /// the retriers listed in `retry_targets`.
+    pub fn new(retry_targets: RetryTargets) -> Self {
         let mut registry = Names::default();
         let records = Family::<RecordLabels, Counter>::default();
         registry.register(
@@ -351,6 +353,7 @@ impl Metrics {
             reloads,
             cache_requests,
             caches: Mutex::new(Vec::new()),
+            retry_targets,
             streaming: AtomicI64::new(0),
             lag_table: Mutex::new(None),
             alert: Mutex::new(None),
@@ -440,9 +443,15 @@ impl Metrics {
 
     /// Reports `cache`'s hits and misses at each scrape.
     pub(crate) fn watch_cache(&self, lookup: &str, cache: Arc<CachedLookup>) {
+        self.retry_targets.watch(cache.retrier());
         if let Ok(mut caches) = self.caches.lock() {
             caches.push((lookup.to_string(), cache));
         }
+    }
+
+    /// The retriers these metrics report on.
+    pub(crate) fn retry_targets(&self) -> &RetryTargets {
+        &self.retry_targets
     }
 
     /// Names the pipeline on the status page.
@@ -523,7 +532,7 @@ impl Metrics {
             reasons.push("no Kafka partition assigned".to_string());
         }
         reasons.extend(
-            retry::by_target()
+            self.retry_targets.by_target()
                 .into_iter()
                 .filter(|(_, (_, waiting))| *waiting)
                 .map(|(target, _)| {
@@ -581,7 +590,7 @@ impl Metrics {
                     .set(i64::from(lag.paused));
             }
         }
-        for (target, (retries, waiting)) in retry::by_target() {
+        for (target, (retries, waiting)) in self.retry_targets.by_target() {
             let labels = TargetLabels {
                 target: target.to_string(),
             };
@@ -637,7 +646,7 @@ mod tests {
 
     #[test]
     fn stage_counts_and_files_appear_in_the_text_format() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::default();
         let delta = StageCounts {
             records_in: 10,
             records_out: 7,
@@ -662,7 +671,7 @@ mod tests {
 
     #[test]
     fn a_streaming_process_without_partitions_is_not_ready() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::default();
         assert_eq!(metrics.readiness(), Readiness::Ready);
         metrics.watch_lag(LagTable::default());
         assert!(matches!(metrics.readiness(), Readiness::NotReady(_)));

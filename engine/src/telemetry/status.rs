@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tributary_connectors::retry;
 
 use super::{Metrics, Readiness};
 
@@ -180,7 +179,9 @@ impl Status {
             partitions,
             throughput: history.rates(),
             rejects,
-            targets: retry::by_target()
+            targets: metrics
+                .retry_targets()
+                .by_target()
                 .into_iter()
                 .map(|(target, (retries, waiting))| TargetStatus {
                     target: target.to_string(),
@@ -210,7 +211,7 @@ mod tests {
 
     #[test]
     fn rates_come_from_consecutive_samples_and_the_page_embeds_them() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::default();
         metrics.pipeline("orders");
         let history = History::default();
         history.sample(&metrics);
