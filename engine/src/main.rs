@@ -120,6 +120,8 @@ enum Command {
         #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
         kafka_properties: Vec<(String, String)>,
     },
+    /// Print the JSON Schema of pipeline files (what `schemas/pipeline.schema.json` holds).
+    Schema,
     /// Run SQL over a pipeline's Parquet outputs (tables named after the outputs).
     Query {
         /// The SQL.
@@ -291,6 +293,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 }
                 None => generate(spec, out, customers),
             }
+        }
+        Command::Schema => {
+            let text = serde_json::to_string_pretty(&config::json_schema())?;
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Query { sql, pipeline } => {
             let plan = load_plan(&pipeline)?;

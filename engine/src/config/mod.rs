@@ -12,7 +12,8 @@ mod warehouse;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 pub use storage::{RetryConfig, S3Config, StorageConfig, WhenExhausted};
 pub use values::{ByteSize, DurationText, Located, Properties, SecretText, Text};
@@ -80,7 +81,7 @@ impl ConfigError {
 }
 
 /// A whole pipeline.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineFile {
     /// The pipeline's name, carried into dead letters and logs.
@@ -113,7 +114,7 @@ pub struct PipelineFile {
 }
 
 /// The source, one kind at a time.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum SourceConfig {
     /// Newline-delimited JSON files.
@@ -123,7 +124,7 @@ pub enum SourceConfig {
 }
 
 /// Kafka topics read by a consumer group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// `host:port[,host:port…]`.
@@ -155,7 +156,7 @@ fn default_commit_interval() -> DurationText {
 }
 
 /// Start position of a new consumer group.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StartConfig {
     /// The oldest retained record.
@@ -175,7 +176,7 @@ impl From<StartConfig> for tributary_connectors::kafka::consumer::StartPosition 
 }
 
 /// A Kafka topic to produce to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaTopicConfig {
     /// Brokers; by default the Kafka source's.
@@ -200,7 +201,7 @@ pub struct KafkaTopicConfig {
 }
 
 /// NDJSON files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
     /// A path or glob (`data/*.ndjson`), relative to the pipeline file.
@@ -222,7 +223,7 @@ fn default_max_line() -> ByteSize {
 }
 
 /// One value or a list of them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany<T> {
     /// A single value.
@@ -242,7 +243,7 @@ impl<T> OneOrMany<T> {
 }
 
 /// Batching.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// A batch closes at this many records.
@@ -279,7 +280,7 @@ impl Default for BatchConfig {
 }
 
 /// A stage: a map with exactly one key naming its kind.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum StageConfig {
     /// JSON Schema validation and data-quality rules.
@@ -302,7 +303,7 @@ impl StageConfig {
 }
 
 /// The validate stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateConfig {
     /// JSON Schema (draft 2020-12) file, relative to the pipeline file.
@@ -320,7 +321,7 @@ fn default_max_record() -> ByteSize {
 }
 
 /// A data-quality rule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Reported with each failing record.
@@ -333,7 +334,7 @@ pub struct RuleConfig {
 }
 
 /// Rule severity.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SeverityConfig {
     /// To the DLQ.
@@ -352,20 +353,43 @@ impl From<SeverityConfig> for tributary_stages::validate::Severity {
     }
 }
 
-/// The transform stage: `sql` or `mapping`, not both.
+/// The transform stage: SQL or a mapping.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransformConfig {
+#[serde(try_from = "TransformKeys")]
+pub enum TransformConfig {
     /// `SELECT … FROM input`.
+    Sql(Text),
+    /// Declarative column operations.
+    Mapping(MappingConfig),
+}
+
+/// The transform stage: exactly one of `sql` or `mapping`.
+// Read as a `TransformConfig`: planning matches on the choice.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "TransformConfig", extend("oneOf" = one_of(&["sql", "mapping"])))]
+struct TransformKeys {
+    /// `SELECT <expressions> FROM input` (DataFusion SQL; one row per input row).
     #[serde(default)]
-    pub sql: Option<Text>,
+    sql: Option<Text>,
     /// Declarative column operations.
     #[serde(default)]
-    pub mapping: Option<MappingConfig>,
+    mapping: Option<MappingConfig>,
+}
+
+impl TryFrom<TransformKeys> for TransformConfig {
+    type Error = String;
+
+    fn try_from(keys: TransformKeys) -> Result<Self, String> {
+        exactly_one(
+            "`sql` or `mapping`",
+            [keys.sql.map(Self::Sql), keys.mapping.map(Self::Mapping)],
+        )
+    }
 }
 
 /// Declarative column operations (applied: flatten, defaults, cast, rename, drop).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MappingConfig {
     /// Struct columns to spread into `<column>_<field>` columns.
@@ -386,7 +410,7 @@ pub struct MappingConfig {
 }
 
 /// The enrich stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichConfig {
     /// The reference table.
@@ -402,60 +426,161 @@ pub struct EnrichConfig {
     pub derive: Vec<DeriveConfig>,
 }
 
-/// A reference table: exactly one of `path`, `postgres`, `redis`.
+/// A reference table.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "LookupKeys")]
 pub struct LookupConfig {
     /// Name used in messages and metrics (default: the file name, else the table).
-    #[serde(default)]
     pub name: Option<String>,
-    /// File (CSV with header, Parquet or NDJSON), relative to the pipeline file.
-    #[serde(default)]
-    pub path: Option<Text>,
-    /// A PostgreSQL table or query.
-    #[serde(default)]
-    pub postgres: Option<PostgresLookupConfig>,
-    /// Redis hashes or JSON values, one per key.
-    #[serde(default)]
-    pub redis: Option<RedisLookupConfig>,
+    /// Where the table is.
+    pub table: LookupTableConfig,
     /// Drop cached entries when `CacheInvalidated` events arrive on this topic.
-    #[serde(default)]
     pub invalidate: Option<InvalidateConfig>,
     /// Format; by default from the extension.
-    #[serde(default)]
     pub format: Option<LookupFormat>,
     /// Key columns, present in both the records and the table.
     pub key: OneOrMany<String>,
     /// Table columns to add (default: all but the key).
-    #[serde(default)]
     pub columns: Vec<String>,
     /// Reload the table this often, without stopping the pipeline.
-    #[serde(default)]
     pub refresh_interval: Option<DurationText>,
 }
 
-/// A PostgreSQL lookup: `table` or `query`.
-#[derive(Debug, Clone, Deserialize)]
+/// Where a reference table is.
+#[derive(Debug, Clone)]
+pub enum LookupTableConfig {
+    /// A file (CSV with header, Parquet or NDJSON), relative to the pipeline file.
+    Path(Text),
+    /// A PostgreSQL table or query.
+    Postgres(PostgresLookupConfig),
+    /// Redis hashes or JSON values, one per key.
+    Redis(RedisLookupConfig),
+}
+
+/// A reference table: exactly one of `path`, `postgres` or `redis`.
+// Read as a `LookupConfig`: planning matches on the choice.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "LookupConfig", extend("oneOf" = one_of(&["path", "postgres", "redis"])))]
+struct LookupKeys {
+    /// Name used in messages and metrics (default: the file name, else the table).
+    #[serde(default)]
+    name: Option<String>,
+    /// A file (CSV with header, Parquet or NDJSON), relative to the pipeline file.
+    #[serde(default)]
+    path: Option<Text>,
+    /// A PostgreSQL table or query.
+    #[serde(default)]
+    postgres: Option<PostgresLookupConfig>,
+    /// Redis hashes or JSON values, one per key.
+    #[serde(default)]
+    redis: Option<RedisLookupConfig>,
+    /// Drop cached entries when `CacheInvalidated` events arrive on this topic.
+    #[serde(default)]
+    invalidate: Option<InvalidateConfig>,
+    /// Format; by default from the extension.
+    #[serde(default)]
+    format: Option<LookupFormat>,
+    /// Key columns, present in both the records and the table.
+    key: OneOrMany<String>,
+    /// Table columns to add (default: all but the key).
+    #[serde(default)]
+    columns: Vec<String>,
+    /// Reload the table this often, without stopping the pipeline.
+    #[serde(default)]
+    refresh_interval: Option<DurationText>,
+}
+
+impl TryFrom<LookupKeys> for LookupConfig {
+    type Error = String;
+
+    fn try_from(k: LookupKeys) -> Result<Self, String> {
+        use LookupTableConfig::{Path, Postgres, Redis};
+        let table = exactly_one(
+            "`path` (a file), `postgres` or `redis`",
+            [
+                k.path.map(Path),
+                k.postgres.map(Postgres),
+                k.redis.map(Redis),
+            ],
+        )?;
+        Ok(LookupConfig {
+            name: k.name,
+            table,
+            invalidate: k.invalidate,
+            format: k.format,
+            key: k.key,
+            columns: k.columns,
+            refresh_interval: k.refresh_interval,
+        })
+    }
+}
+
+/// A PostgreSQL lookup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "PostgresLookupKeys")]
 pub struct PostgresLookupConfig {
     /// `postgres://user:password@host:port/database` (use `${VAR}` for the password).
     pub url: SecretText,
-    /// A table (or view), read whole.
-    #[serde(default)]
-    pub table: Option<String>,
-    /// A `SELECT`, read whole.
-    #[serde(default)]
-    pub query: Option<Text>,
+    /// What is read.
+    pub read: PostgresReadConfig,
     /// `snapshot` (default: load it all, refresh on `refresh_interval`) or `on_demand` (per batch, cached).
-    #[serde(default)]
     pub mode: LookupMode,
     /// The cache of on-demand lookups.
-    #[serde(default)]
     pub cache: CacheConfig,
 }
 
+/// What a PostgreSQL lookup reads.
+#[derive(Debug, Clone)]
+pub enum PostgresReadConfig {
+    /// A table (or view), read whole.
+    Table(String),
+    /// A `SELECT`, read whole.
+    Query(Text),
+}
+
+/// A PostgreSQL lookup: exactly one of `table` or `query`.
+// Read as a `PostgresLookupConfig`: planning matches on the choice.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "PostgresLookupConfig", extend("oneOf" = one_of(&["table", "query"])))]
+struct PostgresLookupKeys {
+    /// `postgres://user:password@host:port/database` (use `${VAR}` for the password).
+    url: SecretText,
+    /// A table (or view), read whole.
+    #[serde(default)]
+    table: Option<String>,
+    /// A `SELECT`, read whole.
+    #[serde(default)]
+    query: Option<Text>,
+    /// `snapshot` (load it all, refresh on `refresh_interval`) or `on_demand` (per batch, cached).
+    #[serde(default)]
+    mode: LookupMode,
+    /// The cache of on-demand lookups.
+    #[serde(default)]
+    cache: CacheConfig,
+}
+
+impl TryFrom<PostgresLookupKeys> for PostgresLookupConfig {
+    type Error = String;
+
+    fn try_from(k: PostgresLookupKeys) -> Result<Self, String> {
+        use PostgresReadConfig::{Query, Table};
+        let read = exactly_one(
+            "`table` or `query`",
+            [k.table.map(Table), k.query.map(Query)],
+        )?;
+        Ok(PostgresLookupConfig {
+            url: k.url,
+            read,
+            mode: k.mode,
+            cache: k.cache,
+        })
+    }
+}
+
 /// How a database table is looked up.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LookupMode {
     /// Load the whole table; reload on the refresh interval.
@@ -466,7 +591,7 @@ pub enum LookupMode {
 }
 
 /// A Redis lookup.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisLookupConfig {
     /// `redis://host:port/db` (or `redis://:password@host:port/db`).
@@ -485,7 +610,7 @@ pub struct RedisLookupConfig {
 }
 
 /// How Redis stores a key's fields.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RedisValueConfig {
     /// A hash.
@@ -505,7 +630,7 @@ impl From<RedisValueConfig> for tributary_connectors::lookup::redis::RedisValue 
 }
 
 /// The type of a Redis field.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RedisFieldType {
     /// Text.
@@ -530,7 +655,7 @@ impl From<RedisFieldType> for tributary_connectors::lookup::redis::FieldType {
 }
 
 /// The cache in front of an on-demand lookup.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Keys kept (least recently used go first).
@@ -567,7 +692,7 @@ fn default_lookup_retry() -> DurationText {
 }
 
 /// Where `CacheInvalidated` events come from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvalidateConfig {
     /// Kafka brokers (default: the Kafka source's).
@@ -578,7 +703,7 @@ pub struct InvalidateConfig {
 }
 
 /// Lookup file formats.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LookupFormat {
     /// CSV with a header row.
@@ -600,7 +725,7 @@ impl From<LookupFormat> for tributary_connectors::lookup::FileFormat {
 }
 
 /// Policy for lookup misses.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OnMissConfig {
     /// Keep the record with nulls.
@@ -623,7 +748,7 @@ impl From<OnMissConfig> for tributary_stages::enrich::OnMiss {
 }
 
 /// A derived field.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeriveConfig {
     /// Column name.
@@ -633,7 +758,7 @@ pub struct DeriveConfig {
 }
 
 /// An output, one kind per entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum OutputConfig {
     /// Parquet files.
@@ -647,7 +772,7 @@ pub enum OutputConfig {
 }
 
 /// The raw zone (Kafka sources): messages exactly as consumed, under the same exactly-once commits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutputConfig {
     /// The output's name.
@@ -679,7 +804,7 @@ impl OutputConfig {
 }
 
 /// Records to a Kafka topic as JSON, keyed by the source record's key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaOutputConfig {
     /// Name in messages and the summary.
@@ -716,7 +841,7 @@ impl KafkaOutputConfig {
 }
 
 /// Parquet files under a directory.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetOutputConfig {
     /// Table name for queries.
@@ -757,7 +882,7 @@ fn default_open_files() -> usize {
 }
 
 /// File rolling.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollConfig {
     /// Rows per file.
@@ -789,19 +914,92 @@ impl Default for RollConfig {
     }
 }
 
-/// A DLQ or review destination: NDJSON files under a directory (`path`), or a Kafka topic (`kafka`).
+/// A DLQ or review destination.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "DeadLetterKeys")]
+pub enum DeadLetterConfig {
+    /// NDJSON files under a directory.
+    Files {
+        /// Directory (or `file://` or `s3://` URL), relative to the pipeline file.
+        path: Text,
+        /// Files roll at about this size.
+        max_file_bytes: ByteSize,
+    },
+    /// A topic: each record's original bytes and key, with `tributary.errors.*` headers.
+    Kafka(KafkaTopicConfig),
+}
+
+/// A DLQ or review destination: exactly one of `path` (NDJSON files) or `kafka` (a topic).
+// Read as a `DeadLetterConfig`: planning matches on the choice.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DeadLetterConfig {
-    /// Directory (or `file://` URL), relative to the pipeline file.
+#[schemars(rename = "DeadLetterConfig", extend("oneOf" = one_of(&["path", "kafka"])))]
+struct DeadLetterKeys {
+    /// NDJSON files under this directory (or `file://` or `s3://` URL), relative to the pipeline file.
     #[serde(default)]
-    pub path: Option<Text>,
+    path: Option<Text>,
     /// A topic: each record's original bytes and key, with `tributary.errors.*` headers.
     #[serde(default)]
-    pub kafka: Option<KafkaTopicConfig>,
+    kafka: Option<KafkaTopicConfig>,
     /// Files roll at about this size.
     #[serde(default = "default_dead_letter_bytes")]
-    pub max_file_bytes: ByteSize,
+    max_file_bytes: ByteSize,
+}
+
+impl TryFrom<DeadLetterKeys> for DeadLetterConfig {
+    type Error = String;
+
+    fn try_from(k: DeadLetterKeys) -> Result<Self, String> {
+        let files = |path| DeadLetterConfig::Files {
+            path,
+            max_file_bytes: k.max_file_bytes,
+        };
+        exactly_one(
+            "`path` (NDJSON files) or `kafka` (a topic)",
+            [k.path.map(files), k.kafka.map(DeadLetterConfig::Kafka)],
+        )
+    }
+}
+
+/// A type read through `TryFrom` its written form has the written form's schema.
+macro_rules! written_as {
+    ($($read:ty => $written:ty),* $(,)?) => {$(
+        impl JsonSchema for $read {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                <$written>::schema_name()
+            }
+
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                <$written>::json_schema(generator)
+            }
+        }
+    )*};
+}
+
+written_as!(
+    TransformConfig => TransformKeys,
+    LookupConfig => LookupKeys,
+    PostgresLookupConfig => PostgresLookupKeys,
+    DeadLetterConfig => DeadLetterKeys,
+);
+
+/// The one choice given, or why there is not exactly one; `names` lists them for the message.
+fn exactly_one<T, const N: usize>(names: &str, given: [Option<T>; N]) -> Result<T, String> {
+    let given: Vec<T> = given.into_iter().flatten().collect();
+    let count = given.len();
+    <[T; 1]>::try_from(given)
+        .map(|[one]| one)
+        .map_err(|_| match count {
+            0 => format!("give exactly one of {names} (there is none)"),
+            _ => format!("give exactly one of {names}, not {count}"),
+        })
+}
+
+/// The JSON Schema of "exactly one of these keys" (the others stay optional).
+fn one_of(keys: &[&str]) -> serde_json::Value {
+    keys.iter()
+        .map(|key| serde_json::json!({ "required": [key] }))
+        .collect()
 }
 
 fn default_dead_letter_bytes() -> ByteSize {
@@ -846,6 +1044,27 @@ impl Loaded {
             joined.display().to_string()
         }
     }
+}
+
+/// The JSON Schema (draft 2020-12) of pipeline files, generated from the
+/// types above; `schemas/pipeline.schema.json` is this, pretty-printed
+/// (`tributary schema` prints it).
+pub fn json_schema() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut schema = generator.into_root_schema_for::<PipelineFile>();
+    schema.insert(
+        "$id".into(),
+        "https://tributary.dev/schemas/pipeline.schema.json".into(),
+    );
+    schema.insert("title".into(), "Tributary pipeline file".into());
+    schema.insert(
+        "description".into(),
+        "A Tributary pipeline: source, batching, stages, outputs, DLQ and review destinations. \
+         Text values may hold `${VAR}` or `${VAR:-default}`, replaced from the environment. \
+         Generated from the engine's types by `tributary schema`; see docs/pipeline.md."
+            .into(),
+    );
+    schema.to_value()
 }
 
 /// Reads and parses a pipeline file.
@@ -896,7 +1115,7 @@ fn from_yaml(file: &Path, key_path: Option<String>, error: &serde_saphyr::Error)
         file: file.to_path_buf(),
         line,
         column,
-        key_path: key_path.unwrap_or_default(),
+        key_path: key_path.as_deref().map(file_key_path).unwrap_or_default(),
         message,
     }
 }
@@ -906,9 +1125,33 @@ fn plain_message(error: &serde_saphyr::Error) -> String {
     let rendered = error.to_string();
     let first = rendered.lines().next().unwrap_or("").trim();
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    match first.find(" at line ") {
-        Some(i) => first[..i].to_string(),
-        None => first.to_string(),
+    let first = match first.find(" at line ") {
+        Some(i) => &first[..i],
+        None => first,
+    };
+    // A custom error (a bad duration, a second choice) starts with its
+    // location, which the error already gives as file:line:column.
+    without_location(first).to_string()
+}
+
+/// `text` without a leading `line N column M: `.
+fn without_location(text: &str) -> &str {
+    let rest = text.strip_prefix("line ").and_then(|r| {
+        let (line, r) = r.split_once(" column ")?;
+        let (column, r) = r.split_once(": ")?;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        (digits(line) && digits(column)).then_some(r)
+    });
+    rest.unwrap_or(text)
+}
+
+/// A key path as the file reads (`stages[1].transform`), without the
+/// `value` step that location-keeping wrappers add.
+fn file_key_path(path: &str) -> String {
+    let path = path.replace("].value.", "].");
+    match path.strip_suffix("].value") {
+        Some(indexed) => format!("{indexed}]"),
+        None => path,
     }
 }
 

@@ -1,11 +1,12 @@
 //! `storage:` (how S3 is reached) and `retry:` (how every transient failure is retried).
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::{DurationText, SecretText, Text};
 
 /// Settings for remote stores, shared by every `s3://` location in the file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// S3 and S3-compatible servers.
@@ -14,7 +15,7 @@ pub struct StorageConfig {
 }
 
 /// How to reach S3; anything left out comes from the standard AWS chain.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// AWS region.
@@ -41,7 +42,7 @@ pub struct S3Config {
 }
 
 /// Retry with exponential backoff and full jitter, for S3, Snowflake, Kafka produce, lookup refreshes and alert webhooks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// First delay.
@@ -59,7 +60,7 @@ pub struct RetryConfig {
 }
 
 /// What a sink does once its retry budget is spent.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenExhausted {
     /// Pause the affected partitions and keep retrying until the sink is back.

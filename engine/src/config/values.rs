@@ -4,8 +4,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_saphyr::Spanned;
 use tributary_connectors::secret::is_secret_property;
 
@@ -43,8 +46,9 @@ impl<'de> Deserialize<'de> for Text {
 
 /// A [`Text`] holding a secret (a password, a key, a URL that carries a
 /// password): `Debug` shows `***`, and the value is read with [`SecretText::expose`].
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(transparent)]
+#[schemars(description = "A secret: give it as `${VAR}` rather than in the file.")]
 pub struct SecretText(Text);
 
 impl SecretText {
@@ -71,7 +75,7 @@ impl fmt::Debug for SecretText {
 
 /// Client properties (librdkafka's, …): `Debug` hides the values of secret
 /// ones (`sasl.password`, `ssl.key.password`, …).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Properties(pub BTreeMap<String, Text>);
 
@@ -245,6 +249,108 @@ impl<'de> Deserialize<'de> for DurationText {
                     "{text:?} is not a duration ({e}; examples: 500ms, 5s, 10m)"
                 ))
             })
+    }
+}
+
+impl JsonSchema for Text {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("Text")
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string" })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Located<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
+/// What [`parse_size`] reads.
+const SIZE_PATTERN: &str = r"^\s*[0-9]+(\.[0-9]+)?\s*([kKmMgG]i?[bB]?|[bB])?\s*$";
+
+/// What `humantime` reads, as far as a pattern can say (`500ms`, `1h 30m`).
+const DURATION_PATTERN: &str =
+    r"^\s*[0-9]+(\.[0-9]+)?\s*[a-zµ]+(\s+[0-9]+(\.[0-9]+)?\s*[a-zµ]+)*\s*$";
+
+/// Text that is interpolated from the environment when read (`${VAR:-10s}`).
+const VARIABLE_PATTERN: &str = r"\$\{[A-Za-z0-9_]+(:-[^}]*)?\}";
+
+impl JsonSchema for ByteSize {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("ByteSize")
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": SIZE_PATTERN }
+            ]
+        })
+    }
+}
+
+/// Written as the pipeline file would give it: `64MiB` when whole mebibytes
+/// (or kibibytes), else the number of bytes.
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            0 => s.serialize_u64(0),
+            n if n % (1 << 30) == 0 => s.collect_str(&format_args!("{}GiB", n >> 30)),
+            n if n % (1 << 20) == 0 => s.collect_str(&format_args!("{}MiB", n >> 20)),
+            n if n % (1 << 10) == 0 => s.collect_str(&format_args!("{}KiB", n >> 10)),
+            n => s.serialize_u64(n),
+        }
+    }
+}
+
+impl JsonSchema for DurationText {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("DurationText")
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "anyOf": [
+                { "pattern": DURATION_PATTERN },
+                { "pattern": VARIABLE_PATTERN }
+            ]
+        })
+    }
+}
+
+/// Written as the pipeline file would give it (`30s`, `500ms`).
+impl Serialize for DurationText {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
     }
 }
 

@@ -1,11 +1,12 @@
 //! `outputs: - snowflake:` (loading a Parquet output into a table) and `alerts:`.
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::{DurationText, Properties, SecretText, Text};
 
 /// Loads the files another (Parquet) output publishes into a Snowflake table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnowflakeOutputConfig {
     /// The output's name.
@@ -75,7 +76,7 @@ fn default_backlog() -> usize {
 }
 
 /// Timestamp column types.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestampsConfig {
     /// TIMESTAMP_TZ with a time zone, TIMESTAMP_NTZ without.
@@ -98,7 +99,7 @@ impl From<TimestampsConfig> for tributary_connectors::snowflake::TimestampKind {
 }
 
 /// Alerting.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
     /// The share of records going to the DLQ or review over a sliding window.
@@ -107,7 +108,7 @@ pub struct AlertsConfig {
 }
 
 /// Error-rate alert.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorRateConfig {
     /// Fires above this fraction (0.05 = 5 %).

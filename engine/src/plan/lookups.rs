@@ -19,7 +19,10 @@ use tributary_connectors::secret::Secret;
 use tributary_stages::enrich::{LookupTable, SharedTable};
 
 use super::context::Cx;
-use crate::config::{CacheConfig, ConfigError, Loaded, LookupConfig, LookupMode, Span};
+use crate::config::{
+    CacheConfig, ConfigError, Loaded, LookupConfig, LookupMode, LookupTableConfig,
+    PostgresReadConfig, Span,
+};
 
 /// A lookup as the pipeline file gives it, not yet reached.
 #[derive(Clone)]
@@ -124,8 +127,8 @@ pub(super) fn lookup(
     let at = |span: Option<&Span>, sub: &str, message: String| {
         cx.at(span, format!("{key}{sub}"), message)
     };
-    let (table, name) = match (&l.path, &l.postgres, &l.redis) {
-        (Some(path_text), None, None) => {
+    let (table, name) = match &l.table {
+        LookupTableConfig::Path(path_text) => {
             let path = PathBuf::from(loaded.resolve(path_text.as_str()));
             let source = FileLookup::new(path.clone(), l.format.map(Into::into))
                 .map_err(|e| at(Some(&path_text.span), ".path", e.to_string()))?;
@@ -139,17 +142,12 @@ pub(super) fn lookup(
             };
             (table, name)
         }
-        (None, Some(pg), None) => {
+        LookupTableConfig::Postgres(pg) => {
             let span = pg.url.span().clone();
-            let query = match (&pg.table, &pg.query) {
-                (Some(table), None) => format!("SELECT * FROM {table}"),
-                (None, Some(query)) => query.value.trim().trim_end_matches(';').to_string(),
-                _ => {
-                    return Err(at(
-                        Some(&span),
-                        ".postgres",
-                        "give exactly one of `table` or `query`".into(),
-                    ));
+            let query = match &pg.read {
+                PostgresReadConfig::Table(table) => format!("SELECT * FROM {table}"),
+                PostgresReadConfig::Query(query) => {
+                    query.value.trim().trim_end_matches(';').to_string()
                 }
             };
             let on_demand = pg.mode == LookupMode::OnDemand;
@@ -160,11 +158,10 @@ pub(super) fn lookup(
                     "on-demand lookups take exactly one key column".into(),
                 ));
             }
-            let name = l
-                .name
-                .clone()
-                .or_else(|| pg.table.clone())
-                .unwrap_or_else(|| "lookup".into());
+            let name = l.name.clone().unwrap_or_else(|| match &pg.read {
+                PostgresReadConfig::Table(table) => table.clone(),
+                PostgresReadConfig::Query(_) => "lookup".into(),
+            });
             let table = TablePlan::Postgres {
                 url: Secret::new(pg.url.expose()),
                 query,
@@ -174,7 +171,7 @@ pub(super) fn lookup(
             };
             (table, name)
         }
-        (None, None, Some(redis)) => {
+        LookupTableConfig::Redis(redis) => {
             let span = redis.url.span().clone();
             let [one] = keys.as_slice() else {
                 return Err(at(
@@ -204,13 +201,6 @@ pub(super) fn lookup(
                 span,
             };
             (table, name)
-        }
-        _ => {
-            return Err(at(
-                None,
-                "",
-                "give exactly one of `path` (a file), `postgres` or `redis`".into(),
-            ));
         }
     };
     let invalidate = match &l.invalidate {

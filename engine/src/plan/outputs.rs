@@ -192,18 +192,16 @@ pub(super) fn outputs<'a>(
     if outputs.is_empty() && topic_outputs.is_empty() {
         return Err(cx.at(None, "outputs", "at least one output is needed"));
     }
-    let dead_letter = |key: &str, c: &DeadLetterConfig| match (&c.path, &c.kafka) {
-        (Some(path), None) => Ok(PlannedDeadLetter::Files {
+    let dead_letter = |key: &str, c: &DeadLetterConfig| match c {
+        DeadLetterConfig::Files {
+            path,
+            max_file_bytes,
+        } => Ok::<_, ConfigError>(PlannedDeadLetter::Files {
             path: loaded.resolve(path.as_str()),
-            max_file_bytes: c.max_file_bytes.as_usize().max(1),
+            max_file_bytes: max_file_bytes.as_usize().max(1),
         }),
-        (None, Some(k)) => Ok(PlannedDeadLetter::Topic(
+        DeadLetterConfig::Kafka(k) => Ok(PlannedDeadLetter::Topic(
             topics.planned(&format!("{key}.kafka"), k)?,
-        )),
-        _ => Err(cx.at(
-            None,
-            key,
-            "give exactly one of `path` (NDJSON files) or `kafka` (a topic)",
         )),
     };
     let dlq = dead_letter("dlq", &p.dlq)?;

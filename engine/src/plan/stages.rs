@@ -108,9 +108,7 @@ pub(super) fn stages(
                     "validate may only be the first stage",
                 ));
             }
-            StageConfig::Transform(t) => {
-                StagePlan::Transform(transform(cx, t, &key, &located.span)?)
-            }
+            StageConfig::Transform(t) => StagePlan::Transform(transform(t, &key, &located.span)),
             StageConfig::Enrich(e) => {
                 let lookup = super::lookups::lookup(cx, loaded, &e.lookup, &key, kafka)?;
                 StagePlan::Enrich(Box::new(EnrichPlan {
@@ -287,15 +285,10 @@ fn validate(cx: Cx, loaded: &Loaded, config: &ValidateConfig) -> Result<Validate
     })
 }
 
-fn transform(
-    cx: Cx,
-    config: &TransformConfig,
-    key: &str,
-    stage_span: &Span,
-) -> Result<TransformPlan, ConfigError> {
-    let (spec, span, sub) = match (&config.sql, &config.mapping) {
-        (Some(sql), None) => (TransformSpec::Sql(sql.value.clone()), &sql.span, "sql"),
-        (None, Some(m)) => (
+fn transform(config: &TransformConfig, key: &str, stage_span: &Span) -> TransformPlan {
+    let (spec, span, sub) = match config {
+        TransformConfig::Sql(sql) => (TransformSpec::Sql(sql.value.clone()), &sql.span, "sql"),
+        TransformConfig::Mapping(m) => (
             TransformSpec::Mapping(MappingSpec {
                 flatten: m.flatten.clone(),
                 defaults: m.defaults.clone().into_iter().collect(),
@@ -306,17 +299,10 @@ fn transform(
             stage_span,
             "mapping",
         ),
-        _ => {
-            return Err(cx.at(
-                Some(stage_span),
-                key,
-                "give exactly one of `sql` or `mapping`",
-            ));
-        }
     };
-    Ok(TransformPlan {
+    TransformPlan {
         spec,
         key: format!("{key}.{sub}"),
         span: span.clone(),
-    })
+    }
 }
