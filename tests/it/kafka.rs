@@ -314,7 +314,15 @@ impl Scenario {
             arrived.len() >= self.want_review.len()
         });
         let ids: BTreeSet<String> = review.iter().map(event_id).collect();
-        assert_eq!(ids, self.want_review);
+        if ids != self.want_review {
+            let missing: Vec<_> = self.want_review.difference(&ids).collect();
+            panic!(
+                "{} of {} review letters read; missing {missing:?}\n{}",
+                ids.len(),
+                self.want_review.len(),
+                what_was_read(brokers, &format!("{TOPIC}.review"), &review)
+            );
+        }
     }
 
     /// The group's committed offsets equal the topic's end offsets.
@@ -434,6 +442,34 @@ pub(crate) fn read_topic_until(
             headers: m.headers().map(header_pairs).unwrap_or_default(),
         });
         completed |= complete(out.last());
+    }
+    out
+}
+
+/// Per partition of `topic`: its watermarks now and the offsets of the
+/// records read, for a failure message that tells a lost record from an
+/// unread one.
+fn what_was_read(brokers: &str, topic: &str, read: &[Record]) -> String {
+    let consumer = client(brokers, &format!("reader-{}", unique()));
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in read {
+        by_partition.entry(r.partition).or_default().push(r.offset);
+    }
+    let mut out = String::new();
+    for (partition, offsets) in &mut by_partition {
+        offsets.sort_unstable();
+        let marks = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(10));
+        let gaps: Vec<_> = offsets
+            .windows(2)
+            .filter(|w| w[1] > w[0] + 1)
+            .map(|w| (w[0], w[1]))
+            .collect();
+        out += &format!(
+            "{topic}[{partition}]: watermarks {marks:?}, read {} (offsets {:?}..={:?}, gaps {gaps:?})\n",
+            offsets.len(),
+            offsets.first(),
+            offsets.last()
+        );
     }
     out
 }
@@ -831,6 +867,16 @@ fn the_engine_rides_out_a_broker_restart() {
         eprintln!("{log}");
     }
     scenario.assert_exactly_once();
-    scenario.assert_dlq(false);
+    let letters = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        scenario.assert_dlq(false);
+    }));
+    if let Err(failed) = letters {
+        let noted: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        eprintln!("the engine's warnings and errors:\n{}", noted.join("\n"));
+        std::panic::resume_unwind(failed);
+    }
     scenario.assert_committed_to_end("restart");
 }
