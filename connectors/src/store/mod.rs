@@ -11,7 +11,7 @@ use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 
-use crate::retry::{RetryPolicy, RetryTargets};
+use crate::retry::{Retrier, RetryPolicy, RetryTargets};
 pub use retrying::is_transient;
 pub use s3::S3Settings;
 
@@ -43,6 +43,14 @@ pub struct Storage {
     pub retry: RetryPolicy,
     /// Where the retriers of the stores opened with these settings are listed.
     pub targets: RetryTargets,
+}
+
+impl Storage {
+    /// A retrier for `target` under these settings' policy, listed in their
+    /// registry while it lives.
+    pub fn retrier(&self, target: impl Into<Arc<str>>) -> Retrier {
+        self.targets.retrier(target, self.retry)
+    }
 }
 
 /// Bytes an upload buffers before it starts (S3's smallest part).
@@ -108,7 +116,7 @@ impl Location {
             return Err(StoreError::Unsupported(url.into()));
         }
         let display = url.trim_end_matches('/').to_string();
-        let retrier = storage.targets.retrier(display.clone(), storage.retry);
+        let retrier = storage.retrier(display.clone());
         let store = retrying::RetryingStore::new(storage.s3.build(bucket)?, retrier);
         let prefix = prefix.trim_matches('/');
         let store: Arc<dyn ObjectStore> = if prefix.is_empty() {

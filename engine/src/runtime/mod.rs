@@ -326,10 +326,7 @@ fn start_loaders(
     warehouse::start(
         &planned,
         |from| destinations.location(from).cloned(),
-        |target| {
-            let storage = &pipeline.plan.storage;
-            storage.targets.retrier(target, storage.retry)
-        },
+        |target| pipeline.plan.storage.retrier(target),
         &destinations.metrics,
     )
 }
