@@ -1,0 +1,693 @@
+//! The HTTP API: handlers that read the request, call the domain modules,
+//! and answer. Every route is in the OpenAPI document at `/openapi.json`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tributary_kit::jwt::{ACCESS_TOKEN_TYPE, Bearer, Claims};
+use tributary_kit::{Json, Problem, Secret};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::app::{AppState, OutcomeLabels};
+use crate::attempts::{Admission, Factor};
+use crate::error::AuthError;
+use crate::passwords::MAX_PASSWORD_BYTES;
+use crate::sessions::{Grant, Refresh, SessionInfo};
+use crate::users::{self, Audit, StoreError, User};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tributary auth",
+        description = "Users, logins, access tokens every service verifies locally, refresh rotation, sessions and brute-force protection. Errors are RFC 9457 problem+json."
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerScheme)
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` scheme the authenticated routes name.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route, with the OpenAPI document served at `/openapi.json`.
+pub fn router(state: AppState) -> Router {
+    let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(sign_up))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(sessions))
+        .routes(routes!(end_session))
+        .routes(routes!(set_access))
+        .routes(routes!(unlock))
+        .routes(routes!(jwks))
+        .routes(routes!(openid_configuration))
+        .with_state(state)
+        .split_for_parts();
+    let document = serde_json::to_value(&document).unwrap_or_default();
+    router.route(
+        "/openapi.json",
+        axum::routing::get(move || async move { axum::Json(document.clone()) }),
+    )
+}
+
+/// The client's address: the peer, or the right-most address in
+/// `X-Forwarded-For` that a trusted proxy did not add.
+fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted = &state.settings.trusted_proxies;
+    if !trusted.contains(&peer.ip()) {
+        return peer.ip();
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer.ip())
+}
+
+fn user_agent(headers: &HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// `POST /auth/users`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SignUp {
+    /// The email to log in with.
+    email: String,
+    /// 8 characters at least, 72 bytes at most.
+    #[schema(value_type = String, format = Password)]
+    password: Secret,
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+struct UserView {
+    id: Uuid,
+    email: String,
+    roles: Vec<String>,
+    permissions: Vec<String>,
+    mfa_enabled: bool,
+    created_at: DateTime<Utc>,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            roles: user.roles,
+            permissions: user.permissions,
+            mfa_enabled: user.mfa_enabled,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// An email that can receive mail: one `@`, a dotted domain, no spaces.
+fn check_email(email: &str) -> Result<(), AuthError> {
+    let invalid = |detail: &str| AuthError::Invalid {
+        pointer: "/email",
+        detail: detail.to_string(),
+    };
+    if email.len() > 254 {
+        return Err(invalid("is longer than 254 characters"));
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err(invalid("is not an email address (no @)"));
+    };
+    if local.is_empty()
+        || domain.contains('@')
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+        || email.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid("is not an email address"));
+    }
+    Ok(())
+}
+
+fn check_password(state: &AppState, password: &str) -> Result<(), AuthError> {
+    let invalid = |detail: String| AuthError::Invalid {
+        pointer: "/password",
+        detail,
+    };
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(invalid(format!(
+            "is {} bytes long; at most {MAX_PASSWORD_BYTES} bytes are allowed, as bcrypt ignores the rest",
+            password.len()
+        )));
+    }
+    let min = state.settings.passwords.min_length;
+    if password.chars().count() < min {
+        return Err(invalid(format!("must be at least {min} characters long")));
+    }
+    if password.trim().is_empty() {
+        return Err(invalid("must not be only spaces".into()));
+    }
+    Ok(())
+}
+
+/// Creates an account.
+#[utoipa::path(post, path = "/auth/users", tag = "users", request_body = SignUp,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Hashing is saturated or a dependency is down", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn sign_up(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<SignUp>,
+) -> Result<impl IntoResponse, AuthError> {
+    let email = body.email.trim().to_string();
+    check_email(&email)?;
+    check_password(&state, body.password.expose())?;
+    let hash = state.hasher.hash(body.password).await?;
+    let user = match users::create(&state.db, &email, Some(&hash), &["customer".into()]).await {
+        Ok(user) => user,
+        Err(StoreError::EmailTaken) => return Err(AuthError::EmailTaken),
+        Err(StoreError::Database(e)) => return Err(e.into()),
+    };
+    users::audit(
+        &state.db,
+        Audit {
+            action: "signup",
+            outcome: "ok",
+            user_id: Some(user.id),
+            email: Some(&email),
+            ip: Some(client_ip(&state, peer, &headers).to_string()),
+            user_agent: Some(user_agent(&headers)),
+            ..Audit::default()
+        },
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(UserView::from(user))))
+}
+
+/// `POST /auth/login`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    email: String,
+    #[schema(value_type = String, format = Password)]
+    password: Secret,
+}
+
+/// Tokens for a client.
+#[derive(Debug, Serialize, ToSchema)]
+struct Tokens {
+    /// A JWT (`typ: at+jwt`, EdDSA) for `Authorization: Bearer`.
+    access_token: String,
+    /// An opaque token for `POST /auth/refresh`; each use returns a new one.
+    refresh_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds until the access token expires.
+    expires_in: u64,
+}
+
+/// Logs in with an email and password.
+#[utoipa::path(post, path = "/auth/login", tag = "tokens", request_body = Login,
+    responses(
+        (status = 200, description = "Logged in", body = Tokens),
+        (status = 401, description = "Wrong email or password (also for locked accounts)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Hashing is saturated or a dependency is down", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<Login>,
+) -> Result<Json<Tokens>, AuthError> {
+    let email = body.email.trim().to_string();
+    if email.is_empty() || email.len() > 254 {
+        return Err(AuthError::Invalid {
+            pointer: "/email",
+            detail: "must be an email address of at most 254 characters".into(),
+        });
+    }
+    let ip = client_ip(&state, peer, &headers).to_string();
+    let ua = user_agent(&headers).to_string();
+    let (email_ref, ip_ref, ua_ref) = (email.as_str(), ip.as_str(), ua.as_str());
+    let record = move |outcome: &'static str, user_id: Option<Uuid>| Audit {
+        action: "login",
+        outcome,
+        user_id,
+        email: Some(email_ref),
+        ip: Some(ip_ref.to_string()),
+        user_agent: Some(ua_ref),
+        ..Audit::default()
+    };
+    let count = |outcome: &'static str| {
+        state
+            .metrics
+            .logins
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    };
+    let reservation = match state
+        .attempts
+        .admit(&email, &ip, Factor::Password, true)
+        .await?
+    {
+        Admission::Go(reservation) => reservation,
+        Admission::Limited(seconds) | Admission::Blocked(seconds) => {
+            count("limited");
+            users::audit(&state.db, record("limited", None)).await;
+            return Err(AuthError::TooManyAttempts(seconds));
+        }
+        Admission::Locked => {
+            count("locked");
+            state.hasher.pretend().await;
+            users::audit(&state.db, record("locked", None)).await;
+            return Err(AuthError::InvalidCredentials);
+        }
+    };
+    let user = users::by_email(&state.db, &email).await?;
+    let matched = match user.as_ref().and_then(|u| u.password_hash.clone()) {
+        Some(hash) => match state.hasher.verify(body.password, hash).await {
+            Ok(matched) => matched,
+            Err(busy) => {
+                state.attempts.release(reservation).await?;
+                return Err(busy.into());
+            }
+        },
+        None => {
+            state.hasher.pretend().await;
+            false
+        }
+    };
+    let user_id = user.as_ref().map(|u| u.id);
+    let aftermath = state.attempts.finish(reservation, matched).await?;
+    if aftermath.locked_now {
+        state.metrics.lockouts.inc();
+        tracing::warn!(user_id = ?user_id, "account locked after repeated failures");
+        users::audit(
+            &state.db,
+            Audit {
+                action: "lockout",
+                ..record("locked", user_id)
+            },
+        )
+        .await;
+    }
+    if aftermath.address_blocked_now {
+        state.metrics.blocked_addresses.inc();
+        tracing::warn!(%ip, "address blocked: failures across many accounts");
+        users::audit(
+            &state.db,
+            Audit {
+                action: "address-blocked",
+                ..record("blocked", None)
+            },
+        )
+        .await;
+    }
+    let (Some(user), true) = (user, matched) else {
+        count("failed");
+        users::audit(&state.db, record("failed", user_id)).await;
+        return Err(AuthError::InvalidCredentials);
+    };
+    let amr = vec!["pwd".to_string()];
+    let (grant, refresh_token) = state.sessions.start(user.id, &amr, &ip, &ua).await?;
+    let tokens = issue(&state, &user, &grant, refresh_token)?;
+    count("ok");
+    users::audit(&state.db, record("ok", Some(user.id))).await;
+    Ok(Json(tokens))
+}
+
+/// Signs an access token for `user` in the session `grant`.
+fn issue(
+    state: &AppState,
+    user: &User,
+    grant: &Grant,
+    refresh_token: String,
+) -> Result<Tokens, AuthError> {
+    let key = state.keys.current()?;
+    let now = Utc::now().timestamp();
+    let ttl = state.settings.tokens.access_ttl.as_secs();
+    let claims = Claims {
+        user_id: user.id.to_string(),
+        email: user.email.clone(),
+        roles: user.roles.clone(),
+        permissions: user.permissions.clone(),
+        iat: now,
+        exp: now + ttl as i64,
+        iss: state.settings.issuer.clone(),
+        aud: state.settings.audience.clone(),
+        jti: Uuid::new_v4().to_string(),
+        sid: grant.sid.clone(),
+        amr: grant.amr.clone(),
+        auth_time: grant.auth_time,
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.typ = Some(ACCESS_TOKEN_TYPE.into());
+    header.kid = Some(key.kid.clone());
+    let access_token = jsonwebtoken::encode(&header, &claims, &key.key)
+        .map_err(|e| AuthError::Unavailable(format!("signing: {e}")))?;
+    Ok(Tokens {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: ttl,
+    })
+}
+
+/// `POST /auth/refresh`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RefreshRequest {
+    #[schema(value_type = String)]
+    refresh_token: Secret,
+}
+
+/// Exchanges a refresh token for new tokens; the old one is spent.
+#[utoipa::path(post, path = "/auth/refresh", tag = "tokens", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "New tokens", body = Tokens),
+        (status = 401, description = "The refresh token is invalid; reusing an old one ends its session", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn refresh(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<RefreshRequest>,
+) -> Result<Json<Tokens>, AuthError> {
+    let count = |outcome: &'static str| {
+        state
+            .metrics
+            .refreshes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    };
+    match state.sessions.refresh(body.refresh_token.expose()).await? {
+        Refresh::Issued { grant, token } => {
+            let user = users::by_id(&state.db, grant.user).await?;
+            let Some(user) = user else {
+                state.sessions.end(&grant.sid, None).await?;
+                count("ended");
+                return Err(AuthError::InvalidRefreshToken);
+            };
+            if state.attempts.is_locked(&user.email).await? {
+                count("locked");
+                return Err(AuthError::InvalidRefreshToken);
+            }
+            count("ok");
+            Ok(Json(issue(&state, &user, &grant, token)?))
+        }
+        Refresh::Reused(grant) => {
+            count("reused");
+            state
+                .verifier
+                .revoke(&grant.sid, state.sessions.revoked_until());
+            tracing::warn!(user_id = %grant.user, sid = %grant.sid, "a spent refresh token was reused: session revoked");
+            users::audit(
+                &state.db,
+                Audit {
+                    action: "token-reuse",
+                    outcome: "revoked",
+                    user_id: Some(grant.user),
+                    ip: Some(client_ip(&state, peer, &headers).to_string()),
+                    user_agent: Some(user_agent(&headers)),
+                    detail: Some(serde_json::json!({ "sid": grant.sid })),
+                    ..Audit::default()
+                },
+            )
+            .await;
+            Err(AuthError::InvalidRefreshToken)
+        }
+        Refresh::Ended | Refresh::Unknown => {
+            count("invalid");
+            Err(AuthError::InvalidRefreshToken)
+        }
+    }
+}
+
+/// Ends the session of the access token.
+#[utoipa::path(post, path = "/auth/logout", tag = "tokens", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The session ended"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn logout(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+) -> Result<StatusCode, AuthError> {
+    end(&state, &claims, &claims.sid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn end(state: &AppState, claims: &Claims, sid: &str) -> Result<bool, AuthError> {
+    let user: Uuid = claims.user_id.parse().unwrap_or_default();
+    let ended = state.sessions.end(sid, Some(user)).await?;
+    if ended {
+        state.verifier.revoke(sid, state.sessions.revoked_until());
+        users::audit(
+            &state.db,
+            Audit {
+                action: "logout",
+                outcome: "ok",
+                user_id: Some(user),
+                detail: Some(serde_json::json!({ "sid": sid })),
+                ..Audit::default()
+            },
+        )
+        .await;
+    }
+    Ok(ended)
+}
+
+/// The user of the access token.
+#[utoipa::path(get, path = "/auth/me", tag = "users", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn me(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+) -> Result<Json<UserView>, AuthError> {
+    let id: Uuid = claims
+        .user_id
+        .parse()
+        .map_err(|_| AuthError::NotFound("user"))?;
+    let user = users::by_id(&state.db, id)
+        .await?
+        .ok_or(AuthError::NotFound("user"))?;
+    Ok(Json(user.into()))
+}
+
+/// The live sessions of the access token's user.
+#[utoipa::path(get, path = "/auth/sessions", tag = "sessions", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Live sessions, newest first", body = Vec<SessionInfo>),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn sessions(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+) -> Result<Json<Vec<SessionInfo>>, AuthError> {
+    let user: Uuid = claims.user_id.parse().unwrap_or_default();
+    Ok(Json(state.sessions.list(user).await?))
+}
+
+/// Ends one of the user's sessions.
+#[utoipa::path(delete, path = "/auth/sessions/{id}", tag = "sessions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 204, description = "The session ended"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such live session of this user", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn end_session(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AuthError> {
+    if end(&state, &claims, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AuthError::NotFound("session"))
+    }
+}
+
+/// Admin actions need the `admin` role and a second factor within 15 minutes.
+fn require_admin(claims: &Claims) -> Result<Uuid, AuthError> {
+    if !claims.has_role("admin") {
+        return Err(AuthError::Forbidden("this needs the `admin` role".into()));
+    }
+    let recent = Utc::now().timestamp() - claims.auth_time <= 15 * 60;
+    if !(claims.amr.iter().any(|m| m == "mfa") && recent) {
+        return Err(AuthError::StepUpRequired);
+    }
+    claims
+        .user_id
+        .parse()
+        .map_err(|_| AuthError::Forbidden("the token's user id is not valid".into()))
+}
+
+/// `PUT /auth/admin/users/{id}/access`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Access {
+    roles: Vec<String>,
+    permissions: Vec<String>,
+}
+
+fn check_names(pointer: &'static str, names: &[String]) -> Result<(), AuthError> {
+    for (i, name) in names.iter().enumerate() {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-:.".contains(&b));
+        if !ok {
+            return Err(AuthError::Invalid {
+                pointer,
+                detail: format!("entry {i} must be 1 to 64 letters, digits, `_`, `-`, `:` or `.`"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Replaces a user's roles and permissions (admin, with a recent second factor).
+#[utoipa::path(put, path = "/auth/admin/users/{id}/access", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user id")), request_body = Access,
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or no recent second factor", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn set_access(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Access>,
+) -> Result<Json<UserView>, AuthError> {
+    let actor = require_admin(&claims)?;
+    check_names("/roles", &body.roles)?;
+    check_names("/permissions", &body.permissions)?;
+    let user = users::set_access(&state.db, id, &body.roles, &body.permissions)
+        .await?
+        .ok_or(AuthError::NotFound("user"))?;
+    users::audit(
+        &state.db,
+        Audit {
+            action: "admin-access",
+            outcome: "ok",
+            user_id: Some(id),
+            actor_id: Some(actor),
+            detail: Some(
+                serde_json::json!({ "roles": body.roles, "permissions": body.permissions }),
+            ),
+            ..Audit::default()
+        },
+    )
+    .await;
+    Ok(Json(user.into()))
+}
+
+/// Clears a user's failed attempts and lock (admin, with a recent second factor).
+#[utoipa::path(post, path = "/auth/admin/users/{id}/unlock", tag = "admin", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user id")),
+    responses(
+        (status = 204, description = "Unlocked"),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or no recent second factor", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn unlock(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, AuthError> {
+    let actor = require_admin(&claims)?;
+    let user = users::by_id(&state.db, id)
+        .await?
+        .ok_or(AuthError::NotFound("user"))?;
+    state.attempts.unlock(&user.email).await?;
+    users::audit(
+        &state.db,
+        Audit {
+            action: "admin-unlock",
+            outcome: "ok",
+            user_id: Some(id),
+            actor_id: Some(actor),
+            ..Audit::default()
+        },
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The public keys access tokens are signed with.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "discovery",
+    responses((status = 200, description = "A JWK set (RFC 7517)")))]
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
+        axum::Json(state.keys.jwks()),
+    )
+}
+
+/// OpenID Provider metadata, so that standard clients find the keys.
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "discovery",
+    responses((status = 200, description = "Provider metadata (OpenID Connect Discovery)")))]
+async fn openid_configuration(State(state): State<AppState>) -> impl IntoResponse {
+    let issuer = state.settings.issuer.trim_end_matches('/');
+    axum::Json(serde_json::json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "token_endpoint": format!("{issuer}/auth/login"),
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+        "claims_supported": ["user_id", "email", "roles", "permissions", "iat", "exp", "iss", "aud", "jti", "sid", "amr", "auth_time"],
+    }))
+}

@@ -1,0 +1,138 @@
+//! The service's one error type and the problem each variant answers with.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tributary_kit::Problem;
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A request field is wrong.
+    #[error("{pointer}: {detail}")]
+    Invalid {
+        /// JSON pointer to the field.
+        pointer: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Sign-up with an email that has an account.
+    #[error("an account with this email exists")]
+    EmailTaken,
+    /// Wrong email or password, unknown account or locked account: one answer for all.
+    #[error("the email or password is wrong")]
+    InvalidCredentials,
+    /// A refresh token that is unknown, spent, revoked or expired.
+    #[error("the refresh token is invalid")]
+    InvalidRefreshToken,
+    /// Too many attempts; retry after this many seconds.
+    #[error("too many attempts")]
+    TooManyAttempts(u64),
+    /// Password hashing is saturated.
+    #[error("password hashing is saturated")]
+    Busy,
+    /// No such thing.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The action needs a recent second-factor authentication.
+    #[error("this needs a second factor within the last 15 minutes")]
+    StepUpRequired,
+    /// A problem made elsewhere (the kit's 401).
+    #[error("{}", .0.title)]
+    Problem(Problem),
+    /// PostgreSQL, Redis or the keys failed; the cause is logged.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for AuthError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Unavailable(format!("PostgreSQL: {error}"))
+    }
+}
+
+impl From<redis::RedisError> for AuthError {
+    fn from(error: redis::RedisError) -> Self {
+        Self::Unavailable(format!("Redis: {error}"))
+    }
+}
+
+impl From<crate::keys::KeyError> for AuthError {
+    fn from(error: crate::keys::KeyError) -> Self {
+        Self::Unavailable(format!("signing keys: {error}"))
+    }
+}
+
+impl From<crate::passwords::Busy> for AuthError {
+    fn from(_: crate::passwords::Busy) -> Self {
+        Self::Busy
+    }
+}
+
+impl From<Problem> for AuthError {
+    fn from(problem: Problem) -> Self {
+        Self::Problem(problem)
+    }
+}
+
+impl AuthError {
+    /// The problem this error answers with.
+    pub fn problem(&self) -> Problem {
+        match self {
+            Self::Invalid { pointer, detail } => Problem::invalid(*pointer, detail.clone()),
+            Self::EmailTaken => Problem::new(
+                StatusCode::CONFLICT,
+                "email-taken",
+                "An account with this email exists",
+            )
+            .field("/email", "an account with this email exists"),
+            Self::InvalidCredentials => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid-credentials",
+                "The email or password is wrong",
+            ),
+            Self::InvalidRefreshToken => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid-refresh-token",
+                "The refresh token is invalid",
+            )
+            .detail("it is unknown, already used, expired, or its session has ended; log in again"),
+            Self::TooManyAttempts(seconds) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-attempts",
+                "Too many attempts",
+            )
+            .detail(format!("try again in {seconds} s"))
+            .header(header::RETRY_AFTER, &seconds.to_string()),
+            Self::Busy => Problem::unavailable("too many logins at once; retry shortly", 1),
+            Self::NotFound(what) => {
+                Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+                    .detail(format!("{what} not found"))
+            }
+            Self::Forbidden(detail) => tributary_kit::jwt::forbidden(detail),
+            Self::StepUpRequired => Problem::new(
+                StatusCode::FORBIDDEN,
+                "step-up-required",
+                "A recent second factor is required",
+            )
+            .detail("log in again with your second factor; admin actions need it within 15 minutes")
+            .header(
+                header::WWW_AUTHENTICATE,
+                "Bearer realm=\"tributary\", error=\"insufficient_user_authentication\", acr_values=\"mfa\", max_age=900",
+            ),
+            Self::Problem(problem) => problem.clone(),
+            Self::Unavailable(_) => Problem::unavailable("a dependency is unavailable; retry shortly", 1),
+        }
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        if let Self::Unavailable(cause) = &self {
+            tracing::error!(%cause, "answering 503");
+        }
+        self.problem().into_response()
+    }
+}

@@ -1,0 +1,169 @@
+//! Users in PostgreSQL.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A stored user.
+#[derive(Clone, sqlx::FromRow)]
+pub struct User {
+    /// The id tokens carry.
+    pub id: Uuid,
+    /// The short public number events carry (`U00000001`).
+    pub number: i64,
+    /// As given at sign-up; unique whatever its case.
+    pub email: String,
+    /// bcrypt hash; none for accounts made through an external provider.
+    pub password_hash: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Permissions.
+    pub permissions: Vec<String>,
+    /// The sealed TOTP seed, once enrolment started.
+    pub mfa_secret: Option<Vec<u8>>,
+    /// Whether logins need the second factor.
+    pub mfa_enabled: bool,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("roles", &self.roles)
+            .field("mfa_enabled", &self.mfa_enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl User {
+    /// The id events carry.
+    pub fn public_id(&self) -> String {
+        format!("U{:08}", self.number)
+    }
+}
+
+const COLUMNS: &str = "id, number, email, password_hash, roles, permissions, mfa_secret, \
+                       mfa_enabled, created_at, updated_at";
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The email is taken.
+    #[error("an account with this email exists")]
+    EmailTaken,
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Creates a user with the default role.
+pub async fn create(
+    db: &PgPool,
+    email: &str,
+    password_hash: Option<&str>,
+    roles: &[String],
+) -> Result<User, StoreError> {
+    let query = format!(
+        "INSERT INTO users (id, email, password_hash, roles) VALUES ($1, $2, $3, $4) \
+         RETURNING {COLUMNS}"
+    );
+    sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(query))
+        .bind(Uuid::new_v4())
+        .bind(email)
+        .bind(password_hash)
+        .bind(roles)
+        .fetch_one(db)
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(e) if e.is_unique_violation() => StoreError::EmailTaken,
+            _ => StoreError::Database(error),
+        })
+}
+
+/// The user with `email`, whatever its case.
+pub async fn by_email(db: &PgPool, email: &str) -> Result<Option<User>, sqlx::Error> {
+    let query = format!("SELECT {COLUMNS} FROM users WHERE lower(email) = lower($1)");
+    sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(query))
+        .bind(email)
+        .fetch_optional(db)
+        .await
+}
+
+/// The user with `id`.
+pub async fn by_id(db: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    let query = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
+    sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(query))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Replaces a user's roles and permissions; `None` when there is no such user.
+pub async fn set_access(
+    db: &PgPool,
+    id: Uuid,
+    roles: &[String],
+    permissions: &[String],
+) -> Result<Option<User>, sqlx::Error> {
+    let query = format!(
+        "UPDATE users SET roles = $2, permissions = $3, updated_at = now() WHERE id = $1 \
+         RETURNING {COLUMNS}"
+    );
+    sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(query))
+        .bind(id)
+        .bind(roles)
+        .bind(permissions)
+        .fetch_optional(db)
+        .await
+}
+
+/// One audit record.
+#[derive(Debug, Default)]
+pub struct Audit<'a> {
+    /// `login`, `signup`, `refresh`, `logout`, `lockout`, `token-reuse`, `admin-access`, …
+    pub action: &'a str,
+    /// `ok`, `failed`, `locked`, `limited`, `revoked`, …
+    pub outcome: &'a str,
+    /// The user concerned.
+    pub user_id: Option<Uuid>,
+    /// Who acted, when not the user (an admin).
+    pub actor_id: Option<Uuid>,
+    /// The email given.
+    pub email: Option<&'a str>,
+    /// The source address.
+    pub ip: Option<String>,
+    /// The client.
+    pub user_agent: Option<&'a str>,
+    /// Anything else worth keeping.
+    pub detail: Option<serde_json::Value>,
+}
+
+/// Writes `record`; a failure is logged, never the caller's failure.
+pub async fn audit(db: &PgPool, record: Audit<'_>) {
+    let written = sqlx::query(
+        "INSERT INTO audit_log (action, outcome, user_id, actor_id, email, ip, user_agent, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(record.action)
+    .bind(record.outcome)
+    .bind(record.user_id)
+    .bind(record.actor_id)
+    .bind(record.email)
+    .bind(&record.ip)
+    .bind(
+        record
+            .user_agent
+            .map(|ua| ua.chars().take(512).collect::<String>()),
+    )
+    .bind(record.detail.unwrap_or_else(|| serde_json::json!({})))
+    .execute(db)
+    .await;
+    if let Err(error) = written {
+        tracing::error!(%error, action = record.action, "writing the audit log failed");
+    }
+}

@@ -1,0 +1,669 @@
+//! The auth service, black-box over HTTP, against the machine's PostgreSQL
+//! (127.0.0.1:5432, trust) and Redis (127.0.0.1:6379). Each test starts
+//! its own instances in this process on port 0, in one database per run,
+//! under its own Redis prefix, and speaks from its own client address
+//! (`X-Forwarded-For`, believed from 127.0.0.1 here), so tests do not
+//! share limits.
+
+// A test's unwrap is its assertion: a failure shows where and why.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tributary_auth::{Server, Settings};
+use tributary_kit::Secret;
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// One database per run of this binary; older runs' databases are dropped.
+fn database_url() -> String {
+    static NAME: OnceLock<String> = OnceLock::new();
+    let name = NAME.get_or_init(|| format!("tributary_auth_test_{}", std::process::id()));
+    format!("{POSTGRES}/{name}")
+}
+
+async fn drop_old_databases() {
+    static ONCE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres"))
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 with trust auth");
+        let mine = format!("tributary_auth_test_{}", std::process::id());
+        let old: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'tributary_auth_test_%' AND datname <> $1",
+        )
+        .bind(&mine)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        for name in old {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                .execute(&admin)
+                .await;
+        }
+    })
+    .await;
+}
+
+/// The data keys every instance of the run shares.
+fn data_keys() -> Secret {
+    static KEYS: OnceLock<String> = OnceLock::new();
+    Secret::new(
+        KEYS.get_or_init(tributary_auth::sealing::Keyring::generate)
+            .clone(),
+    )
+}
+
+/// Settings for a test: its own Redis prefix, fast hashing, a proxy on loopback.
+fn settings(test: &str) -> Settings {
+    let mut settings = Settings {
+        database_url: Secret::new(database_url()),
+        redis_prefix: format!("test:{}:{test}:{}:", std::process::id(), fastrand::u32(..)),
+        data_keys: Some(data_keys()),
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        json_logs: false,
+        ..Settings::default()
+    };
+    settings.passwords.bcrypt_cost = 4;
+    settings
+}
+
+struct Instance {
+    server: Server,
+    base: String,
+}
+
+async fn start(settings: Settings) -> Instance {
+    drop_old_databases().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tributary_auth::start(settings, listener, std::future::pending())
+        .await
+        .expect("the auth service starts (PostgreSQL and Redis must be up)");
+    let base = format!("http://{}", server.addr());
+    Instance { server, base }
+}
+
+/// A client speaking from its own address.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    address: String,
+}
+
+impl Client {
+    fn new() -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            address: format!(
+                "10.{}.{}.{}",
+                fastrand::u8(..),
+                fastrand::u8(..),
+                fastrand::u8(1..255)
+            ),
+        }
+    }
+
+    async fn post(
+        &self,
+        url: String,
+        body: Value,
+        bearer: Option<&str>,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let mut request = self
+            .http
+            .post(url)
+            .header("x-forwarded-for", &self.address)
+            .json(&body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        read(response).await
+    }
+
+    async fn get(
+        &self,
+        url: String,
+        bearer: Option<&str>,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let mut request = self.http.get(url).header("x-forwarded-for", &self.address);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        read(request.send().await.unwrap()).await
+    }
+}
+
+async fn read(response: reqwest::Response) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body, headers)
+}
+
+fn email(test: &str) -> String {
+    format!("{test}.{}@example.com", fastrand::u64(..))
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn sign_up(client: &Client, base: &str, email: &str, password: &str) -> Value {
+    let (status, body, _) = client
+        .post(
+            format!("{base}/auth/users"),
+            json!({"email": email, "password": password}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+async fn login(client: &Client, base: &str, email: &str, password: &str) -> (StatusCode, Value) {
+    let (status, body, _) = client
+        .post(
+            format!("{base}/auth/login"),
+            json!({"email": email, "password": password}),
+            None,
+        )
+        .await;
+    (status, body)
+}
+
+fn claims_of(token: &str) -> (Value, Value) {
+    let mut parts = token.split('.');
+    let header = URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap();
+    let claims = URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap();
+    (
+        serde_json::from_slice(&header).unwrap(),
+        serde_json::from_slice(&claims).unwrap(),
+    )
+}
+
+async fn audit_count(action: &str, outcome: &str, email: &str) -> i64 {
+    let db = sqlx::PgPool::connect(&database_url()).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = $1 AND outcome = $2 AND lower(email) = lower($3)",
+    )
+    .bind(action)
+    .bind(outcome)
+    .bind(email)
+    .fetch_one(&db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_log_in_refresh_ask_who_and_log_out() {
+    let app = start(settings("flow")).await;
+    let client = Client::new();
+    let base = &app.base;
+    let email = email("flow");
+    let user = sign_up(&client, base, &email, PASSWORD).await;
+    assert_eq!(user["email"], email.as_str());
+    assert_eq!(user["roles"], json!(["customer"]));
+
+    let (status, tokens) = login(&client, base, &email.to_uppercase(), PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["expires_in"], 3600);
+    let access = tokens["access_token"].as_str().unwrap();
+    let (header, claims) = claims_of(access);
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["typ"], "at+jwt");
+    let kid = header["kid"].as_str().unwrap();
+    let mut names: Vec<&str> = claims
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "amr",
+            "aud",
+            "auth_time",
+            "email",
+            "exp",
+            "iat",
+            "iss",
+            "jti",
+            "permissions",
+            "roles",
+            "sid",
+            "user_id"
+        ]
+    );
+    assert_eq!(claims["user_id"], user["id"]);
+    assert_eq!(claims["amr"], json!(["pwd"]));
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
+
+    let (status, jwks, _) = client
+        .get(format!("{base}/.well-known/jwks.json"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == kid && k["alg"] == "EdDSA")
+    );
+    let (_, discovery, _) = client
+        .get(format!("{base}/.well-known/openid-configuration"), None)
+        .await;
+    assert!(
+        discovery["jwks_uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/.well-known/jwks.json")
+    );
+
+    let (status, me, _) = client.get(format!("{base}/auth/me"), Some(access)).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["email"], email.as_str());
+
+    let (status, refreshed, _) = client
+        .post(
+            format!("{base}/auth/refresh"),
+            json!({"refresh_token": tokens["refresh_token"]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    assert_ne!(refreshed["refresh_token"], tokens["refresh_token"]);
+    let (_, refreshed_claims) = claims_of(refreshed["access_token"].as_str().unwrap());
+    assert_eq!(refreshed_claims["sid"], claims["sid"]);
+
+    let (status, sessions, _) = client
+        .get(format!("{base}/auth/sessions"), Some(access))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(sessions.as_array().unwrap().len(), 1);
+    assert_eq!(sessions[0]["id"], claims["sid"]);
+
+    let (status, _, _) = client
+        .post(format!("{base}/auth/logout"), json!({}), Some(access))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, problem, headers) = client.get(format!("{base}/auth/me"), Some(access)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        problem["type"],
+        "https://tributary.dev/problems/unauthorized"
+    );
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    let (status, _, _) = client
+        .post(
+            format!("{base}/auth/refresh"),
+            json!({"refresh_token": refreshed["refresh_token"]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(audit_count("login", "ok", &email).await, 1);
+    app.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_problem_naming_the_field() {
+    let app = start(settings("input")).await;
+    let client = Client::new();
+    let base = &app.base;
+    let email = email("input");
+
+    // bcrypt reads 72 bytes: a longer password is refused, never truncated.
+    let prefix = "p".repeat(72);
+    let (status, problem, headers) = client
+        .post(
+            format!("{base}/auth/users"),
+            json!({"email": email, "password": format!("{prefix}A")}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(problem["errors"][0]["pointer"], "/password");
+    assert!(
+        problem["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("72 bytes")
+    );
+    sign_up(&client, base, &email, &prefix).await;
+    let (status, _) = login(&client, base, &email, &format!("{prefix}B")).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a password differing after byte 72 must not match"
+    );
+    let (status, _) = login(&client, base, &email, &prefix).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, problem, _) = client
+        .post(
+            format!("{base}/auth/users"),
+            json!({"email": email.to_uppercase(), "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "emails are unique whatever their case: {problem}"
+    );
+    assert_eq!(problem["errors"][0]["pointer"], "/email");
+
+    for (body, pointer) in [
+        (
+            json!({"email": "no-at-sign", "password": PASSWORD}),
+            "/email",
+        ),
+        (json!({"email": email, "password": "short"}), "/password"),
+        (json!({"email": email}), ""),
+        (json!({"email": 42, "password": PASSWORD}), "/email"),
+        (
+            json!({"email": email, "password": PASSWORD, "admin": true}),
+            "/admin",
+        ),
+    ] {
+        let (status, problem, headers) = client
+            .post(format!("{base}/auth/users"), body.clone(), None)
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {problem}"
+        );
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(
+            problem["errors"][0]["pointer"], pointer,
+            "{body}: {problem}"
+        );
+    }
+    let response = client
+        .http
+        .post(format!("{base}/auth/login"))
+        .header("content-type", "application/json")
+        .body("{\"email\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (status, problem, _) = client.get(format!("{base}/nowhere"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(problem["status"], 404);
+    let (status, _, headers) = client.get(format!("{base}/auth/login"), None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    app.server.stop().await.unwrap();
+}
+
+/// 200 parallel wrong passwords against one account, spread over 3 instances.
+async fn storm(instances: &[Instance], email: &str, attempts: usize) -> Vec<(StatusCode, Value)> {
+    let client = Client::new();
+    let calls = (0..attempts).map(|i| {
+        let client = client.clone();
+        let base = instances[i % instances.len()].base.clone();
+        let email = email.to_string();
+        tokio::spawn(async move { login(&client, &base, &email, "wrong password!").await })
+    });
+    let mut answers = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        answers.push(call.await.unwrap());
+    }
+    answers
+}
+
+async fn instances(settings: Settings, n: usize) -> Vec<Instance> {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        all.push(start(settings.clone()).await);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_wrong_passwords_on_three_instances_reach_the_check_exactly_five_times() {
+    let settings = settings("attempts");
+    let all = instances(settings, 3).await;
+    let email = email("attempts");
+    sign_up(&Client::new(), &all[0].base, &email, PASSWORD).await;
+    let answers = storm(&all, &email, 200).await;
+    let checked = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::UNAUTHORIZED)
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        (checked, limited),
+        (5, 195),
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert_eq!(audit_count("login", "failed", &email).await, 5);
+    assert_eq!(audit_count("login", "limited", &email).await, 195);
+    for instance in all {
+        instance.server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lockout_counts_exactly_ten_failures_and_then_looks_like_a_wrong_password() {
+    let mut settings = settings("lockout");
+    settings.lockout.attempts_per_account = 1000;
+    settings.lockout.attempts_per_address = 1000;
+    let all = instances(settings, 3).await;
+    let email = email("lockout");
+    let client = Client::new();
+    sign_up(&client, &all[0].base, &email, PASSWORD).await;
+    let answers = storm(&all, &email, 200).await;
+    assert!(answers.iter().all(|(s, _)| *s == StatusCode::UNAUTHORIZED));
+    assert_eq!(
+        audit_count("login", "failed", &email).await,
+        10,
+        "exactly ten checks ran"
+    );
+    assert_eq!(audit_count("login", "locked", &email).await, 190);
+    assert_eq!(audit_count("lockout", "locked", &email).await, 1);
+
+    // Locked: the right password gets the wrong password's answer.
+    let (status, locked) = login(&client, &all[1].base, &email, PASSWORD).await;
+    let (_, wrong) = login(&client, &all[1].base, &email, "another wrong one").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(locked, wrong);
+    assert_eq!(locked, answers[0].1);
+    for instance in all {
+        instance.server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nine_parallel_failures_leave_the_account_open_and_success_resets_them() {
+    let mut settings = settings("nine");
+    settings.lockout.attempts_per_account = 1000;
+    settings.lockout.attempts_per_address = 1000;
+    let all = instances(settings, 3).await;
+    let email = email("nine");
+    let client = Client::new();
+    sign_up(&client, &all[0].base, &email, PASSWORD).await;
+    storm(&all, &email, 9).await;
+    assert_eq!(audit_count("login", "failed", &email).await, 9);
+    let (status, body) = login(&client, &all[2].base, &email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The success reset the count: nine more failures still do not lock.
+    storm(&all, &email, 9).await;
+    let (status, _) = login(&client, &all[0].base, &email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    for instance in all {
+        instance.server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_refreshes_of_one_token_yield_one_successor() {
+    let app = start(settings("twenty")).await;
+    let client = Client::new();
+    let email = email("twenty");
+    sign_up(&client, &app.base, &email, PASSWORD).await;
+    let (_, tokens) = login(&client, &app.base, &email, PASSWORD).await;
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            let url = format!("{}/auth/refresh", app.base);
+            let token = tokens["refresh_token"].clone();
+            tokio::spawn(async move {
+                client
+                    .post(url, json!({"refresh_token": token}), None)
+                    .await
+            })
+        })
+        .collect();
+    let mut successors = std::collections::HashSet::new();
+    for call in calls {
+        let (status, body, _) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        successors.insert(body["refresh_token"].as_str().unwrap().to_string());
+    }
+    assert_eq!(successors.len(), 1, "one successor for all: {successors:?}");
+    let successor = successors.into_iter().next().unwrap();
+    let (status, next, _) = client
+        .post(
+            format!("{}/auth/refresh", app.base),
+            json!({"refresh_token": successor}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "the successor is live: {next}");
+    app.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reusing_an_older_refresh_token_revokes_the_family_everywhere() {
+    let mut settings = settings("reuse");
+    settings.tokens.reuse_grace = Duration::from_millis(300);
+    let all = instances(settings, 2).await;
+    let client = Client::new();
+    let email = email("reuse");
+    sign_up(&client, &all[0].base, &email, PASSWORD).await;
+    let (_, first) = login(&client, &all[0].base, &email, PASSWORD).await;
+    let refresh = |base: String, token: Value| {
+        let client = client.clone();
+        async move {
+            client
+                .post(
+                    format!("{base}/auth/refresh"),
+                    json!({"refresh_token": token}),
+                    None,
+                )
+                .await
+        }
+    };
+    let (_, second, _) = refresh(all[0].base.clone(), first["refresh_token"].clone()).await;
+    let (status, third, _) = refresh(all[1].base.clone(), second["refresh_token"].clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let access = third["access_token"].as_str().unwrap().to_string();
+    let (status, _, _) = client
+        .get(format!("{}/auth/me", all[1].base), Some(&access))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The grandparent again: the whole family is revoked.
+    let (status, _, _) = refresh(all[1].base.clone(), first["refresh_token"].clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = refresh(all[0].base.clone(), third["refresh_token"].clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the newest descendant is dead too"
+    );
+    // Its access token is refused on the other instance within a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let (status, _, _) = client
+            .get(format!("{}/auth/me", all[0].base), Some(&access))
+            .await;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepted after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(audit_count_by_action("token-reuse").await > 0);
+
+    // The immediate parent after the grace interval is reuse as well.
+    let (_, fresh) = login(&client, &all[0].base, &email, PASSWORD).await;
+    let (_, child, _) = refresh(all[0].base.clone(), fresh["refresh_token"].clone()).await;
+    let (status, again, _) = refresh(all[0].base.clone(), fresh["refresh_token"].clone()).await;
+    assert_eq!(status, StatusCode::OK, "within the grace interval");
+    assert_eq!(again["refresh_token"], child["refresh_token"]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, _, _) = refresh(all[0].base.clone(), fresh["refresh_token"].clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = refresh(all[0].base.clone(), child["refresh_token"].clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for instance in all {
+        instance.server.stop().await.unwrap();
+    }
+}
+
+async fn audit_count_by_action(action: &str) -> i64 {
+    let db = sqlx::PgPool::connect(&database_url()).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = $1")
+        .bind(action)
+        .fetch_one(&db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_documents_itself_and_reports_readiness() {
+    let app = start(settings("docs")).await;
+    let client = Client::new();
+    let (status, document, _) = client.get(format!("{}/openapi.json", app.base), None).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/auth/users",
+        "/auth/login",
+        "/auth/refresh",
+        "/auth/logout",
+        "/auth/me",
+        "/.well-known/jwks.json",
+    ] {
+        assert!(
+            document["paths"].get(path).is_some(),
+            "{path} is documented"
+        );
+    }
+    let (status, ready, _) = client.get(format!("{}/readyz", app.base), None).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready, json!({"postgres": "ok", "redis": "ok"}));
+    let (status, metrics, _) = client.get(format!("{}/metrics", app.base), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("route=\"/openapi.json\""), "{metrics}");
+    assert!(!metrics.contains("route=\"/nowhere\""));
+    app.server.stop().await.unwrap();
+}

@@ -1,0 +1,16 @@
+//! What Tributary's companion services share, and nothing a single service
+//! needs alone: layered configuration ([`config`]), RFC 9457 problem
+//! responses and a JSON extractor that names bad fields ([`problem`]), the
+//! HTTP server with health, readiness, metrics and graceful shutdown
+//! ([`server`]), request tracking and logs ([`observe`]), and local
+//! verification of the auth service's access tokens ([`jwt`]).
+
+pub mod config;
+pub mod jwt;
+pub mod observe;
+pub mod problem;
+pub mod secret;
+pub mod server;
+
+pub use problem::{Json, Problem};
+pub use secret::Secret;
