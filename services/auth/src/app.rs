@@ -77,6 +77,8 @@ pub(crate) struct AuthMetrics {
 pub struct AppState {
     pub(crate) settings: Arc<Settings>,
     pub(crate) db: PgPool,
+    pub(crate) redis: redis::aio::ConnectionManager,
+    pub(crate) sealing: Arc<Keyring>,
     pub(crate) keys: Keys,
     pub(crate) sessions: Sessions,
     pub(crate) attempts: Attempts,
@@ -247,6 +249,8 @@ pub async fn start(
     let state = AppState {
         settings: Arc::new(settings),
         db: db.clone(),
+        redis: redis.clone(),
+        sealing,
         keys,
         sessions,
         attempts,

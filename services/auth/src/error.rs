@@ -39,6 +39,16 @@ pub enum AuthError {
     /// The action needs a recent second-factor authentication.
     #[error("this needs a second factor within the last 15 minutes")]
     StepUpRequired,
+    /// The MFA challenge of a login is unknown or expired.
+    #[error("the MFA challenge is invalid or expired")]
+    InvalidChallenge,
+    /// A TOTP or recovery code that is wrong or was used.
+    #[error("the code is wrong or was already used")]
+    InvalidSecondFactor,
+    /// Enrolment asked for while the second factor is on, or confirmation
+    /// or removal while it is not in that state.
+    #[error("{0}")]
+    MfaState(&'static str),
     /// A problem made elsewhere (the kit's 401).
     #[error("{}", .0.title)]
     Problem(Problem),
@@ -62,6 +72,12 @@ impl From<redis::RedisError> for AuthError {
 impl From<crate::keys::KeyError> for AuthError {
     fn from(error: crate::keys::KeyError) -> Self {
         Self::Unavailable(format!("signing keys: {error}"))
+    }
+}
+
+impl From<crate::mfa::MfaError> for AuthError {
+    fn from(error: crate::mfa::MfaError) -> Self {
+        Self::Unavailable(format!("second factor: {error}"))
     }
 }
 
@@ -122,6 +138,23 @@ impl AuthError {
                 header::WWW_AUTHENTICATE,
                 "Bearer realm=\"tributary\", error=\"insufficient_user_authentication\", acr_values=\"mfa\", max_age=900",
             ),
+            Self::InvalidChallenge => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid-mfa-challenge",
+                "The MFA challenge is invalid or expired",
+            )
+            .detail("log in again with the password"),
+            Self::InvalidSecondFactor => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid-second-factor",
+                "The code is wrong or was already used",
+            ),
+            Self::MfaState(detail) => Problem::new(
+                StatusCode::CONFLICT,
+                "mfa-state",
+                "The second factor is not in a state that allows this",
+            )
+            .detail(*detail),
             Self::Problem(problem) => problem.clone(),
             Self::Unavailable(_) => Problem::unavailable("a dependency is unavailable; retry shortly", 1),
         }

@@ -11,6 +11,7 @@ pub mod app;
 pub mod attempts;
 pub mod error;
 pub mod keys;
+pub mod mfa;
 pub mod passwords;
 pub mod random;
 pub mod sealing;

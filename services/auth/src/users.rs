@@ -167,3 +167,33 @@ pub async fn audit(db: &PgPool, record: Audit<'_>) {
         tracing::error!(%error, action = record.action, "writing the audit log failed");
     }
 }
+
+/// Stores a new sealed TOTP seed for a user whose second factor is not
+/// enabled; `false` when it is enabled (or there is no such user).
+pub async fn begin_mfa(db: &PgPool, id: Uuid, sealed: &[u8]) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE users SET mfa_secret = $2, updated_at = now() WHERE id = $1 AND NOT mfa_enabled",
+    )
+    .bind(id)
+    .bind(sealed)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Turns the second factor on or off (off also forgets the seed).
+pub async fn set_mfa(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    enabled: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE users SET mfa_enabled = $2, \
+         mfa_secret = CASE WHEN $2 THEN mfa_secret END, updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(enabled)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

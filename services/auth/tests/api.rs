@@ -667,3 +667,228 @@ async fn the_service_documents_itself_and_reports_readiness() {
     assert!(!metrics.contains("route=\"/nowhere\""));
     app.server.stop().await.unwrap();
 }
+
+/// The code an authenticator app shows now for `secret`, at least 5 s
+/// before its step ends (so the whole test stays within one step).
+async fn totp_code(secret: &str) -> (String, totp_rs::Totp) {
+    let totp = totp_rs::Builder::new()
+        .with_secret(totp_rs::Secret::try_from_base32(secret).unwrap())
+        .build()
+        .unwrap();
+    let left = 30 - chrono::Utc::now().timestamp() % 30;
+    if left < 5 {
+        tokio::time::sleep(Duration::from_millis(left as u64 * 1000 + 100)).await;
+    }
+    (totp.generate_current().to_string(), totp)
+}
+
+/// Signs up, logs in and turns TOTP on; returns the seed and recovery codes.
+async fn with_mfa(client: &Client, base: &str, email: &str) -> (String, Vec<String>) {
+    sign_up(client, base, email, PASSWORD).await;
+    let (_, tokens) = login(client, base, email, PASSWORD).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let (status, enrolment, _) = client
+        .post(format!("{base}/auth/mfa/totp"), json!({}), Some(access))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{enrolment}");
+    let uri = enrolment["otpauth_uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/Tributary:"), "{uri}");
+    let secret = enrolment["secret"].as_str().unwrap().to_string();
+    let (code, _) = totp_code(&secret).await;
+    let (status, confirmed, _) = client
+        .post(
+            format!("{base}/auth/mfa/totp/confirm"),
+            json!({"code": code}),
+            Some(access),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{confirmed}");
+    let codes: Vec<String> = confirmed["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(codes.len(), 10);
+    (secret, codes)
+}
+
+async fn second_step(
+    client: &Client,
+    base: &str,
+    email: &str,
+    factor: Value,
+) -> (StatusCode, Value) {
+    let (status, challenge) = login(client, base, email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(challenge["mfa_required"], true, "{challenge}");
+    assert!(challenge.get("access_token").is_none());
+    let mut body = factor;
+    body["mfa_token"] = challenge["mfa_token"].clone();
+    let (status, answer, _) = client
+        .post(format!("{base}/auth/login/mfa"), body, None)
+        .await;
+    (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_totp_code_logs_in_once_across_two_instances() {
+    let mut settings = settings("totp");
+    settings.lockout.attempts_per_account = 100;
+    let all = instances(settings, 2).await;
+    let client = Client::new();
+    let email = email("totp");
+    let (secret, _) = with_mfa(&client, &all[0].base, &email).await;
+    // The confirmation spent this step's code; wait for the next one.
+    let (_, totp) = totp_code(&secret).await;
+    let left = 30 - chrono::Utc::now().timestamp() % 30;
+    tokio::time::sleep(Duration::from_millis(left as u64 * 1000 + 100)).await;
+    let code = totp.generate_current().to_string();
+
+    let (status, tokens) = second_step(&client, &all[0].base, &email, json!({"code": code})).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (_, claims) = claims_of(tokens["access_token"].as_str().unwrap());
+    assert_eq!(claims["amr"], json!(["pwd", "otp", "mfa"]));
+    let (status, replay) = second_step(&client, &all[1].base, &email, json!({"code": code})).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the same code on another instance: {replay}"
+    );
+    assert_eq!(
+        replay["type"],
+        "https://tributary.dev/problems/invalid-second-factor"
+    );
+    for instance in all {
+        instance.server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_code_works_once() {
+    let mut settings = settings("recovery");
+    settings.lockout.attempts_per_account = 100;
+    let app = start(settings).await;
+    let client = Client::new();
+    let email = email("recovery");
+    let (_, codes) = with_mfa(&client, &app.base, &email).await;
+    let typed = codes[3].to_uppercase().replace('-', " ");
+    let (status, tokens) =
+        second_step(&client, &app.base, &email, json!({"recovery_code": typed})).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (status, _) = second_step(
+        &client,
+        &app.base,
+        &email,
+        json!({"recovery_code": codes[3]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, problem) = second_step(&client, &app.base, &email, json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    app.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_need_a_recent_second_factor() {
+    let mut settings = settings("admin");
+    settings.lockout.attempts_per_account = 100;
+    settings.lockout.attempts_per_address = 100;
+    settings.lockout.max_failures = 3;
+    let app = start(settings).await;
+    let base = &app.base;
+    let client = Client::new();
+    let admin = email("admin");
+    let (_, codes) = with_mfa(&client, base, &admin).await;
+    let db = sqlx::PgPool::connect(&database_url()).await.unwrap();
+    sqlx::query("UPDATE users SET roles = '{admin}' WHERE lower(email) = lower($1)")
+        .bind(&admin)
+        .execute(&db)
+        .await
+        .unwrap();
+    let member = email("member");
+    let member_view = sign_up(&client, base, &member, PASSWORD).await;
+    let access_url = format!(
+        "{base}/auth/admin/users/{}/access",
+        member_view["id"].as_str().unwrap()
+    );
+    let grant = json!({"roles": ["customer"], "permissions": ["read:orders", "write:orders"]});
+
+    // A customer may not; an admin with only a password must step up.
+    let (_, member_tokens) = login(&client, base, &member, PASSWORD).await;
+    let response = client
+        .http
+        .put(&access_url)
+        .bearer_auth(member_tokens["access_token"].as_str().unwrap())
+        .json(&grant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let password_admin = email("password-admin");
+    sign_up(&client, base, &password_admin, PASSWORD).await;
+    sqlx::query("UPDATE users SET roles = '{admin}' WHERE lower(email) = lower($1)")
+        .bind(&password_admin)
+        .execute(&db)
+        .await
+        .unwrap();
+    let (_, password_tokens) = login(&client, base, &password_admin, PASSWORD).await;
+    let response = client
+        .http
+        .put(&access_url)
+        .bearer_auth(password_tokens["access_token"].as_str().unwrap())
+        .json(&grant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert!(
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("insufficient_user_authentication")
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["type"],
+        "https://tributary.dev/problems/step-up-required"
+    );
+
+    let (_, tokens) = second_step(&client, base, &admin, json!({"recovery_code": codes[0]})).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let response = client
+        .http
+        .put(&access_url)
+        .bearer_auth(access)
+        .json(&grant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let changed: Value = response.json().await.unwrap();
+    assert_eq!(
+        changed["permissions"],
+        json!(["read:orders", "write:orders"])
+    );
+
+    // Lock the member, then unlock them.
+    for _ in 0..3 {
+        login(&client, base, &member, "wrong password!").await;
+    }
+    let (status, _) = login(&client, base, &member, PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "locked");
+    let (status, _, _) = client
+        .post(
+            format!(
+                "{base}/auth/admin/users/{}/unlock",
+                member_view["id"].as_str().unwrap()
+            ),
+            json!({}),
+            Some(access),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = login(&client, base, &member, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "unlocked");
+    app.server.stop().await.unwrap();
+}

@@ -23,6 +23,8 @@ use crate::passwords::MAX_PASSWORD_BYTES;
 use crate::sessions::{Grant, Refresh, SessionInfo};
 use crate::users::{self, Audit, StoreError, User};
 
+mod mfa;
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -58,6 +60,10 @@ pub fn router(state: AppState) -> Router {
     let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(sign_up))
         .routes(routes!(login))
+        .routes(routes!(mfa::login_second_step))
+        .routes(routes!(mfa::enrol))
+        .routes(routes!(mfa::confirm))
+        .routes(routes!(mfa::disable))
         .routes(routes!(refresh))
         .routes(routes!(logout))
         .routes(routes!(me))
@@ -78,7 +84,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The client's address: the peer, or the right-most address in
 /// `X-Forwarded-For` that a trusted proxy did not add.
-fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+pub(super) fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     let trusted = &state.settings.trusted_proxies;
     if !trusted.contains(&peer.ip()) {
         return peer.ip();
@@ -97,7 +103,7 @@ fn client_ip(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr 
         .unwrap_or(peer.ip())
 }
 
-fn user_agent(headers: &HeaderMap) -> &str {
+pub(super) fn user_agent(headers: &HeaderMap) -> &str {
     headers
         .get(axum::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -234,7 +240,7 @@ struct Login {
 
 /// Tokens for a client.
 #[derive(Debug, Serialize, ToSchema)]
-struct Tokens {
+pub(super) struct Tokens {
     /// A JWT (`typ: at+jwt`, EdDSA) for `Authorization: Bearer`.
     access_token: String,
     /// An opaque token for `POST /auth/refresh`; each use returns a new one.
@@ -245,10 +251,20 @@ struct Tokens {
     expires_in: u64,
 }
 
+/// What a login answers: tokens, or a challenge for the second factor.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+enum LoginAnswer {
+    /// Logged in.
+    Tokens(Tokens),
+    /// The password was right; now `POST /auth/login/mfa`.
+    Mfa(mfa::Challenge),
+}
+
 /// Logs in with an email and password.
 #[utoipa::path(post, path = "/auth/login", tag = "tokens", request_body = Login,
     responses(
-        (status = 200, description = "Logged in", body = Tokens),
+        (status = 200, description = "Logged in, or a challenge for the second factor", body = LoginAnswer),
         (status = 401, description = "Wrong email or password (also for locked accounts)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts", body = Problem, content_type = "application/problem+json"),
@@ -259,7 +275,7 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Json(body): Json<Login>,
-) -> Result<Json<Tokens>, AuthError> {
+) -> Result<Json<LoginAnswer>, AuthError> {
     let email = body.email.trim().to_string();
     if email.is_empty() || email.len() > 254 {
         return Err(AuthError::Invalid {
@@ -349,16 +365,27 @@ async fn login(
         users::audit(&state.db, record("failed", user_id)).await;
         return Err(AuthError::InvalidCredentials);
     };
+    if user.mfa_enabled {
+        let prefix = &state.settings.redis_prefix;
+        let mfa_token = crate::mfa::start_challenge(&state.redis, prefix, user.id).await?;
+        count("mfa-required");
+        users::audit(&state.db, record("mfa-required", Some(user.id))).await;
+        return Ok(Json(LoginAnswer::Mfa(mfa::Challenge {
+            mfa_required: true,
+            mfa_token,
+            expires_in: crate::mfa::CHALLENGE_TTL_SECS,
+        })));
+    }
     let amr = vec!["pwd".to_string()];
     let (grant, refresh_token) = state.sessions.start(user.id, &amr, &ip, &ua).await?;
     let tokens = issue(&state, &user, &grant, refresh_token)?;
     count("ok");
     users::audit(&state.db, record("ok", Some(user.id))).await;
-    Ok(Json(tokens))
+    Ok(Json(LoginAnswer::Tokens(tokens)))
 }
 
 /// Signs an access token for `user` in the session `grant`.
-fn issue(
+pub(super) fn issue(
     state: &AppState,
     user: &User,
     grant: &Grant,
