@@ -20,11 +20,18 @@ use tributary_kit::Secret;
 
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 
-/// One database per run of this binary; older runs' databases are dropped.
+/// One database per run of this binary (`…_{pid}_main`), and one for each
+/// test that changes what every instance of its database sees (the signing
+/// keys); older runs' databases are dropped.
 fn database_url() -> String {
-    static NAME: OnceLock<String> = OnceLock::new();
-    let name = NAME.get_or_init(|| format!("tributary_auth_test_{}", std::process::id()));
-    format!("{POSTGRES}/{name}")
+    database_url_for("main")
+}
+
+fn database_url_for(purpose: &str) -> String {
+    format!(
+        "{POSTGRES}/tributary_auth_test_{}_{purpose}",
+        std::process::id()
+    )
 }
 
 async fn drop_old_databases() {
@@ -33,18 +40,20 @@ async fn drop_old_databases() {
         let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres"))
             .await
             .expect("PostgreSQL must run on 127.0.0.1:5432 with trust auth");
-        let mine = format!("tributary_auth_test_{}", std::process::id());
+        let mine = format!("tributary_auth_test_{}_%", std::process::id());
         let old: Vec<String> = sqlx::query_scalar(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'tributary_auth_test_%' AND datname <> $1",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'tributary_auth_test_%' AND datname NOT LIKE $1",
         )
         .bind(&mine)
         .fetch_all(&admin)
         .await
         .unwrap();
         for name in old {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                .execute(&admin)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await;
         }
     })
     .await;
@@ -890,5 +899,108 @@ async fn admin_actions_need_a_recent_second_factor() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = login(&client, base, &member, PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "unlocked");
+    app.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_under_load_without_a_failed_verification() {
+    // Its own database: the rotation changes the keys of every instance on it.
+    let mut settings = settings("rotation");
+    settings.database_url = Secret::new(database_url_for("rotation"));
+    settings.keys.publish_lead = Duration::from_secs(2);
+    settings.keys.reload_every = Duration::from_millis(200);
+    let app = start(settings.clone()).await;
+    let base = app.base.clone();
+    let client = Client::new();
+    let email = email("rotation");
+    sign_up(&client, &base, &email, PASSWORD).await;
+    let (_, tokens) = login(&client, &base, &email, PASSWORD).await;
+
+    // Another service's verifier: it keeps the JWKS for a second.
+    let mut verifier_settings = tributary_kit::jwt::VerifierSettings::new(
+        Some(format!("{base}/.well-known/jwks.json")),
+        &settings.issuer,
+        &settings.audience,
+    );
+    verifier_settings.max_age = Duration::from_secs(1);
+    let verifier = tributary_kit::jwt::Verifier::new(verifier_settings);
+
+    let load = tokio::spawn({
+        let client = client.clone();
+        let base = base.clone();
+        let mut refresh_token = tokens["refresh_token"].clone();
+        async move {
+            let mut kids = Vec::new();
+            let mut failures = Vec::new();
+            let until = tokio::time::Instant::now() + Duration::from_secs(7);
+            while tokio::time::Instant::now() < until {
+                let (status, next, _) = client
+                    .post(
+                        format!("{base}/auth/refresh"),
+                        json!({"refresh_token": refresh_token}),
+                        None,
+                    )
+                    .await;
+                if status != StatusCode::OK {
+                    failures.push(format!("refresh: {status} {next}"));
+                    break;
+                }
+                refresh_token = next["refresh_token"].clone();
+                let access = next["access_token"].as_str().unwrap().to_string();
+                let (header, _) = claims_of(&access);
+                kids.push(header["kid"].as_str().unwrap().to_string());
+                if let Err(error) = verifier.verify(&access).await {
+                    failures.push(format!("remote verifier: {error}"));
+                }
+                let (status, _, _) = client.get(format!("{base}/auth/me"), Some(&access)).await;
+                if status != StatusCode::OK {
+                    failures.push(format!("/auth/me: {status}"));
+                }
+            }
+            (kids, failures)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let keys = data_keys();
+    let rotated = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tributary-auth"))
+            .args(["keys", "rotate"])
+            .env("DATABASE_URL", database_url_for("rotation"))
+            .env("TRIBUTARY_AUTH_DATA_KEYS", keys.expose())
+            .env("TRIBUTARY_AUTH_KEYS__PUBLISH_LEAD", "2s")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let (kids, failures) = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        kids.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let mut distinct = kids.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        2,
+        "one switch from the old key to the new: {distinct:?}"
+    );
+    assert!(kids.len() > 100, "only {} refreshes", kids.len());
+    let (_, jwks, _) = client
+        .get(format!("{base}/.well-known/jwks.json"), None)
+        .await;
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        2,
+        "the old key stays published: {jwks}"
+    );
     app.server.stop().await.unwrap();
 }
