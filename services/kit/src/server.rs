@@ -59,14 +59,7 @@ impl Readiness {
                 sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool),
             )
             .await;
-            results.push((
-                "postgres",
-                match answer {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no answer within 2 s".into()),
-                },
-            ));
+            results.push(("postgres", outcome(answer)));
         }
         if let Some(redis) = &self.redis {
             let mut redis = redis.clone();
@@ -75,16 +68,20 @@ impl Readiness {
                 redis::cmd("PING").query_async::<String>(&mut redis),
             )
             .await;
-            results.push((
-                "redis",
-                match answer {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no answer within 2 s".into()),
-                },
-            ));
+            results.push(("redis", outcome(answer)));
         }
         results
+    }
+}
+
+/// A check's answer, or why there was none in time.
+fn outcome<T, E: std::fmt::Display>(
+    answer: Result<Result<T, E>, tokio::time::error::Elapsed>,
+) -> Result<(), String> {
+    match answer {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
     }
 }
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Open-loop load on the auth service over HTTP: fixed request rates with
+# coordinated-omission correction (oha -q RATE --latency-correction), each
+# step reporting p50/p95/p99/p99.9 and errors.
+#
+#   bash benches/auth-load.sh            # logins at 4, 8, 12/s; /auth/me at 1,000, 2,000, 4,000/s
+#
+# Needs the machine's PostgreSQL and Redis (bash .ci/services starts them).
+# Uses its own database (tributary_auth_bench, dropped first) and Redis
+# prefix; attempt limits are raised so the load is not refused as an attack.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOOLS="${TRIBUTARY_TOOLS:-$HOME/.cache/tributary/tools}"
+OHA_VERSION=1.16.0
+if [ ! -x "$TOOLS/bin/oha" ]; then
+    CARGO_TARGET_DIR="$TOOLS/oha-target" cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS"
+    rm -rf "$TOOLS/oha-target"
+fi
+OHA="$TOOLS/bin/oha"
+DURATION="${DURATION:-20s}"
+LOGIN_RATES="${LOGIN_RATES:-4 8 12}"
+ME_RATES="${ME_RATES:-1000 2000 4000}"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
+cargo build --release --locked -p tributary-auth
+AUTH="$CARGO_TARGET_DIR/release/tributary-auth"
+
+psql -q -h 127.0.0.1 -U postgres -d postgres -c 'DROP DATABASE IF EXISTS tributary_auth_bench WITH (FORCE)'
+work=$(mktemp -d)
+export DATABASE_URL=postgres://postgres@127.0.0.1:5432/tributary_auth_bench
+export TRIBUTARY_AUTH_DATA_KEYS="$("$AUTH" data-key)"
+export TRIBUTARY_AUTH_REDIS_PREFIX="bench:$$:"
+export TRIBUTARY_AUTH_LISTEN=127.0.0.1:18081
+export TRIBUTARY_AUTH_LOCKOUT__ATTEMPTS_PER_ACCOUNT=1000000000
+export TRIBUTARY_AUTH_LOCKOUT__ATTEMPTS_PER_ADDRESS=1000000000
+export RUST_LOG=warn
+"$AUTH" serve >"$work/auth.log" 2>&1 &
+AUTH_PID=$!
+trap 'kill $AUTH_PID 2>/dev/null; rm -rf "$work"' EXIT
+A=http://127.0.0.1:18081
+for _ in $(seq 1 100); do curl -sf "$A/readyz" >/dev/null && break; sleep 0.2; done
+
+J='content-type: application/json'
+BODY='{"email":"load@example.com","password":"correct horse battery"}'
+curl -sf "$A/auth/users" -H "$J" -d "$BODY" >/dev/null
+ACCESS=$(curl -sf "$A/auth/login" -H "$J" -d "$BODY" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+
+report() { # name rate json
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+name, rate, path = sys.argv[1:]
+r = json.load(open(path))
+p = r["latencyPercentiles"]
+codes = r.get("statusCodeDistribution", {})
+ok = sum(v for k, v in codes.items() if k.startswith("2"))
+errors = sum(r.get("errorDistribution", {}).values()) + sum(v for k, v in codes.items() if not k.startswith("2"))
+ms = lambda k: f"{p[k] * 1000:.1f}" if p.get(k) is not None else "-"
+print(f"| {name} | {rate}/s | {r['summary']['requestsPerSec']:.0f}/s | {ms('p50')} | {ms('p95')} | {ms('p99')} | {ms('p99.9')} | {ok} | {errors} |")
+PY
+}
+
+echo "| what | offered | achieved | p50 ms | p95 ms | p99 ms | p99.9 ms | 2xx | errors |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for rate in $LOGIN_RATES; do
+    "$OHA" -z "$DURATION" -q "$rate" --latency-correction --no-tui --output-format json -o "$work/login.json" \
+        -m POST -H "$J" -d "$BODY" "$A/auth/login"
+    report "POST /auth/login (bcrypt 12)" "$rate" "$work/login.json"
+done
+for rate in $ME_RATES; do
+    "$OHA" -z "$DURATION" -q "$rate" --latency-correction --no-tui --output-format json -o "$work/me.json" \
+        -H "authorization: Bearer $ACCESS" "$A/auth/me"
+    report "GET /auth/me (verify + one row)" "$rate" "$work/me.json"
+done

@@ -1,0 +1,1 @@
+//! Benchmarks of the companion services; see `tokens.rs` and BENCHMARKS.md.
