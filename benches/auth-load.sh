@@ -41,8 +41,13 @@ A=http://127.0.0.1:18081
 for _ in $(seq 1 100); do curl -sf "$A/readyz" >/dev/null && break; sleep 0.2; done
 
 J='content-type: application/json'
-BODY='{"email":"load@example.com","password":"correct horse battery"}'
-curl -sf "$A/auth/users" -H "$J" -d "$BODY" >/dev/null
+# Logins spread over 50 accounts (a line each, oha picks one per request):
+# one account admits at most `lockout.max_failures` checks at once.
+for i in $(seq 1 50); do
+    echo "{\"email\":\"load$i@example.com\",\"password\":\"correct horse battery\"}" >>"$work/logins"
+done
+xargs -d '\n' -P 2 -I{} curl -sf "$A/auth/users" -H "$J" -d {} -o /dev/null <"$work/logins"
+BODY=$(head -1 "$work/logins")
 ACCESS=$(curl -sf "$A/auth/login" -H "$J" -d "$BODY" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 
 report() { # name rate json
@@ -53,7 +58,9 @@ r = json.load(open(path))
 p = r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
 ok = sum(v for k, v in codes.items() if k.startswith("2"))
-errors = sum(r.get("errorDistribution", {}).values()) + sum(v for k, v in codes.items() if not k.startswith("2"))
+kinds = {f"HTTP {k}": v for k, v in codes.items() if not k.startswith("2")}
+kinds.update(r.get("errorDistribution", {}))
+errors = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) or "0"
 ms = lambda k: f"{p[k] * 1000:.1f}" if p.get(k) is not None else "-"
 print(f"| {name} | {rate}/s | {r['summary']['requestsPerSec']:.0f}/s | {ms('p50')} | {ms('p95')} | {ms('p99')} | {ms('p99.9')} | {ok} | {errors} |")
 PY
@@ -63,7 +70,7 @@ echo "| what | offered | achieved | p50 ms | p95 ms | p99 ms | p99.9 ms | 2xx | 
 echo "|---|---|---|---|---|---|---|---|---|"
 for rate in $LOGIN_RATES; do
     "$OHA" -z "$DURATION" -q "$rate" --latency-correction --no-tui --output-format json -o "$work/login.json" \
-        -m POST -H "$J" -d "$BODY" "$A/auth/login"
+        -m POST -H "$J" -Z "$work/logins" "$A/auth/login"
     report "POST /auth/login (bcrypt 12)" "$rate" "$work/login.json"
 done
 for rate in $ME_RATES; do

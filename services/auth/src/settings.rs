@@ -95,7 +95,7 @@ impl Default for PasswordSettings {
         Self {
             bcrypt_cost: 12,
             threads: 0,
-            queue: 64,
+            queue: 16,
             min_length: 8,
         }
     }
