@@ -4,10 +4,14 @@
 //! Before a password is checked, one script admits the attempt or not:
 //! at most `attempts_per_account` and `attempts_per_address` attempts in a
 //! rolling window (sorted sets of attempt times, not fixed windows), no
-//! attempt from a blocked address, and no check once failures plus checks
-//! in flight reach `max_failures`. Reserving the check in the same script
-//! is what makes the lockout exact under concurrency: 200 parallel wrong
-//! passwords can never run more than `max_failures` hashes. After the
+//! attempt from a blocked address, no check once `max_failures` failures
+//! are in the failure window (the account is locked: answered as a wrong
+//! password), and none while failures plus checks in flight reach it (429
+//! for a second: those checks could still lock it). Reserving the check in
+//! the same script is what makes the lockout exact under concurrency: 200
+//! parallel wrong passwords can never run more than `max_failures` hashes,
+//! and a right password sent among them is told to retry, not that it is
+//! wrong. After the
 //! check, a second script records the outcome: a failure joins the
 //! factor's failure window (and the address's list of failed accounts,
 //! which blocks the address when it grows too long); a success clears the
@@ -114,8 +118,11 @@ if ARGV[9] == '1' then
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[5]))
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-if redis.call('ZCARD', KEYS[4]) + redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6]) then
-  return {'locked', 0}
+local failed = redis.call('ZCARD', KEYS[4])
+if failed >= tonumber(ARGV[6]) then return {'locked', 0} end
+if failed + redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6]) then
+  -- The checks in flight could still lock the account: wait for them.
+  return {'limited', 1000}
 end
 redis.call('ZADD', KEYS[5], tonumber(ARGV[8]), ARGV[7])
 redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[8]) - now)

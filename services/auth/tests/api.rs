@@ -426,10 +426,16 @@ async fn bad_input_is_a_problem_naming_the_field() {
 
 /// 200 parallel wrong passwords against one account, spread over 3 instances.
 async fn storm(instances: &[Instance], email: &str, attempts: usize) -> Vec<(StatusCode, Value)> {
+    let bases: Vec<String> = instances.iter().map(|i| i.base.clone()).collect();
+    storm_at(&bases, email, attempts).await
+}
+
+/// The same, at these base URLs.
+async fn storm_at(bases: &[String], email: &str, attempts: usize) -> Vec<(StatusCode, Value)> {
     let client = Client::new();
     let calls = (0..attempts).map(|i| {
         let client = client.clone();
-        let base = instances[i % instances.len()].base.clone();
+        let base = bases[i % bases.len()].clone();
         let email = email.to_string();
         tokio::spawn(async move { login(&client, &base, &email, "wrong password!").await })
     });
@@ -486,21 +492,42 @@ async fn the_lockout_counts_exactly_ten_failures_and_then_looks_like_a_wrong_pas
     let client = Client::new();
     sign_up(&client, &all[0].base, &email, PASSWORD).await;
     let answers = storm(&all, &email, 200).await;
-    assert!(answers.iter().all(|(s, _)| *s == StatusCode::UNAUTHORIZED));
+    let refused = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::UNAUTHORIZED)
+        .count();
+    let retry = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        refused + retry,
+        200,
+        "only 401 (checked or locked) and 429 (checks in flight)"
+    );
     assert_eq!(
         audit_count("login", "failed", &email).await,
         10,
         "exactly ten checks ran"
     );
-    assert_eq!(audit_count("login", "locked", &email).await, 190);
+    assert_eq!(
+        audit_count("login", "locked", &email).await
+            + audit_count("login", "limited", &email).await,
+        190
+    );
     assert_eq!(audit_count("lockout", "locked", &email).await, 1);
+    let wrong_answer = &answers
+        .iter()
+        .find(|(s, _)| *s == StatusCode::UNAUTHORIZED)
+        .unwrap()
+        .1;
 
     // Locked: the right password gets the wrong password's answer.
     let (status, locked) = login(&client, &all[1].base, &email, PASSWORD).await;
     let (_, wrong) = login(&client, &all[1].base, &email, "another wrong one").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(locked, wrong);
-    assert_eq!(locked, answers[0].1);
+    assert_eq!(&locked, wrong_answer);
     for instance in all {
         instance.server.stop().await.unwrap();
     }
@@ -1002,5 +1029,36 @@ async fn keys_rotate_under_load_without_a_failed_verification() {
         2,
         "the old key stays published: {jwks}"
     );
+    app.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_password_among_checks_that_could_lock_is_told_to_retry() {
+    let mut settings = settings("in-flight");
+    settings.lockout.attempts_per_account = 1000;
+    settings.lockout.attempts_per_address = 1000;
+    // One slow hashing thread: ten wrong passwords keep it busy for ~0.6 s.
+    settings.passwords.bcrypt_cost = 10;
+    settings.passwords.threads = 1;
+    let app = start(settings).await;
+    let client = Client::new();
+    let email = email("in-flight");
+    sign_up(&client, &app.base, &email, PASSWORD).await;
+    let storm = tokio::spawn({
+        let bases = vec![app.base.clone()];
+        let email = email.clone();
+        async move { storm_at(&bases, &email, 10).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = login(&client, &app.base, &email, PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        body["type"],
+        "https://tributary.dev/problems/too-many-attempts"
+    );
+    let answers = storm.await.unwrap();
+    assert!(answers.iter().all(|(s, _)| *s == StatusCode::UNAUTHORIZED));
+    let (status, _) = login(&client, &app.base, &email, PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "ten failures lock it");
     app.server.stop().await.unwrap();
 }
