@@ -3,7 +3,8 @@
 # coordinated-omission correction (oha -q RATE --latency-correction), each
 # step reporting p50/p95/p99/p99.9 and errors.
 #
-#   bash benches/auth-load.sh            # logins at 4, 8, 12/s; /auth/me at 1,000, 2,000, 4,000/s
+#   bash benches/auth-load.sh   # logins at 4, 8, 12/s; /auth/me at 1,000, 2,000, 4,000/s;
+#                               # refreshes at 1,000, 2,500, 5,000/s while logins saturate the hash pool
 #
 # Needs the machine's PostgreSQL and Redis (bash .ci/services starts them).
 # Uses its own database (tributary_auth_bench, dropped first) and Redis
@@ -20,10 +21,12 @@ OHA="$TOOLS/bin/oha"
 DURATION="${DURATION:-20s}"
 LOGIN_RATES="${LOGIN_RATES:-4 8 12}"
 ME_RATES="${ME_RATES:-1000 2000 4000}"
+REFRESH_RATES="${REFRESH_RATES:-1000 2500 5000}"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tributary/target}"
-cargo build --release --locked -p tributary-auth
+cargo build --release --locked -p tributary-auth -p tributary-service-benches
 AUTH="$CARGO_TARGET_DIR/release/tributary-auth"
+REFRESH_LOAD="$CARGO_TARGET_DIR/release/refresh-load"
 
 psql -q -h 127.0.0.1 -U postgres -d postgres -c 'DROP DATABASE IF EXISTS tributary_auth_bench WITH (FORCE)'
 work=$(mktemp -d)
@@ -77,4 +80,21 @@ for rate in $ME_RATES; do
     "$OHA" -z "$DURATION" -q "$rate" --latency-correction --no-tui --output-format json -o "$work/me.json" \
         -H "authorization: Bearer $ACCESS" "$A/auth/me"
     report "GET /auth/me (verify + one row)" "$rate" "$work/me.json"
+done
+for rate in $REFRESH_RATES; do
+    rm -f "$work/ready"
+    "$REFRESH_LOAD" --base "$A" --rate "$rate" --seconds "${DURATION%s}" --sessions 200 \
+        --accounts-file "$work/logins" --ready-file "$work/ready" --wait 3 &
+    LOAD=$!
+    while [ ! -e "$work/ready" ]; do
+        kill -0 "$LOAD" 2>/dev/null || break
+        sleep 0.2
+    done
+    # Logins at 12/s (over the hash pool's capacity) all along the refreshes.
+    "$OHA" -z 300s -q 12 --latency-correction --no-tui --output-format quiet \
+        -m POST -H "$J" -Z "$work/logins" "$A/auth/login" &
+    SATURATE=$!
+    wait "$LOAD"
+    kill "$SATURATE" 2>/dev/null || true
+    wait "$SATURATE" 2>/dev/null || true
 done
