@@ -108,6 +108,11 @@ async fn main() -> Result<(), String> {
         tokens.len(),
         started.elapsed().as_secs_f64()
     );
+    // Tell a script the sessions exist (it starts other load), then let that load settle.
+    if let Some(file) = &args.ready_file {
+        std::fs::write(file, b"ready\n").map_err(|e| format!("{file}: {e}"))?;
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.wait)).await;
 
     let total = (args.rate * args.seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / args.rate);
