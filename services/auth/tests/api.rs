@@ -1062,3 +1062,31 @@ async fn a_right_password_among_checks_that_could_lock_is_told_to_retry() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "ten failures lock it");
     app.server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_path_parameter_is_a_problem_naming_it() {
+    let app = start(settings("path")).await;
+    let client = Client::new();
+    let email = email("path");
+    sign_up(&client, &app.base, &email, PASSWORD).await;
+    let (_, tokens) = login(&client, &app.base, &email, PASSWORD).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let (status, problem, headers) = client
+        .post(
+            format!("{}/auth/admin/users/not-a-uuid/unlock", app.base),
+            json!({}),
+            Some(access),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(
+        problem["type"],
+        "https://tributary.dev/problems/invalid-path"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("not-a-uuid"),
+        "{problem}"
+    );
+    app.server.stop().await.unwrap();
+}

@@ -12,5 +12,5 @@ pub mod problem;
 pub mod secret;
 pub mod server;
 
-pub use problem::{Json, Problem};
+pub use problem::{Json, Path, Problem};
 pub use secret::Secret;

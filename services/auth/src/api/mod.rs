@@ -4,13 +4,13 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tributary_kit::jwt::{ACCESS_TOKEN_TYPE, Bearer, Claims};
-use tributary_kit::{Json, Problem, Secret};
+use tributary_kit::{Json, Path, Problem, Secret};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
