@@ -21,6 +21,7 @@ use std::sync::LazyLock;
 
 use redis::aio::ConnectionManager;
 
+use crate::clock::{millis, now_ms};
 use crate::random;
 use crate::settings::LockoutSettings;
 
@@ -161,14 +162,6 @@ return {locked, blocked}
 "#,
     )
 });
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn millis(duration: std::time::Duration) -> i64 {
-    duration.as_millis().min(i64::MAX as u128) as i64
-}
 
 impl Attempts {
     /// Counters under `prefix`.

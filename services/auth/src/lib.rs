@@ -9,6 +9,7 @@
 pub mod api;
 pub mod app;
 pub mod attempts;
+pub mod clock;
 pub mod error;
 pub mod keys;
 pub mod mfa;

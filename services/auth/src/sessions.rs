@@ -16,11 +16,11 @@
 //! same news is published on.
 
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
+use crate::clock::{millis, now_ms};
 use crate::random;
 use crate::sealing::Keyring;
 use crate::settings::TokenSettings;
@@ -146,10 +146,6 @@ return 1
 "#,
     )
 });
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
 
 impl Sessions {
     /// A store under `prefix`.
@@ -361,8 +357,4 @@ impl Sessions {
         live.sort_by_key(|s| std::cmp::Reverse(s.created_at_ms));
         Ok(live)
     }
-}
-
-fn millis(duration: Duration) -> i64 {
-    duration.as_millis().min(i64::MAX as u128) as i64
 }
