@@ -16,7 +16,12 @@ use tributary_kit::observe::Metrics;
 use tributary_kit::server::{self, Readiness, Running};
 
 use crate::attempts::Attempts;
+use crate::clock::Clock;
 use crate::keys::{KeyError, Keys};
+use crate::oidc::Providers;
+use crate::outbox::kafka::KafkaSink;
+use crate::outbox::smtp::SmtpSink;
+use crate::outbox::{Destination, OutboxMetrics, Relay};
 use crate::passwords::Hasher;
 use crate::sealing::{Keyring, SealError};
 use crate::sessions::Sessions;
@@ -53,6 +58,9 @@ pub enum StartError {
     /// The signing keys cannot be loaded.
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// A setting is unusable.
+    #[error("settings: {0}")]
+    Settings(String),
     /// The listener failed.
     #[error("listening: {0}")]
     Listen(#[from] std::io::Error),
@@ -85,6 +93,8 @@ pub struct AppState {
     pub(crate) hasher: Hasher,
     pub(crate) verifier: Verifier,
     pub(crate) metrics: AuthMetrics,
+    pub(crate) clock: Clock,
+    pub(crate) oidc: Providers,
 }
 
 impl FromRef<AppState> for Verifier {
@@ -191,6 +201,23 @@ pub async fn start(
     listener: TcpListener,
     until: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Server, StartError> {
+    start_with_clock(settings, Clock::system(), listener, until).await
+}
+
+/// [`start`], with expiring records judged by `clock` (tests move it).
+pub async fn start_with_clock(
+    settings: Settings,
+    clock: Clock,
+    listener: TcpListener,
+    until: impl Future<Output = ()> + Send + 'static,
+) -> Result<Server, StartError> {
+    if !settings.reset.link.contains("{token}") {
+        return Err(StartError::Settings(format!(
+            "reset.link `{}` must contain `{{token}}`, where the reset token goes",
+            settings.reset.link
+        )));
+    }
+    let oidc = Providers::new(&settings.oidc).map_err(StartError::Settings)?;
     let sealing = Arc::new(data_keys(&settings)?);
     let db = database(settings.database_url.expose()).await?;
     let redis_client = redis::Client::open(settings.redis_url.expose())?;
@@ -242,7 +269,29 @@ pub async fn start(
         "Source addresses blocked for failures across many accounts",
         auth_metrics.blocked_addresses.clone(),
     );
+    let outbox_metrics = OutboxMetrics::default();
+    outbox_metrics.register(&metrics);
     let mut tasks = Vec::new();
+    match &settings.kafka_brokers {
+        Some(brokers) => tasks.push(
+            Relay::new(
+                db.clone(),
+                Destination::Kafka,
+                KafkaSink::new(brokers),
+                outbox_metrics.clone(),
+            )
+            .spawn(),
+        ),
+        None => tracing::warn!("no Kafka brokers (KAFKA_BROKERS): events wait in the outbox"),
+    }
+    match &settings.mail.smtp_url {
+        Some(url) => {
+            let sink = SmtpSink::new(url.expose(), &settings.mail.from, sealing.clone())
+                .map_err(StartError::Settings)?;
+            tasks.push(Relay::new(db.clone(), Destination::Smtp, sink, outbox_metrics).spawn());
+        }
+        None => tracing::warn!("no SMTP server (SMTP_URL): mail waits in the outbox"),
+    }
     let published = verifier.clone();
     tasks.push(keys.maintain(move |jwks| published.set_keys(jwks)));
     tasks.push(verifier.follow_revocations(redis_client, sessions.revocations_key()));
@@ -257,6 +306,8 @@ pub async fn start(
         hasher,
         verifier,
         metrics: auth_metrics,
+        clock,
+        oidc,
     };
     let readiness = Readiness::default().postgres(db).redis(redis);
     let app = server::finish(crate::api::router(state), metrics, readiness);

@@ -24,6 +24,20 @@ pub enum AuthError {
     /// A refresh token that is unknown, spent, revoked or expired.
     #[error("the refresh token is invalid")]
     InvalidRefreshToken,
+    /// A query parameter is missing or wrong.
+    #[error("query parameter {parameter}: {detail}")]
+    InvalidQuery {
+        /// The parameter.
+        parameter: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An external login failed.
+    #[error(transparent)]
+    Oidc(#[from] crate::oidc::OidcError),
+    /// A password reset token that is unknown, used or expired.
+    #[error("the reset token is invalid")]
+    InvalidResetToken,
     /// Too many attempts; retry after this many seconds.
     #[error("too many attempts")]
     TooManyAttempts(u64),
@@ -115,6 +129,20 @@ impl AuthError {
                 "The refresh token is invalid",
             )
             .detail("it is unknown, already used, expired, or its session has ended; log in again"),
+            Self::InvalidQuery { parameter, detail } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                "A query parameter is invalid",
+            )
+            .detail(format!("`{parameter}` {detail}")),
+            Self::Oidc(error) => oidc_problem(error),
+            Self::InvalidResetToken => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-reset-token",
+                "The reset token is invalid",
+            )
+            .detail("it is unknown, already used or expired; ask for a new reset mail")
+            .field("/token", "is unknown, already used or expired"),
             Self::TooManyAttempts(seconds) => Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-attempts",
@@ -161,10 +189,56 @@ impl AuthError {
     }
 }
 
+fn oidc_problem(error: &crate::oidc::OidcError) -> Problem {
+    use crate::oidc::OidcError;
+    match error {
+        OidcError::UnknownProvider(name) => {
+            Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+                .detail(format!("no provider `{name}` is configured"))
+        }
+        OidcError::Provider(_) => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "oidc-provider-failed",
+            "The identity provider failed",
+        )
+        .detail(
+            "the provider could not be reached or answered something unusable; try again later",
+        ),
+        OidcError::Denied(reason) => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "oidc-denied",
+            "The identity provider refused the login",
+        )
+        .detail(reason.clone()),
+        OidcError::InvalidIdToken(_) => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-id-token",
+            "The identity provider's ID token is invalid",
+        ),
+        OidcError::InvalidState => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-oidc-state",
+            "The login state is invalid or expired",
+        )
+        .detail("start the login again from this browser"),
+        OidcError::UnverifiedEmail => Problem::new(
+            StatusCode::FORBIDDEN,
+            "unverified-email",
+            "The identity provider has not verified the email",
+        )
+        .detail("verify the email at the provider, then log in again"),
+        OidcError::Redis(_) => {
+            Problem::unavailable("a dependency is unavailable; retry shortly", 1)
+        }
+    }
+}
+
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
-        if let Self::Unavailable(cause) = &self {
-            tracing::error!(%cause, "answering 503");
+        match &self {
+            Self::Unavailable(cause) => tracing::error!(%cause, "answering 503"),
+            Self::Oidc(error) => tracing::warn!(%error, "an external login failed"),
+            _ => {}
         }
         self.problem().into_response()
     }

@@ -158,18 +158,38 @@ pub async fn use_recovery_code(db: &PgPool, user: Uuid, code: &str) -> Result<bo
 /// How long the second step of a login may take.
 pub const CHALLENGE_TTL_SECS: u64 = 300;
 
-/// Starts the second step of a login for `user`: an opaque token, kept as
-/// its digest for five minutes.
+/// How the first step of a login was passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstFactor {
+    /// The password (`amr` `pwd`).
+    Password,
+    /// An external OpenID Connect provider (`amr` `fed`).
+    Federated,
+}
+
+impl FirstFactor {
+    /// Its `amr` value.
+    pub fn amr(self) -> &'static str {
+        match self {
+            Self::Password => "pwd",
+            Self::Federated => "fed",
+        }
+    }
+}
+
+/// Starts the second step of a login for `user`, whose first step was
+/// `first`: an opaque token, kept as its digest for five minutes.
 pub async fn start_challenge(
     redis: &ConnectionManager,
     prefix: &str,
     user: Uuid,
+    first: FirstFactor,
 ) -> redis::RedisResult<String> {
     let token = random::token("mfa_");
     let mut connection = redis.clone();
     redis::cmd("SET")
         .arg(format!("{prefix}mfa-challenge:{}", random::digest(&token)))
-        .arg(user.to_string())
+        .arg(format!("{user} {}", first.amr()))
         .arg("EX")
         .arg(CHALLENGE_TTL_SECS)
         .query_async::<()>(&mut connection)
@@ -177,21 +197,28 @@ pub async fn start_challenge(
     Ok(token)
 }
 
-/// The user a live challenge belongs to.
+/// The user a live challenge belongs to, and how they passed the first step.
 pub async fn challenge_user(
     redis: &ConnectionManager,
     prefix: &str,
     token: &str,
-) -> redis::RedisResult<Option<Uuid>> {
+) -> redis::RedisResult<Option<(Uuid, FirstFactor)>> {
     if !token.starts_with("mfa_") || token.len() > 128 {
         return Ok(None);
     }
     let mut connection = redis.clone();
-    let user: Option<String> = redis::cmd("GET")
+    let stored: Option<String> = redis::cmd("GET")
         .arg(format!("{prefix}mfa-challenge:{}", random::digest(token)))
         .query_async(&mut connection)
         .await?;
-    Ok(user.and_then(|u| u.parse().ok()))
+    Ok(stored.and_then(|value| {
+        let (user, first) = value.split_once(' ').unwrap_or((value.as_str(), "pwd"));
+        let first = match first {
+            "fed" => FirstFactor::Federated,
+            _ => FirstFactor::Password,
+        };
+        Some((user.parse().ok()?, first))
+    }))
 }
 
 /// Ends a challenge (after it succeeded); `false` if another request ended it first.

@@ -2,6 +2,7 @@
 //! `--config`, then `TRIBUTARY_AUTH_*` variables (`__` for nesting) and the
 //! conventional `DATABASE_URL`, `REDIS_URL` and `KAFKA_BROKERS`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +16,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("DATABASE_URL", "database_url"),
     ("REDIS_URL", "redis_url"),
     ("KAFKA_BROKERS", "kafka_brokers"),
+    ("SMTP_URL", "mail.smtp_url"),
 ];
 
 /// Everything the service reads at start-up.
@@ -31,6 +33,8 @@ pub struct Settings {
     pub redis_prefix: String,
     /// Kafka brokers for the outbox; without them events wait in the outbox.
     pub kafka_brokers: Option<String>,
+    /// The topic `UserLoggedIn` events go to.
+    pub events_topic: String,
     /// The `iss` of every token: this service's public base URL.
     pub issuer: String,
     /// The `aud` of access tokens.
@@ -52,6 +56,13 @@ pub struct Settings {
     pub keys: KeySettings,
     /// Attempt limits and lockout.
     pub lockout: LockoutSettings,
+    /// Outgoing mail.
+    pub mail: MailSettings,
+    /// Password reset.
+    pub reset: ResetSettings,
+    /// External OpenID Connect providers, by the name their URLs use
+    /// (`/auth/oauth/{name}/start`).
+    pub oidc: BTreeMap<String, OidcProviderSettings>,
 }
 
 impl Default for Settings {
@@ -62,6 +73,7 @@ impl Default for Settings {
             redis_url: Secret::new("redis://127.0.0.1:6379"),
             redis_prefix: "tributary:auth:".into(),
             kafka_brokers: None,
+            events_topic: "user-events".into(),
             issuer: "http://127.0.0.1:8081".into(),
             audience: "tributary".into(),
             json_logs: true,
@@ -72,6 +84,79 @@ impl Default for Settings {
             tokens: TokenSettings::default(),
             keys: KeySettings::default(),
             lockout: LockoutSettings::default(),
+            mail: MailSettings::default(),
+            reset: ResetSettings::default(),
+            oidc: BTreeMap::new(),
+        }
+    }
+}
+
+/// Outgoing mail (reset links and notices), through the outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailSettings {
+    /// `smtp://host:port` (`?tls=required` for STARTTLS, `smtps://` for
+    /// TLS, `user:password@` for credentials); without it mail waits in
+    /// the outbox.
+    pub smtp_url: Option<Secret>,
+    /// The sender, as `Name <address>` or an address.
+    pub from: String,
+}
+
+impl Default for MailSettings {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            from: "Tributary <no-reply@localhost>".into(),
+        }
+    }
+}
+
+/// One external OpenID Connect provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProviderSettings {
+    /// Its issuer URL; the metadata comes from
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// This service's client id there.
+    pub client_id: String,
+    /// The client secret (sent as HTTP Basic); none for a public client.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// This service's callback, exactly as registered at the provider:
+    /// `{public base}/auth/oauth/{name}/callback`.
+    pub redirect_uri: String,
+    /// The scopes asked for.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into()]
+}
+
+/// Password reset by mailed token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResetSettings {
+    /// How long a reset token is good for.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// The link mailed, with `{token}` replaced by the token: the page of
+    /// the client that asks for the new password.
+    pub link: String,
+    /// Reset mails sent to one account per hour at most; more requests
+    /// are answered alike and sent nothing.
+    pub mails_per_hour: u32,
+}
+
+impl Default for ResetSettings {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(3600),
+            link: "http://127.0.0.1:8081/reset#token={token}".into(),
+            mails_per_hour: 3,
         }
     }
 }

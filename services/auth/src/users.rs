@@ -143,9 +143,9 @@ pub struct Audit<'a> {
     pub detail: Option<serde_json::Value>,
 }
 
-/// Writes `record`; a failure is logged, never the caller's failure.
-pub async fn audit(db: &PgPool, record: Audit<'_>) {
-    let written = sqlx::query(
+/// Writes `record` through `executor` (a transaction, to fail with it).
+pub async fn audit_in(executor: impl sqlx::PgExecutor<'_>, record: Audit<'_>) -> sqlx::Result<()> {
+    sqlx::query(
         "INSERT INTO audit_log (action, outcome, user_id, actor_id, email, ip, user_agent, detail) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -161,10 +161,16 @@ pub async fn audit(db: &PgPool, record: Audit<'_>) {
             .map(|ua| ua.chars().take(512).collect::<String>()),
     )
     .bind(record.detail.unwrap_or_else(|| serde_json::json!({})))
-    .execute(db)
-    .await;
-    if let Err(error) = written {
-        tracing::error!(%error, action = record.action, "writing the audit log failed");
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Writes `record`; a failure is logged, never the caller's failure.
+pub async fn audit(db: &PgPool, record: Audit<'_>) {
+    let action = record.action;
+    if let Err(error) = audit_in(db, record).await {
+        tracing::error!(%error, action, "writing the audit log failed");
     }
 }
 
@@ -194,6 +200,61 @@ pub async fn set_mfa(
     .bind(id)
     .bind(enabled)
     .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Sets a user's password hash; `None` when there is no such user.
+pub async fn set_password(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    password_hash: &str,
+) -> Result<Option<User>, sqlx::Error> {
+    let query = format!(
+        "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(query))
+        .bind(id)
+        .bind(password_hash)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// The user linked to `subject` at `provider`, noting the login.
+pub async fn by_identity(
+    db: &PgPool,
+    provider: &str,
+    subject: &str,
+) -> Result<Option<User>, sqlx::Error> {
+    let query = format!(
+        "WITH linked AS (UPDATE external_identities SET last_login = now() \
+         WHERE provider = $1 AND subject = $2 RETURNING user_id) \
+         SELECT {COLUMNS} FROM users WHERE id = (SELECT user_id FROM linked)"
+    );
+    sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(query))
+        .bind(provider)
+        .bind(subject)
+        .fetch_optional(db)
+        .await
+}
+
+/// Links `subject` at `provider` to `user` (nothing if it is linked already).
+pub async fn link_identity(
+    executor: impl sqlx::PgExecutor<'_>,
+    provider: &str,
+    subject: &str,
+    user: Uuid,
+    email: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO external_identities (provider, subject, user_id, email) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (provider, subject) DO NOTHING",
+    )
+    .bind(provider)
+    .bind(subject)
+    .bind(user)
+    .bind(email)
+    .execute(executor)
     .await?;
     Ok(())
 }

@@ -15,8 +15,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tributary_auth::{Server, Settings};
+use tributary_auth::{Clock, Server, Settings};
 use tributary_kit::Secret;
+
+#[path = "support/servers.rs"]
+mod servers;
 
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 
@@ -88,11 +91,20 @@ struct Instance {
 }
 
 async fn start(settings: Settings) -> Instance {
-    drop_old_databases().await;
+    start_with_clock(settings, Clock::system()).await
+}
+
+async fn start_with_clock(settings: Settings, clock: Clock) -> Instance {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = tributary_auth::start(settings, listener, std::future::pending())
-        .await
-        .expect("the auth service starts (PostgreSQL and Redis must be up)");
+    start_on(settings, clock, listener).await
+}
+
+async fn start_on(settings: Settings, clock: Clock, listener: tokio::net::TcpListener) -> Instance {
+    drop_old_databases().await;
+    let server =
+        tributary_auth::start_with_clock(settings, clock, listener, std::future::pending())
+            .await
+            .expect("the auth service starts (PostgreSQL and Redis must be up)");
     let base = format!("http://{}", server.addr());
     Instance { server, base }
 }
@@ -1088,5 +1100,606 @@ async fn a_malformed_path_parameter_is_a_problem_naming_it() {
         problem["detail"].as_str().unwrap().contains("not-a-uuid"),
         "{problem}"
     );
+    app.server.stop().await.unwrap();
+}
+
+/// Settings with their own database (the outbox's relays deliver every row
+/// of theirs) and, when given, an SMTP server.
+fn settings_alone(test: &str, smtp: Option<&servers::Smtp>) -> Settings {
+    let mut settings = settings(test);
+    settings.database_url = Secret::new(database_url_for(test));
+    settings.mail.smtp_url = smtp.map(|s| Secret::new(s.url()));
+    settings
+}
+
+/// The reset tokens in `mail` (`pr_` and 43 base64url characters).
+fn reset_tokens(mail: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut rest = mail;
+    while let Some(at) = rest.find("pr_") {
+        let token: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect();
+        rest = &rest[at + 3..];
+        if token.len() == 46 {
+            tokens.push(token);
+        }
+    }
+    tokens
+}
+
+/// Waits for `n` reset tokens mailed to `to`, oldest mail first is not
+/// promised: they come as a set.
+async fn mailed_tokens(smtp: &servers::Smtp, to: &str, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut tokens: Vec<String> = smtp
+            .mails()
+            .iter()
+            .filter(|m| {
+                m.lines()
+                    .any(|l| l.eq_ignore_ascii_case(&format!("to: {to}")))
+            })
+            .flat_map(|m| reset_tokens(m))
+            .collect();
+        tokens.sort();
+        tokens.dedup();
+        if tokens.len() >= n {
+            return tokens;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} reset mails to {to} within 20 s: {:?}\n{}",
+            tokens.len(),
+            smtp.mails(),
+            smtp.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ask_reset(client: &Client, base: &str, email: &str) -> (StatusCode, Value) {
+    let (status, body, _) = client
+        .post(
+            format!("{base}/auth/password-reset"),
+            json!({"email": email}),
+            None,
+        )
+        .await;
+    (status, body)
+}
+
+async fn confirm_reset(
+    client: &Client,
+    base: &str,
+    token: &str,
+    password: &str,
+) -> (StatusCode, Value) {
+    let (status, body, _) = client
+        .post(
+            format!("{base}/auth/password-reset/confirm"),
+            json!({"token": token, "password": password}),
+            None,
+        )
+        .await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailed_reset_token_sets_the_password_once_and_ends_every_session() {
+    let smtp = servers::Smtp::start();
+    let app = start(settings_alone("reset", Some(&smtp))).await;
+    let (client, base) = (Client::new(), app.base.as_str());
+    let email = email("reset");
+    sign_up(&client, base, &email, PASSWORD).await;
+    let (_, tokens) = login(&client, base, &email, PASSWORD).await;
+    let access = tokens["access_token"].as_str().unwrap();
+
+    // The same answer whether or not the account exists; mail only to it.
+    let known = ask_reset(&client, base, &email).await;
+    let unknown_email = self::email("nobody");
+    let unknown = ask_reset(&client, base, &unknown_email).await;
+    assert_eq!(known.0, StatusCode::ACCEPTED, "{}", known.1);
+    assert_eq!(known, unknown);
+    let token = mailed_tokens(&smtp, &email, 1).await.remove(0);
+    let (status, problem) = ask_reset(&client, base, "not an address").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["errors"][0]["pointer"], "/email");
+
+    // A bad new password is refused without spending the token.
+    let (status, problem) = confirm_reset(&client, base, &token, "short").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/password");
+    let new_password = "a whole new password";
+    let (status, body) = confirm_reset(&client, base, &token, new_password).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, problem) = confirm_reset(&client, base, &token, "yet another password").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://tributary.dev/problems/invalid-reset-token"
+    );
+    assert_eq!(problem["errors"][0]["pointer"], "/token");
+
+    // Every session ended: its refresh token and (within a second) its access token.
+    let (status, _, _) = client
+        .post(
+            format!("{base}/auth/refresh"),
+            json!({"refresh_token": tokens["refresh_token"]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let (status, _, _) = client.get(format!("{base}/auth/me"), Some(access)).await;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old access token still works after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        login(&client, base, &email, PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login(&client, base, &email, new_password).await.0,
+        StatusCode::OK
+    );
+
+    let notice = smtp.wait_for(&email, "was changed").await;
+    assert!(
+        !notice.contains("pr_"),
+        "the notice carries no token: {notice}"
+    );
+    assert!(
+        smtp.mails().iter().all(|m| !m.contains(&unknown_email)),
+        "a mail went to an address without an account"
+    );
+    assert_eq!(
+        audit_count_in("reset", "password-reset", "ok", &email).await,
+        1
+    );
+    app.server.stop().await.unwrap();
+}
+
+async fn audit_count_in(database: &str, action: &str, outcome: &str, email: &str) -> i64 {
+    let db = sqlx::PgPool::connect(&database_url_for(database))
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = $1 AND outcome = $2 AND lower(email) = lower($3)",
+    )
+    .bind(action)
+    .bind(outcome)
+    .bind(email)
+    .fetch_one(&db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_tokens_expire_after_an_hour_and_mails_are_capped_per_hour() {
+    let smtp = servers::Smtp::start();
+    let clock = Clock::adjustable();
+    let app = start_with_clock(settings_alone("reset_expiry", Some(&smtp)), clock.clone()).await;
+    let (client, base) = (Client::new(), app.base.as_str());
+    let email = email("expiry");
+    sign_up(&client, base, &email, PASSWORD).await;
+
+    // Four requests in an hour: three mails (the default cap).
+    for _ in 0..4 {
+        assert_eq!(
+            ask_reset(&client, base, &email).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    let tokens = mailed_tokens(&smtp, &email, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mailed_tokens(&smtp, &email, 3).await.len(),
+        3,
+        "a fourth mail was sent"
+    );
+    assert_eq!(
+        audit_count_in(
+            "reset_expiry",
+            "password-reset-requested",
+            "limited",
+            &email
+        )
+        .await,
+        1
+    );
+
+    // 59 minutes on, a token works (and spends the others).
+    clock.advance(Duration::from_secs(59 * 60));
+    let (status, body) = confirm_reset(&client, base, &tokens[0], "the second password").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(
+        confirm_reset(&client, base, &tokens[1], "the third password")
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // A new one, an hour and a second later, has expired.
+    clock.advance(Duration::from_secs(2 * 60));
+    assert_eq!(
+        ask_reset(&client, base, &email).await.0,
+        StatusCode::ACCEPTED
+    );
+    let fresh: Vec<String> = mailed_tokens(&smtp, &email, 4)
+        .await
+        .into_iter()
+        .filter(|t| !tokens.contains(t))
+        .collect();
+    assert_eq!(fresh.len(), 1);
+    clock.advance(Duration::from_secs(3601));
+    let (status, problem) = confirm_reset(&client, base, &fresh[0], "the fourth password").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(
+        login(&client, base, &email, "the second password").await.0,
+        StatusCode::OK
+    );
+    app.server.stop().await.unwrap();
+}
+
+/// Reads `n` messages of `topic` from the start, or fails after 60 s.
+fn consume(brokers: &str, topic: &str, n: usize) -> Vec<(String, Value)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("auth-test-{}", fastrand::u64(..)))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut messages = Vec::new();
+    while messages.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} events on {topic} within 60 s",
+            messages.len()
+        );
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            let value = serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
+            messages.push((key, value));
+        }
+    }
+    messages
+}
+
+fn create_topic(brokers: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    for result in results {
+        result.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_events_wait_in_the_outbox_until_kafka_comes_back() {
+    let port = servers::free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let topic = format!("user-events-{}", fastrand::u32(..));
+    let mut settings = settings_alone("outbox", None);
+    settings.kafka_brokers = Some(brokers.clone());
+    settings.events_topic = topic.clone();
+    let app = start(settings).await;
+    let (client, base) = (Client::new(), app.base.as_str());
+    let email = email("outbox");
+    let user = sign_up(&client, base, &email, PASSWORD).await;
+
+    // Kafka is down: logins work, and their events wait.
+    let (status, tokens) = login(&client, base, &email, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (_, claims) = claims_of(tokens["access_token"].as_str().unwrap());
+    assert_eq!(
+        login(&client, base, &email, "a wrong password").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let db = sqlx::PgPool::connect(&database_url_for("outbox"))
+        .await
+        .unwrap();
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE topic = $1")
+            .bind(&topic)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+
+    // A login whose transaction fails (PostgreSQL refuses its event) fails
+    // whole: 503, no event, no audit record of a success.
+    for statement in [
+        "CREATE FUNCTION refuse_marked() RETURNS trigger AS $$ BEGIN \
+         IF convert_from(NEW.payload, 'UTF8') LIKE '%refuse-this-login%' THEN \
+         RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse_marked BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_marked()",
+    ] {
+        sqlx::query(statement).execute(&db).await.unwrap();
+    }
+    let refused = client
+        .http
+        .post(format!("{base}/auth/login"))
+        .header("x-forwarded-for", &client.address)
+        .header("user-agent", "refuse-this-login")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(audit_count_in("outbox", "login", "ok", &email).await, 1);
+    let access = tokens["access_token"].as_str().unwrap();
+    let (_, sessions, _) = client
+        .get(format!("{base}/auth/sessions"), Some(access))
+        .await;
+    assert_eq!(
+        sessions.as_array().unwrap().len(),
+        1,
+        "the failed login's session ended: {sessions}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        waiting().await,
+        2,
+        "both events wait in the outbox while Kafka is down"
+    );
+
+    // Kafka comes back (on the address the service was given).
+    let broker = servers::kafka(port);
+    let (brokers_in, topic_in) = (brokers.clone(), topic.clone());
+    let events = tokio::task::spawn_blocking(move || {
+        create_topic(&brokers_in, &topic_in);
+        consume(&brokers_in, &topic_in, 2)
+    })
+    .await
+    .unwrap();
+
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schemas/events/user_logged_in.v1.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let user_number = events[0].1["user_id"].as_str().unwrap().to_string();
+    for (key, event) in &events {
+        let errors: Vec<String> = validator
+            .iter_errors(event)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{event}: {errors:?}");
+        assert_eq!(key, &user_number, "keyed by the user");
+        assert_eq!(event["user_id"], user_number.as_str());
+    }
+    assert_eq!(events[0].1["success"], true, "in the order of the logins");
+    assert_eq!(events[0].1["session_id"], claims["sid"]);
+    assert_eq!(events[0].1["method"], "password");
+    assert_eq!(events[1].1["success"], false);
+    assert!(events[1].1.get("session_id").is_none());
+    assert_ne!(events[0].1["event_id"], events[1].1["event_id"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while waiting().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivered rows stay in the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(user["id"].is_string());
+    drop(broker);
+    app.server.stop().await.unwrap();
+}
+
+/// A browser: keeps cookies, follows nothing by itself.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of `name="…"` attributes' neighbour `value="…"` in a form, and its action.
+fn form_of(html: &str) -> (String, Vec<(String, String)>) {
+    let attribute = |tag: &str, name: &str| -> Option<String> {
+        let at = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(tag[at..].split('"').next()?.to_string())
+    };
+    let form_start = html.find("<form").expect("a form on the provider's page");
+    let form_tag = &html[form_start..html[form_start..].find('>').unwrap() + form_start];
+    let action = attribute(form_tag, "action").expect("the form's action");
+    let mut fields = Vec::new();
+    for input in html[form_start..].split("<input").skip(1) {
+        let tag = &input[..input.find('>').unwrap_or(input.len())];
+        if let (Some(name), Some(value)) = (attribute(tag, "name"), attribute(tag, "value")) {
+            fields.push((name, value));
+        }
+    }
+    (action, fields)
+}
+
+/// Follows `url` through the provider's login and consent pages as `login`,
+/// and returns the URL it redirects to on `stop_at` (the callback).
+async fn through_the_provider(
+    browser: &reqwest::Client,
+    mut url: String,
+    login: &str,
+    stop_at: &str,
+) -> String {
+    for _ in 0..20 {
+        if url.starts_with(stop_at) {
+            return url;
+        }
+        let response = browser.get(&url).send().await.unwrap();
+        let mut current = response.url().clone();
+        let mut response = response;
+        loop {
+            if response.status().is_redirection() {
+                let location = response.headers()["location"].to_str().unwrap();
+                url = current.join(location).unwrap().to_string();
+                break;
+            }
+            let status = response.status();
+            let html = response.text().await.unwrap();
+            assert_eq!(status, StatusCode::OK, "the provider at {current}: {html}");
+            let (action, mut fields) = form_of(&html);
+            if fields
+                .iter()
+                .any(|(name, value)| name == "prompt" && value == "login")
+            {
+                fields.push(("login".into(), login.into()));
+                fields.push(("password".into(), "anything".into()));
+            }
+            let target = current.join(&action).unwrap();
+            response = browser
+                .post(target.clone())
+                .form(&fields)
+                .send()
+                .await
+                .unwrap();
+            current = target;
+        }
+    }
+    panic!("no redirect to {stop_at} after 20 steps");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openid_provider_login_links_or_creates_the_user_by_verified_email() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let callback = format!("{base}/auth/oauth/test/callback");
+    let provider = servers::oidc_provider(&callback);
+    let mut settings = settings("oidc");
+    settings.oidc.insert(
+        "test".into(),
+        tributary_auth::settings::OidcProviderSettings {
+            issuer: format!("http://127.0.0.1:{}", provider.port),
+            client_id: "tributary".into(),
+            client_secret: Some(Secret::new("tributary-test-secret")),
+            redirect_uri: callback.clone(),
+            scopes: vec!["openid".into(), "email".into()],
+        },
+    );
+    let app = start_on(settings, Clock::system(), listener).await;
+    let client = Client::new();
+
+    // A local account made with a password is linked by its email.
+    let email = email("oidc");
+    let local = sign_up(&client, &base, &email, PASSWORD).await;
+    let log_in_at_provider = |browser: reqwest::Client, login: String| {
+        let (base, callback) = (base.clone(), callback.clone());
+        async move {
+            let start = browser
+                .get(format!("{base}/auth/oauth/test/start"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(start.status(), StatusCode::SEE_OTHER);
+            let to_provider = start.headers()["location"].to_str().unwrap().to_string();
+            for needed in [
+                "code_challenge_method=S256",
+                "code_challenge=",
+                "nonce=",
+                "state=",
+            ] {
+                assert!(to_provider.contains(needed), "{to_provider} lacks {needed}");
+            }
+            through_the_provider(&browser, to_provider, &login, &callback).await
+        }
+    };
+    let browser = browser();
+    let back = log_in_at_provider(browser.clone(), email.clone()).await;
+    let response = browser.get(&back).send().await.unwrap();
+    let (status, tokens, _) = read(response).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (_, claims) = claims_of(tokens["access_token"].as_str().unwrap());
+    assert_eq!(
+        claims["user_id"], local["id"],
+        "linked to the account with that email"
+    );
+    assert_eq!(claims["amr"], json!(["fed"]));
+    // The callback works once.
+    let (status, problem, _) = read(browser.get(&back).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        problem["type"],
+        "https://tributary.dev/problems/invalid-oidc-state"
+    );
+
+    // A new identity makes a user without a password; the second time, the same one.
+    let newcomer = self::email("newcomer");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let browser = self::browser();
+        let back = log_in_at_provider(browser.clone(), newcomer.clone()).await;
+        let (status, tokens, _) = read(browser.get(&back).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        let (status, me, _) = client
+            .get(format!("{base}/auth/me"), tokens["access_token"].as_str())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(me["email"], newcomer.as_str());
+        ids.push(me["id"].clone());
+    }
+    assert_eq!(ids[0], ids[1]);
+    // It has no password to log in with.
+    assert_eq!(
+        login(&client, &base, &newcomer, PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The callback in another browser (no cookie of the flow) is refused.
+    let back = log_in_at_provider(self::browser(), self::email("stolen")).await;
+    let (status, problem, _) = read(self::browser().get(&back).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+
+    // An email the provider has not verified is not linked to anyone.
+    let browser = self::browser();
+    let unverified = format!("unverified.{}@example.com", fastrand::u64(..));
+    let back = log_in_at_provider(browser.clone(), unverified).await;
+    let (status, problem, _) = read(browser.get(&back).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://tributary.dev/problems/unverified-email"
+    );
+
+    // A provider that is not configured.
+    let (status, _, _) = client
+        .get(format!("{base}/auth/oauth/nobody/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    drop(provider);
     app.server.stop().await.unwrap();
 }

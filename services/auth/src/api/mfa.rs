@@ -11,10 +11,11 @@ use tributary_kit::jwt::Bearer;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Tokens, client_ip, issue, user_agent};
+use super::{Tokens, client_ip, log_in, record_failure, user_agent};
 use crate::app::{AppState, OutcomeLabels};
 use crate::attempts::{Admission, Factor};
 use crate::error::AuthError;
+use crate::events::Method;
 use crate::mfa;
 use crate::users::{self, Audit, User};
 
@@ -85,9 +86,13 @@ pub(super) async fn login_second_step(
     Json(body): Json<SecondStep>,
 ) -> Result<Json<Tokens>, AuthError> {
     let prefix = &state.settings.redis_prefix;
-    let user_id = mfa::challenge_user(&state.redis, prefix, &body.mfa_token)
+    let (user_id, first) = mfa::challenge_user(&state.redis, prefix, &body.mfa_token)
         .await?
         .ok_or(AuthError::InvalidChallenge)?;
+    let event_method = match first {
+        mfa::FirstFactor::Password => Method::Password,
+        mfa::FirstFactor::Federated => Method::Oauth,
+    };
     let user = users::by_id(&state.db, user_id)
         .await?
         .filter(|u| u.mfa_enabled)
@@ -155,7 +160,8 @@ pub(super) async fn login_second_step(
         .await;
     }
     if !matched {
-        users::audit(&state.db, record("failed", method)).await;
+        let audit = record("failed", method);
+        record_failure(&state, &user, event_method, (&ip, &ua), audit).await;
         return Err(AuthError::InvalidSecondFactor);
     }
     if !mfa::end_challenge(&state.redis, prefix, &body.mfa_token).await? {
@@ -163,17 +169,16 @@ pub(super) async fn login_second_step(
         return Err(AuthError::InvalidChallenge);
     }
     let amr: Vec<String> = match method {
-        "totp" => vec!["pwd".into(), "otp".into(), "mfa".into()],
-        _ => vec!["pwd".into(), "mfa".into()],
+        "totp" => vec![first.amr().into(), "otp".into(), "mfa".into()],
+        _ => vec![first.amr().into(), "mfa".into()],
     };
-    let (grant, refresh_token) = state.sessions.start(user.id, &amr, &ip, &ua).await?;
-    let tokens = issue(&state, &user, &grant, refresh_token)?;
+    let audit = record("ok", method);
+    let tokens = log_in(&state, &user, &amr, event_method, (&ip, &ua), audit).await?;
     state
         .metrics
         .logins
         .get_or_create(&OutcomeLabels { outcome: "ok" })
         .inc();
-    users::audit(&state.db, record("ok", method)).await;
     Ok(Json(tokens))
 }
 

@@ -19,11 +19,15 @@ use uuid::Uuid;
 use crate::app::{AppState, OutcomeLabels};
 use crate::attempts::{Admission, Factor};
 use crate::error::AuthError;
+use crate::events::{Method, UserLoggedIn};
+use crate::mfa::FirstFactor;
 use crate::passwords::MAX_PASSWORD_BYTES;
 use crate::sessions::{Grant, Refresh, SessionInfo};
 use crate::users::{self, Audit, StoreError, User};
 
 mod mfa;
+mod oauth;
+mod reset;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -64,6 +68,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(mfa::enrol))
         .routes(routes!(mfa::confirm))
         .routes(routes!(mfa::disable))
+        .routes(routes!(oauth::start))
+        .routes(routes!(oauth::callback))
+        .routes(routes!(reset::request_reset))
+        .routes(routes!(reset::confirm_reset))
         .routes(routes!(refresh))
         .routes(routes!(logout))
         .routes(routes!(me))
@@ -360,28 +368,125 @@ async fn login(
         )
         .await;
     }
-    let (Some(user), true) = (user, matched) else {
-        count("failed");
-        users::audit(&state.db, record("failed", user_id)).await;
-        return Err(AuthError::InvalidCredentials);
+    let user = match (user, matched) {
+        (Some(user), true) => user,
+        (Some(user), false) => {
+            count("failed");
+            let audit = record("failed", Some(user.id));
+            record_failure(&state, &user, Method::Password, (&ip, &ua), audit).await;
+            return Err(AuthError::InvalidCredentials);
+        }
+        (None, _) => {
+            count("failed");
+            users::audit(&state.db, record("failed", None)).await;
+            return Err(AuthError::InvalidCredentials);
+        }
     };
+    let answer = after_first_factor(
+        &state,
+        &user,
+        FirstFactor::Password,
+        (&ip, &ua),
+        |outcome| record(outcome, Some(user.id)),
+    )
+    .await?;
+    count(match answer {
+        LoginAnswer::Tokens(_) => "ok",
+        LoginAnswer::Mfa(_) => "mfa-required",
+    });
+    Ok(Json(answer))
+}
+
+/// Ends a login whose first step `first` passed: a challenge for the
+/// second factor if the user has one, otherwise a session and its tokens.
+/// `record` makes the audit record of an outcome.
+async fn after_first_factor<'a>(
+    state: &AppState,
+    user: &User,
+    first: FirstFactor,
+    (ip, ua): (&str, &str),
+    record: impl Fn(&'static str) -> Audit<'a>,
+) -> Result<LoginAnswer, AuthError> {
     if user.mfa_enabled {
         let prefix = &state.settings.redis_prefix;
-        let mfa_token = crate::mfa::start_challenge(&state.redis, prefix, user.id).await?;
-        count("mfa-required");
-        users::audit(&state.db, record("mfa-required", Some(user.id))).await;
-        return Ok(Json(LoginAnswer::Mfa(mfa::Challenge {
+        let mfa_token = crate::mfa::start_challenge(&state.redis, prefix, user.id, first).await?;
+        users::audit(&state.db, record("mfa-required")).await;
+        return Ok(LoginAnswer::Mfa(mfa::Challenge {
             mfa_required: true,
             mfa_token,
             expires_in: crate::mfa::CHALLENGE_TTL_SECS,
-        })));
+        }));
     }
-    let amr = vec!["pwd".to_string()];
-    let (grant, refresh_token) = state.sessions.start(user.id, &amr, &ip, &ua).await?;
-    let tokens = issue(&state, &user, &grant, refresh_token)?;
-    count("ok");
-    users::audit(&state.db, record("ok", Some(user.id))).await;
-    Ok(Json(LoginAnswer::Tokens(tokens)))
+    let method = match first {
+        FirstFactor::Password => Method::Password,
+        FirstFactor::Federated => Method::Oauth,
+    };
+    let amr = vec![first.amr().to_string()];
+    let tokens = log_in(state, user, &amr, method, (ip, ua), record("ok")).await?;
+    Ok(LoginAnswer::Tokens(tokens))
+}
+
+/// Starts a session for `user` and signs its tokens, with the audit record
+/// and the `UserLoggedIn` event in one transaction: if it does not commit,
+/// the session ends and the login fails (no event for a login that did not
+/// happen).
+async fn log_in(
+    state: &AppState,
+    user: &User,
+    amr: &[String],
+    method: Method,
+    (ip, ua): (&str, &str),
+    record: Audit<'_>,
+) -> Result<Tokens, AuthError> {
+    let (grant, refresh_token) = state.sessions.start(user.id, amr, ip, ua).await?;
+    let tokens = issue(state, user, &grant, refresh_token);
+    let event = UserLoggedIn::new(
+        user,
+        method,
+        Some(&grant.sid),
+        amr.iter().any(|m| m == "mfa"),
+        ip,
+        ua,
+        Utc::now(),
+    );
+    let recorded = async {
+        let tokens = tokens?;
+        let mut tx = state.db.begin().await?;
+        users::audit_in(&mut *tx, record).await?;
+        event.enqueue(&mut tx, &state.settings.events_topic).await?;
+        tx.commit().await?;
+        Ok::<_, AuthError>(tokens)
+    }
+    .await;
+    if recorded.is_err()
+        && let Err(error) = state.sessions.end(&grant.sid, Some(user.id)).await
+    {
+        tracing::error!(%error, sid = %grant.sid, "ending the session of a failed login failed");
+    }
+    recorded
+}
+
+/// Records a failed check of `user`'s credentials: the audit record and a
+/// `UserLoggedIn` event with `success: false`, together. A failure to
+/// record is logged, never the caller's failure.
+async fn record_failure(
+    state: &AppState,
+    user: &User,
+    method: Method,
+    (ip, ua): (&str, &str),
+    record: Audit<'_>,
+) {
+    let event = UserLoggedIn::new(user, method, None, false, ip, ua, Utc::now());
+    let recorded = async {
+        let mut tx = state.db.begin().await?;
+        users::audit_in(&mut *tx, record).await?;
+        event.enqueue(&mut tx, &state.settings.events_topic).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(error) = recorded {
+        tracing::error!(%error, user_id = %user.id, "recording a failed login failed");
+    }
 }
 
 /// Signs an access token for `user` in the session `grant`.
