@@ -95,6 +95,7 @@ pub struct AppState {
     pub(crate) metrics: AuthMetrics,
     pub(crate) clock: Clock,
     pub(crate) oidc: Providers,
+    pub(crate) user_cache: crate::users::Cache,
 }
 
 impl FromRef<AppState> for Verifier {
@@ -240,6 +241,7 @@ pub async fn start_with_clock(
         &settings.redis_prefix,
         sealing.clone(),
         settings.tokens.clone(),
+        settings.lockout.clone(),
     );
     let attempts = Attempts::new(
         redis.clone(),
@@ -308,6 +310,7 @@ pub async fn start_with_clock(
         metrics: auth_metrics,
         clock,
         oidc,
+        user_cache: crate::users::Cache::new(100_000, std::time::Duration::from_secs(2)),
     };
     let readiness = Readiness::default().postgres(db).redis(redis);
     let app = server::finish(crate::api::router(state), metrics, readiness);

@@ -174,7 +174,9 @@ impl Attempts {
     }
 
     /// The account's key part: a digest, so emails stay out of Redis.
-    fn account(email: &str) -> String {
+    /// The key an account's counters are kept under (a digest of the
+    /// email, so Redis holds no addresses).
+    pub fn account(email: &str) -> String {
         random::digest(&email.trim().to_lowercase())[..32].to_string()
     }
 

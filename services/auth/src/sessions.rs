@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::clock::{millis, now_ms};
 use crate::random;
 use crate::sealing::Keyring;
-use crate::settings::TokenSettings;
+use crate::settings::{LockoutSettings, TokenSettings};
 
 /// Refresh tokens start with this.
 pub const REFRESH_PREFIX: &str = "rt_";
@@ -76,6 +76,8 @@ pub enum Refresh {
     Reused(Grant),
     /// The session was revoked or has ended.
     Ended,
+    /// The account is locked; the token was not spent.
+    Locked,
     /// No such token.
     Unknown,
 }
@@ -87,6 +89,7 @@ pub struct Sessions {
     prefix: String,
     sealing: Arc<Keyring>,
     settings: TokenSettings,
+    lockout: LockoutSettings,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -109,6 +112,14 @@ local sess = prefix .. 'sess:' .. sid
 local s = redis.call('HMGET', sess, 'user', 'revoked', 'current', 'expires_at', 'amr', 'auth_time')
 if not s[1] then return {'ended'} end
 if s[2] == '1' or tonumber(s[4]) <= now then return {'ended'} end
+-- A locked account refreshes nothing, and its token stays unspent.
+local account = redis.call('HGET', sess, 'account')
+if account then
+  for _, factor in ipairs({'pwd', 'mfa'}) do
+    local failures = redis.call('ZCOUNT', prefix .. 'fail:' .. factor .. ':' .. account, ARGV[9], '+inf')
+    if failures >= tonumber(ARGV[10]) then return {'locked'} end
+  end
+end
 if t[2] == 'live' then
   local new_rt = prefix .. 'rt:' .. ARGV[3]
   redis.call('HSET', KEYS[1], 'state', 'spent', 'spent_at', ARGV[1], 'successor', ARGV[3])
@@ -154,12 +165,14 @@ impl Sessions {
         prefix: &str,
         sealing: Arc<Keyring>,
         settings: TokenSettings,
+        lockout: LockoutSettings,
     ) -> Self {
         Self {
             redis,
             prefix: prefix.to_string(),
             sealing,
             settings,
+            lockout,
         }
     }
 
@@ -175,10 +188,13 @@ impl Sessions {
             + VERIFIER_LEEWAY_SECS
     }
 
-    /// Starts a session for `user`; returns its grant and first refresh token.
+    /// Starts a session for `user`, whose attempt counters are kept under
+    /// `account` ([`crate::attempts::Attempts::account`]); returns its grant
+    /// and first refresh token.
     pub async fn start(
         &self,
         user: Uuid,
+        account: &str,
         amr: &[String],
         ip: &str,
         user_agent: &str,
@@ -198,6 +214,7 @@ impl Sessions {
                 &sess,
                 &[
                     ("user", user.to_string()),
+                    ("account", account.to_string()),
                     ("revoked", "0".into()),
                     ("current", random::digest(&token)),
                     ("created", now.to_string()),
@@ -252,6 +269,8 @@ impl Sessions {
             .arg(&self.prefix)
             .arg(self.revoked_until())
             .arg(&old)
+            .arg(now_ms() - millis(self.lockout.failure_window))
+            .arg(self.lockout.max_failures)
             .invoke_async(&mut connection)
             .await?;
         let text = |i: usize| -> String {
@@ -290,6 +309,7 @@ impl Sessions {
             }
             "reused" => Refresh::Reused(grant()),
             "ended" => Refresh::Ended,
+            "locked" => Refresh::Locked,
             _ => Refresh::Unknown,
         })
     }

@@ -1,6 +1,11 @@
 //! Users in PostgreSQL.
 
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
+use lru::LruCache;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -257,4 +262,53 @@ pub async fn link_identity(
     .execute(executor)
     .await?;
     Ok(())
+}
+
+/// Recently read users, for the refresh path: a refresh signs the user's
+/// current roles and permissions, read at most `ttl` ago. Changes made on
+/// this instance drop the entry at once; other instances see them within
+/// `ttl`.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    entries: Arc<Mutex<LruCache<Uuid, (Instant, User)>>>,
+    ttl: Duration,
+}
+
+impl Cache {
+    /// A cache of at most `capacity` users, each kept `ttl`.
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            entries: Arc::new(Mutex::new(LruCache::new(capacity))),
+            ttl,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LruCache<Uuid, (Instant, User)>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The user with `id`, from the cache if read within `ttl`.
+    pub async fn by_id(&self, db: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+        if let Some((at, user)) = self.lock().get(&id)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(Some(user.clone()));
+        }
+        let user = by_id(db, id).await?;
+        match &user {
+            Some(user) => {
+                self.lock().put(id, (Instant::now(), user.clone()));
+            }
+            None => {
+                self.lock().pop(&id);
+            }
+        }
+        Ok(user)
+    }
+
+    /// Forgets `id` (after a change to it).
+    pub fn forget(&self, id: Uuid) {
+        self.lock().pop(&id);
+    }
 }

@@ -503,6 +503,7 @@ async fn the_lockout_counts_exactly_ten_failures_and_then_looks_like_a_wrong_pas
     let email = email("lockout");
     let client = Client::new();
     sign_up(&client, &all[0].base, &email, PASSWORD).await;
+    let (_, before) = login(&client, &all[0].base, &email, PASSWORD).await;
     let answers = storm(&all, &email, 200).await;
     let refused = answers
         .iter()
@@ -540,6 +541,16 @@ async fn the_lockout_counts_exactly_ten_failures_and_then_looks_like_a_wrong_pas
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(locked, wrong);
     assert_eq!(&locked, wrong_answer);
+
+    // A session from before the lock refreshes nothing while it holds.
+    let (status, problem, _) = client
+        .post(
+            format!("{}/auth/refresh", all[2].base),
+            json!({"refresh_token": before["refresh_token"]}),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{problem}");
     for instance in all {
         instance.server.stop().await.unwrap();
     }
@@ -938,6 +949,32 @@ async fn admin_actions_need_a_recent_second_factor() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = login(&client, base, &member, PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "unlocked");
+
+    // Key rotation over HTTP: the member may not, the admin may; the new
+    // key is published at once.
+    let (_, member_tokens) = login(&client, base, &member, PASSWORD).await;
+    let rotate = format!("{base}/auth/admin/keys/rotate");
+    let (status, _, _) = client
+        .post(
+            rotate.clone(),
+            json!({}),
+            member_tokens["access_token"].as_str(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, rotated, _) = client.post(rotate, json!({}), Some(access)).await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    let (_, jwks, _) = client
+        .get(format!("{base}/.well-known/jwks.json"), None)
+        .await;
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == rotated["kid"]),
+        "{jwks}"
+    );
     app.server.stop().await.unwrap();
 }
 
@@ -1701,5 +1738,26 @@ async fn an_openid_provider_login_links_or_creates_the_user_by_verified_email() 
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     drop(provider);
+    app.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_and_no_answer_the_document_lacks() {
+    let app = start(settings("schemathesis")).await;
+    let client = Client::new();
+    let email = email("schemathesis");
+    sign_up(&client, &app.base, &email, PASSWORD).await;
+    let (_, tokens) = login(&client, &app.base, &email, PASSWORD).await;
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let document = format!("{}/openapi.json", app.base);
+    let output = tokio::task::spawn_blocking(move || servers::schemathesis(&document, &access))
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     app.server.stop().await.unwrap();
 }

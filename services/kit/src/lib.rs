@@ -3,11 +3,13 @@
 //! responses and a JSON extractor that names bad fields ([`problem`]), the
 //! HTTP server with health, readiness, metrics and graceful shutdown
 //! ([`server`]), request tracking and logs ([`observe`]), and local
-//! verification of the auth service's access tokens ([`jwt`]).
+//! verification of the auth service's access tokens ([`jwt`]), and the
+//! problems every OpenAPI document lists alike ([`openapi`]).
 
 pub mod config;
 pub mod jwt;
 pub mod observe;
+pub mod openapi;
 pub mod problem;
 pub mod secret;
 pub mod server;

@@ -79,10 +79,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(end_session))
         .routes(routes!(set_access))
         .routes(routes!(unlock))
+        .routes(routes!(rotate_keys))
         .routes(routes!(jwks))
         .routes(routes!(openid_configuration))
         .with_state(state)
         .split_for_parts();
+    let mut document = document;
+    utoipa::Modify::modify(&tributary_kit::openapi::CommonProblems, &mut document);
     let document = serde_json::to_value(&document).unwrap_or_default();
     router.route(
         "/openapi.json",
@@ -438,7 +441,8 @@ async fn log_in(
     (ip, ua): (&str, &str),
     record: Audit<'_>,
 ) -> Result<Tokens, AuthError> {
-    let (grant, refresh_token) = state.sessions.start(user.id, amr, ip, ua).await?;
+    let account = crate::attempts::Attempts::account(&user.email);
+    let (grant, refresh_token) = state.sessions.start(user.id, &account, amr, ip, ua).await?;
     let tokens = issue(state, user, &grant, refresh_token);
     let event = UserLoggedIn::new(
         user,
@@ -556,16 +560,12 @@ async fn refresh(
     };
     match state.sessions.refresh(body.refresh_token.expose()).await? {
         Refresh::Issued { grant, token } => {
-            let user = users::by_id(&state.db, grant.user).await?;
+            let user = state.user_cache.by_id(&state.db, grant.user).await?;
             let Some(user) = user else {
                 state.sessions.end(&grant.sid, None).await?;
                 count("ended");
                 return Err(AuthError::InvalidRefreshToken);
             };
-            if state.attempts.is_locked(&user.email).await? {
-                count("locked");
-                return Err(AuthError::InvalidRefreshToken);
-            }
             count("ok");
             Ok(Json(issue(&state, &user, &grant, token)?))
         }
@@ -588,6 +588,10 @@ async fn refresh(
                 },
             )
             .await;
+            Err(AuthError::InvalidRefreshToken)
+        }
+        Refresh::Locked => {
+            count("locked");
             Err(AuthError::InvalidRefreshToken)
         }
         Refresh::Ended | Refresh::Unknown => {
@@ -747,6 +751,7 @@ async fn set_access(
     let user = users::set_access(&state.db, id, &body.roles, &body.permissions)
         .await?
         .ok_or(AuthError::NotFound("user"))?;
+    state.user_cache.forget(id);
     users::audit(
         &state.db,
         Audit {
@@ -795,6 +800,53 @@ async fn unlock(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A signing key made by `POST /auth/admin/keys/rotate`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Rotated {
+    /// The new key's id (its RFC 7638 thumbprint).
+    kid: String,
+    /// When it starts signing: it is published until then, so verifiers
+    /// have it before any token names it.
+    signs_from: DateTime<Utc>,
+}
+
+/// Makes a new signing key now (admin, with a recent second factor); the
+/// previous one stays published until its last token has expired.
+#[utoipa::path(post, path = "/auth/admin/keys/rotate", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 201, description = "A new key, published now", body = Rotated),
+        (status = 401, description = "No valid access token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or no recent second factor", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL is down", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn rotate_keys(
+    State(state): State<AppState>,
+    Bearer(claims): Bearer,
+) -> Result<(StatusCode, Json<Rotated>), AuthError> {
+    let actor = require_admin(&claims)?;
+    let kid = state.keys.rotate().await?;
+    let lead = chrono::TimeDelta::from_std(state.settings.keys.publish_lead).unwrap_or_default();
+    users::audit(
+        &state.db,
+        Audit {
+            action: "admin-rotate-keys",
+            outcome: "ok",
+            actor_id: Some(actor),
+            detail: Some(serde_json::json!({ "kid": kid })),
+            ..Audit::default()
+        },
+    )
+    .await;
+    tracing::info!(%kid, actor = %actor, "signing key rotated over HTTP");
+    Ok((
+        StatusCode::CREATED,
+        Json(Rotated {
+            kid,
+            signs_from: Utc::now() + lead,
+        }),
+    ))
 }
 
 /// The public keys access tokens are signed with.

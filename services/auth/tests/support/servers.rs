@@ -196,3 +196,32 @@ pub fn oidc_provider(redirect_uri: &str) -> Process {
         .env("OIDC_PROVIDER_DIR", tools_dir().join("oidc"));
     Process::spawn("oidc-provider", command, port)
 }
+
+/// Runs schemathesis against the OpenAPI document at `document` with a
+/// bearer token, and returns its output: the checks are no 5xx, and every
+/// status, content type, header and body as the document says. Logout is
+/// left out so the token stays good for the authenticated routes.
+pub fn schemathesis(document: &str, bearer: &str) -> std::process::Output {
+    ensure_tools();
+    Command::new(tools_dir().join("venv/bin/schemathesis"))
+        .args([
+            "run",
+            document,
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_headers_conformance,response_schema_conformance,negative_data_rejection",
+            "--header",
+            &format!("Authorization: Bearer {bearer}"),
+            "--exclude-path",
+            "/auth/logout",
+            "--max-examples",
+            "100",
+            "--seed",
+            "1",
+            "--workers",
+            "2",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running schemathesis")
+}
