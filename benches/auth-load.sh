@@ -39,7 +39,8 @@ export TRIBUTARY_AUTH_LOCKOUT__ATTEMPTS_PER_ADDRESS=1000000000
 export RUST_LOG=warn
 "$AUTH" serve >"$work/auth.log" 2>&1 &
 AUTH_PID=$!
-trap 'kill $AUTH_PID 2>/dev/null; rm -rf "$work"' EXIT
+# Whatever way the script ends, its load generators and the server go too.
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 A=http://127.0.0.1:18081
 for _ in $(seq 1 100); do curl -sf "$A/readyz" >/dev/null && break; sleep 0.2; done
 
