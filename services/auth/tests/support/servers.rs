@@ -203,7 +203,10 @@ pub fn oidc_provider(redirect_uri: &str) -> Process {
 /// left out so the token stays good for the authenticated routes.
 pub fn schemathesis(document: &str, bearer: &str) -> std::process::Output {
     ensure_tools();
+    // It keeps a cache in its working directory: not in the repository.
+    let scratch = tempfile::tempdir().expect("a scratch directory");
     Command::new(tools_dir().join("venv/bin/schemathesis"))
+        .current_dir(scratch.path())
         .args([
             "run",
             document,
