@@ -66,7 +66,9 @@ async fn main() -> anyhow::Result<()> {
                     settings.data_keys_file = Some(dev_data_keys()?);
                 }
             }
-            tributary_kit::observe::init_logs(settings.json_logs);
+            // Kept to the end: dropping it flushes the spans still buffered.
+            let _telemetry = tributary_kit::traces::init("tributary-auth", settings.json_logs)
+                .context("starting the trace exporter")?;
             let listener = tokio::net::TcpListener::bind(settings.listen)
                 .await
                 .with_context(|| format!("listening on {}", settings.listen))?;
@@ -77,14 +79,14 @@ async fn main() -> anyhow::Result<()> {
             server.wait().await.context("serving")?;
         }
         Command::Migrate => {
-            tributary_kit::observe::init_logs(false);
+            let _telemetry = tributary_kit::traces::init_with("tributary-auth", false, None)?;
             tributary_auth::app::database(settings.database_url.expose())
                 .await
                 .context("migrating")?;
             println!("the database is migrated");
         }
         Command::Keys { command } => {
-            tributary_kit::observe::init_logs(false);
+            let _telemetry = tributary_kit::traces::init_with("tributary-auth", false, None)?;
             let sealing = std::sync::Arc::new(tributary_auth::app::data_keys(&settings)?);
             let db = tributary_auth::app::database(settings.database_url.expose()).await?;
             let keys = tributary_auth::keys::Keys::load(

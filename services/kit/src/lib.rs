@@ -2,9 +2,10 @@
 //! needs alone: layered configuration ([`config`]), RFC 9457 problem
 //! responses and a JSON extractor that names bad fields ([`problem`]), the
 //! HTTP server with health, readiness, metrics and graceful shutdown
-//! ([`server`]), request tracking and logs ([`observe`]), and local
-//! verification of the auth service's access tokens ([`jwt`]), and the
-//! problems every OpenAPI document lists alike ([`openapi`]).
+//! ([`server`]), request tracking ([`observe`]), logs and OTLP traces that
+//! continue the caller's trace ([`traces`]), local verification of the auth
+//! service's access tokens ([`jwt`]), and the problems every OpenAPI
+//! document lists alike ([`openapi`]).
 
 pub mod config;
 pub mod jwt;
@@ -13,6 +14,7 @@ pub mod openapi;
 pub mod problem;
 pub mod secret;
 pub mod server;
+pub mod traces;
 
 pub use problem::{Json, Path, Problem};
 pub use secret::Secret;

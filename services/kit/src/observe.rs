@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The header carrying the request id both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -130,9 +131,20 @@ pub async fn track(
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = request.method().to_string();
     request.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id, %method, %route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        %method,
+        %route,
+        status = tracing::field::Empty,
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+    );
+    // The caller's trace, if it sent one; without an exporter this is a no-op.
+    let _ = span.set_parent(crate::traces::remote_context(request.headers()));
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
+    span.record("status", status);
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
@@ -155,19 +167,4 @@ pub async fn track(
         }
     });
     response
-}
-
-/// Logs to stderr: JSON lines when `json`, else text; `RUST_LOG` filters
-/// (default `info`). Safe to call twice (the second call does nothing).
-pub fn init_logs(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
-    };
 }
