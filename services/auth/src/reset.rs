@@ -91,20 +91,8 @@ pub async fn request(
             link = settings.link.replace("{token}", &token),
         ),
     };
-    outbox::enqueue(&mut tx, Destination::Smtp, None, None, &mail.seal(keyring)).await?;
-    users::audit_in(
-        &mut *tx,
-        Audit {
-            action: "password-reset-requested",
-            outcome: "mailed",
-            user_id: Some(user.id),
-            email: Some(&user.email),
-            ip: Some(origin.ip.to_string()),
-            user_agent: Some(origin.user_agent),
-            ..Audit::default()
-        },
-    )
-    .await?;
+    let record = ("password-reset-requested", "mailed");
+    mail_and_record(&mut tx, keyring, &mail, &user, record, origin).await?;
     tx.commit().await?;
     Ok(Requested::Mailed(user.id))
 }
@@ -174,28 +162,39 @@ where
             ip = origin.ip,
         ),
     };
-    outbox::enqueue(
+    mail_and_record(
         &mut tx,
-        Destination::Smtp,
-        None,
-        None,
-        &notice.seal(keyring),
-    )
-    .await?;
-    users::audit_in(
-        &mut *tx,
-        Audit {
-            action: "password-reset",
-            outcome: "ok",
-            user_id: Some(user.id),
-            email: Some(&user.email),
-            ip: Some(origin.ip.to_string()),
-            user_agent: Some(origin.user_agent),
-            ..Audit::default()
-        },
+        keyring,
+        &notice,
+        &user,
+        ("password-reset", "ok"),
+        origin,
     )
     .await?;
     before_commit(user.id).await?;
     tx.commit().await?;
     Ok(Some(user))
+}
+
+/// Queues `mail` to `user` and writes the audit record (`action`, `outcome`)
+/// in the caller's transaction.
+async fn mail_and_record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    keyring: &Keyring,
+    mail: &Mail,
+    user: &User,
+    (action, outcome): (&str, &str),
+    origin: Origin<'_>,
+) -> sqlx::Result<()> {
+    outbox::enqueue(tx, Destination::Smtp, None, None, &mail.seal(keyring)).await?;
+    let record = Audit {
+        action,
+        outcome,
+        user_id: Some(user.id),
+        email: Some(&user.email),
+        ip: Some(origin.ip.to_string()),
+        user_agent: Some(origin.user_agent),
+        ..Audit::default()
+    };
+    users::audit_in(&mut **tx, record).await
 }

@@ -208,16 +208,7 @@ fn claims_of(token: &str) -> (Value, Value) {
 }
 
 async fn audit_count(action: &str, outcome: &str, email: &str) -> i64 {
-    let db = sqlx::PgPool::connect(&database_url()).await.unwrap();
-    sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action = $1 AND outcome = $2 AND lower(email) = lower($3)",
-    )
-    .bind(action)
-    .bind(outcome)
-    .bind(email)
-    .fetch_one(&db)
-    .await
-    .unwrap()
+    audit_count_in("main", action, outcome, email).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
