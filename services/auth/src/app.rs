@@ -19,9 +19,11 @@ use crate::attempts::Attempts;
 use crate::clock::Clock;
 use crate::keys::{KeyError, Keys};
 use crate::oidc::Providers;
-use crate::outbox::kafka::KafkaSink;
-use crate::outbox::smtp::SmtpSink;
-use crate::outbox::{Destination, OutboxMetrics, Relay};
+use tributary_kit::outbox::kafka::KafkaSink;
+use tributary_kit::outbox::{Destination, OutboxMetrics};
+
+use crate::OUTBOX;
+use crate::mail::{SMTP, SmtpSink};
 use crate::passwords::Hasher;
 use crate::sealing::{Keyring, SealError};
 use crate::sessions::Sessions;
@@ -276,13 +278,14 @@ pub async fn start_with_clock(
     let mut tasks = Vec::new();
     match &settings.kafka_brokers {
         Some(brokers) => tasks.push(
-            Relay::new(
-                db.clone(),
-                Destination::Kafka,
-                KafkaSink::new(brokers),
-                outbox_metrics.clone(),
-            )
-            .spawn(),
+            OUTBOX
+                .relay(
+                    db.clone(),
+                    Destination::KAFKA,
+                    KafkaSink::new(brokers, "tributary-auth"),
+                    outbox_metrics.clone(),
+                )
+                .spawn(),
         ),
         None => tracing::warn!("no Kafka brokers (KAFKA_BROKERS): events wait in the outbox"),
     }
@@ -290,7 +293,7 @@ pub async fn start_with_clock(
         Some(url) => {
             let sink = SmtpSink::new(url.expose(), &settings.mail.from, sealing.clone())
                 .map_err(StartError::Settings)?;
-            tasks.push(Relay::new(db.clone(), Destination::Smtp, sink, outbox_metrics).spawn());
+            tasks.push(OUTBOX.relay(db.clone(), SMTP, sink, outbox_metrics).spawn());
         }
         None => tracing::warn!("no SMTP server (SMTP_URL): mail waits in the outbox"),
     }

@@ -6,7 +6,9 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::outbox::{self, Destination};
+use tributary_kit::outbox::Destination;
+
+use crate::OUTBOX;
 use crate::users::User;
 
 /// How a user authenticated (the schema's `method`).
@@ -63,14 +65,15 @@ impl UserLoggedIn {
     /// Writes the event to the outbox for `topic`, keyed by the user.
     pub async fn enqueue(&self, connection: &mut PgConnection, topic: &str) -> sqlx::Result<()> {
         let payload = serde_json::to_vec(self).unwrap_or_default();
-        outbox::enqueue(
-            connection,
-            Destination::Kafka,
-            Some(topic),
-            Some(&self.user_id),
-            &payload,
-        )
-        .await
+        OUTBOX
+            .enqueue(
+                connection,
+                Destination::KAFKA,
+                Some(topic),
+                Some(&self.user_id),
+                &payload,
+            )
+            .await
     }
 }
 

@@ -13,9 +13,9 @@ pub mod clock;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod mail;
 pub mod mfa;
 pub mod oidc;
-pub mod outbox;
 pub mod passwords;
 pub mod random;
 pub mod reset;
@@ -27,3 +27,6 @@ pub mod users;
 pub use app::{Server, StartError, start, start_with_clock};
 pub use clock::Clock;
 pub use settings::Settings;
+
+/// The service's outbox (table `outbox`): events for Kafka, mail for SMTP.
+pub const OUTBOX: tributary_kit::outbox::Outbox = tributary_kit::outbox::Outbox::new("auth");

@@ -38,6 +38,18 @@ enum Command {
     },
     /// Prints a new data key list (`1:BASE64`) for TRIBUTARY_AUTH_DATA_KEYS.
     DataKey,
+    /// Sets a user's roles and permissions (an operator's way to make the
+    /// first admin; later ones can use `PUT /auth/admin/users/{id}/access`).
+    Access {
+        /// The user's email.
+        email: String,
+        /// Roles, comma-separated (`admin,customer`).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Permissions, comma-separated (`read:orders,write:orders`).
+        #[arg(long, value_delimiter = ',', default_value = "")]
+        permissions: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,6 +122,23 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::DataKey => println!("{}", Keyring::generate()),
+        Command::Access {
+            email,
+            roles,
+            permissions,
+        } => {
+            let _telemetry = tributary_kit::traces::init_with("tributary-auth", false, None)?;
+            let db = tributary_auth::app::database(settings.database_url.expose()).await?;
+            let user = tributary_auth::users::by_email(&db, &email)
+                .await?
+                .with_context(|| format!("no user {email}"))?;
+            let permissions: Vec<String> =
+                permissions.into_iter().filter(|p| !p.is_empty()).collect();
+            tributary_auth::users::set_access(&db, user.id, &roles, &permissions).await?;
+            println!(
+                "{email}: roles {roles:?}, permissions {permissions:?} (in tokens issued from now on)"
+            );
+        }
     }
     Ok(())
 }

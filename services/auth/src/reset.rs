@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::OUTBOX;
 use crate::clock::Clock;
-use crate::outbox::smtp::Mail;
-use crate::outbox::{self, Destination};
+use crate::mail::{Mail, SMTP};
 use crate::random;
 use crate::sealing::Keyring;
 use crate::settings::ResetSettings;
@@ -186,7 +186,9 @@ async fn mail_and_record(
     (action, outcome): (&str, &str),
     origin: Origin<'_>,
 ) -> sqlx::Result<()> {
-    outbox::enqueue(tx, Destination::Smtp, None, None, &mail.seal(keyring)).await?;
+    OUTBOX
+        .enqueue(tx, SMTP, None, None, &mail.seal(keyring))
+        .await?;
     let record = Audit {
         action,
         outcome,

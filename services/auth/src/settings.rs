@@ -63,6 +63,27 @@ pub struct Settings {
     /// External OpenID Connect providers, by the name their URLs use
     /// (`/auth/oauth/{name}/start`).
     pub oidc: BTreeMap<String, OidcProviderSettings>,
+    /// What a new account may do: its roles and permissions.
+    pub new_accounts: AccessSettings,
+}
+
+/// Roles and permissions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSettings {
+    /// Roles (`customer`).
+    pub roles: Vec<String>,
+    /// Permissions (`read:orders`, `write:orders`: a customer may shop).
+    pub permissions: Vec<String>,
+}
+
+impl Default for AccessSettings {
+    fn default() -> Self {
+        Self {
+            roles: vec!["customer".into()],
+            permissions: vec!["read:orders".into(), "write:orders".into()],
+        }
+    }
 }
 
 impl Default for Settings {
@@ -87,6 +108,7 @@ impl Default for Settings {
             mail: MailSettings::default(),
             reset: ResetSettings::default(),
             oidc: BTreeMap::new(),
+            new_accounts: AccessSettings::default(),
         }
     }
 }

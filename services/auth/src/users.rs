@@ -66,22 +66,23 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
-/// Creates a user with the default role.
+/// Creates a user with `access` (a new account's roles and permissions).
 pub async fn create(
     db: &PgPool,
     email: &str,
     password_hash: Option<&str>,
-    roles: &[String],
+    access: &crate::settings::AccessSettings,
 ) -> Result<User, StoreError> {
     let query = format!(
-        "INSERT INTO users (id, email, password_hash, roles) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO users (id, email, password_hash, roles, permissions) VALUES ($1, $2, $3, $4, $5) \
          RETURNING {COLUMNS}"
     );
     sqlx::query_as::<_, User>(sqlx::AssertSqlSafe(query))
         .bind(Uuid::new_v4())
         .bind(email)
         .bind(password_hash)
-        .bind(roles)
+        .bind(&access.roles)
+        .bind(&access.permissions)
         .fetch_one(db)
         .await
         .map_err(|error| match &error {

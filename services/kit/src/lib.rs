@@ -4,13 +4,15 @@
 //! HTTP server with health, readiness, metrics and graceful shutdown
 //! ([`server`]), request tracking ([`observe`]), logs and OTLP traces that
 //! continue the caller's trace ([`traces`]), local verification of the auth
-//! service's access tokens ([`jwt`]), and the problems every OpenAPI
-//! document lists alike ([`openapi`]).
+//! service's access tokens ([`jwt`]), the problems every OpenAPI document
+//! lists alike ([`openapi`]), and the transactional outbox with its relays
+//! ([`outbox`]; the Kafka sink with the `kafka` feature).
 
 pub mod config;
 pub mod jwt;
 pub mod observe;
 pub mod openapi;
+pub mod outbox;
 pub mod problem;
 pub mod secret;
 pub mod server;

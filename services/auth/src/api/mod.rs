@@ -219,11 +219,12 @@ async fn sign_up(
     check_email(&email)?;
     check_password(&state, body.password.expose())?;
     let hash = state.hasher.hash(body.password).await?;
-    let user = match users::create(&state.db, &email, Some(&hash), &["customer".into()]).await {
-        Ok(user) => user,
-        Err(StoreError::EmailTaken) => return Err(AuthError::EmailTaken),
-        Err(StoreError::Database(e)) => return Err(e.into()),
-    };
+    let user =
+        match users::create(&state.db, &email, Some(&hash), &state.settings.new_accounts).await {
+            Ok(user) => user,
+            Err(StoreError::EmailTaken) => return Err(AuthError::EmailTaken),
+            Err(StoreError::Database(e)) => return Err(e.into()),
+        };
     users::audit(
         &state.db,
         Audit {

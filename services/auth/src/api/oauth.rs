@@ -243,7 +243,7 @@ async fn local_user(
         .map_err(|_| OidcError::Provider(format!("the email `{email}` is not an address")))?;
     let (user, created) = match users::by_email(&state.db, &email).await? {
         Some(user) => (user, false),
-        None => match users::create(&state.db, &email, None, &["customer".into()]).await {
+        None => match users::create(&state.db, &email, None, &state.settings.new_accounts).await {
             Ok(user) => (user, true),
             // Another callback made it at the same moment.
             Err(StoreError::EmailTaken) => (

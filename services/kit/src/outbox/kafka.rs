@@ -11,6 +11,7 @@ use super::{Pending, Sink};
 /// idempotent producer's failure can be fatal to it).
 pub struct KafkaSink {
     brokers: String,
+    client_id: String,
     producer: Mutex<Option<FutureProducer>>,
 }
 
@@ -23,10 +24,11 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
-    /// A sink to `brokers` (`host:port,…`).
-    pub fn new(brokers: &str) -> Self {
+    /// A sink to `brokers` (`host:port,…`), named `client_id` to them.
+    pub fn new(brokers: &str, client_id: &str) -> Self {
         Self {
             brokers: brokers.to_string(),
+            client_id: client_id.to_string(),
             producer: Mutex::new(None),
         }
     }
@@ -38,7 +40,7 @@ impl KafkaSink {
         }
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
-            .set("client.id", "tributary-auth")
+            .set("client.id", &self.client_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")

@@ -1,4 +1,4 @@
-//! Delivers outbox mail to an SMTP server.
+//! Mail: queued in the outbox (sealed) and delivered to an SMTP server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +9,11 @@ use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 
-use super::{Pending, Sink};
 use crate::sealing::Keyring;
+use tributary_kit::outbox::{Destination, Pending, Sink};
+
+/// Mail in the outbox: each delivered on its own.
+pub const SMTP: Destination = Destination::independent("smtp");
 
 /// The sealing context of queued mail.
 const CONTEXT: &[u8] = b"outbox-mail";
