@@ -11,7 +11,7 @@
 //! change without the answer (and a retry that makes the change again).
 //! Answers of requests that change nothing are stored after the handler.
 //! Server errors are not stored: the key is freed for a retry. A request
-//! that dies without an answer leaves its key in flight for 30 s, after
+//! that dies without an answer leaves its key in flight for 10 s, after
 //! which a retry takes it over.
 
 use std::time::Duration;
@@ -33,8 +33,9 @@ use crate::error::OrdersError;
 pub const HEADER: &str = "idempotency-key";
 /// The header on a replayed answer.
 pub const REPLAYED: &str = "idempotent-replayed";
-/// How long a request may run before a retry may take its key over.
-const IN_FLIGHT: Duration = Duration::from_secs(30);
+/// How long a request may run before a retry may take its key over (a
+/// request that has not answered by then died or is stuck on a lock).
+const IN_FLIGHT: Duration = Duration::from_secs(10);
 /// The largest body the layer reads.
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -53,7 +54,7 @@ pub struct Recorded;
 impl Lease {
     /// Stores the answer in the caller's transaction. Fails with
     /// [`OrdersError::KeyInFlight`] when the lease was lost (the request
-    /// ran past 30 s and a retry took the key): roll back.
+    /// ran past 10 s and a retry took the key): roll back.
     pub async fn record(
         &self,
         tx: &mut PgConnection,
@@ -383,7 +384,7 @@ pub async fn layer(State(keys): State<Keys>, request: Request, next: Next) -> Re
     let status = response.status();
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         if let Err(error) = keys.free(&lease).await {
-            tracing::warn!(%error, "freeing an idempotency key failed; it frees itself in 30 s");
+            tracing::warn!(%error, "freeing an idempotency key failed; it frees itself in 10 s");
         }
         return response;
     }

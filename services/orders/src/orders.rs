@@ -103,15 +103,26 @@ impl Order {
 
 /// The customer's number for `user_id`, made on first use, and its segment.
 pub async fn customer(tx: &mut PgConnection, user_id: &str) -> sqlx::Result<(String, String)> {
-    let row: (i64, String) = sqlx::query_as(
+    let made: Option<(i64, String)> = sqlx::query_as(
         "WITH new AS (INSERT INTO customers (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING \
          RETURNING number, segment) \
          SELECT number, segment FROM new UNION ALL \
          SELECT number, segment FROM customers WHERE user_id = $1 LIMIT 1",
     )
     .bind(user_id)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    let row = match made {
+        Some(row) => row,
+        // Another transaction made it while this statement waited: its
+        // snapshot did not show the row; a new statement's does.
+        None => {
+            sqlx::query_as("SELECT number, segment FROM customers WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?
+        }
+    };
     Ok((customer_number(row.0), row.1))
 }
 

@@ -773,6 +773,7 @@ impl Process {
             .env("PAYMENT_PROVIDER_URL", &settings.payments.base_url)
             .env("TRIBUTARY_ORDERS_SAGA__LEASE", "2s")
             .env("TRIBUTARY_ORDERS_SAGA__POLL_EVERY", "200ms")
+            .env("TRIBUTARY_ORDERS_DATABASE_CONNECTIONS", "40")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -860,7 +861,12 @@ async fn every_committed_orders_events_reach_kafka_once_in_order_through_kills_a
     let port = tributary_test_servers::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut service = Process::start(&settings, port, &brokers);
-    product(&base, "SKU-00080", orders as i64 * 10, 100).await;
+    // Many products: one hot row would make every order wait for the last.
+    let skus: Vec<String> = (0..64).map(|n| format!("SKU-{:05}", 80_000 + n)).collect();
+    for sku in &skus {
+        product(&base, sku, orders as i64, 100).await;
+    }
+    let started = std::time::Instant::now();
     let issuer = issuer().await;
     let tokens: Vec<String> = (0..50)
         .map(|i| issuer.customer(&format!("outbox-{i}")))
@@ -871,13 +877,15 @@ async fn every_committed_orders_events_reach_kafka_once_in_order_through_kills_a
     let placed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut clients = Vec::new();
     for client in 0..32 {
-        let (base, tokens, placed) = (base.clone(), tokens.clone(), placed.clone());
+        let (base, tokens, placed, skus) =
+            (base.clone(), tokens.clone(), placed.clone(), skus.clone());
         clients.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             let mut i = client;
             while i < orders {
                 let token = &tokens[i % tokens.len()];
-                if let Some(id) = place_reliably(&base, token, &basket(&[("SKU-00080", 1)])).await {
+                let sku = &skus[i % skus.len()];
+                if let Some(id) = place_reliably(&base, token, &basket(&[(sku, 1)])).await {
                     mine.push(id);
                 }
                 placed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -895,15 +903,18 @@ async fn every_committed_orders_events_reach_kafka_once_in_order_through_kills_a
         }
     };
     progress(orders / 3).await;
+    let killed_at = chrono::Utc::now();
     service.kill();
     service = Process::start(&settings, port, &brokers);
     progress(orders * 2 / 3).await;
+    let restarted_at = chrono::Utc::now();
     broker.restart();
     let mut ids = Vec::new();
     for client in clients {
         ids.extend(client.await.unwrap());
     }
     assert_eq!(ids.len(), orders, "every order was placed");
+    eprintln!("{orders} orders placed in {:?}", started.elapsed());
 
     // Let the sagas and the relay finish, then read everything back.
     let db = sqlx::PgPool::connect(settings.database_url.expose())
@@ -927,13 +938,16 @@ async fn every_committed_orders_events_reach_kafka_once_in_order_through_kills_a
         "one order per request, whatever the retries"
     );
     let paid = committed.iter().filter(|(_, s)| s == "paid").count();
+    eprintln!("settled and relayed after {:?}", started.elapsed());
     drop(service);
 
     let created = schema("order_created");
     let processed = schema("payment_processed");
     let read = |topic: &'static str, n: usize| {
         let brokers = brokers.clone();
-        tokio::task::spawn_blocking(move || tributary_test_servers::consume(&brokers, topic, n))
+        tokio::task::spawn_blocking(move || {
+            tributary_test_servers::read_topic(&brokers, topic, n, Duration::from_secs(120))
+        })
     };
     let order_events = read("orders", orders).await.unwrap();
     let payment_events = read("payments", paid).await.unwrap();
@@ -947,23 +961,59 @@ async fn every_committed_orders_events_reach_kafka_once_in_order_through_kills_a
         assert_eq!(key, event["order_id"].as_str().unwrap());
         *created_for.entry(key.clone()).or_default() += 1;
     }
-    for (id, _) in &committed {
-        assert_eq!(
-            created_for.get(&id.to_string()),
-            Some(&1),
-            "OrderCreated of {id}"
+    let lost: Vec<uuid::Uuid> = committed
+        .iter()
+        .filter(|(id, _)| created_for.get(&id.to_string()) != Some(&1))
+        .map(|(id, _)| *id)
+        .collect();
+    if !lost.is_empty() {
+        let times: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT id, created_at FROM orders WHERE id = ANY($1) ORDER BY created_at",
+        )
+        .bind(&lost)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        panic!(
+            "{} orders without one OrderCreated (killed at {killed_at}, broker restarted at {restarted_at}): {:?}",
+            lost.len(),
+            times.iter().take(20).collect::<Vec<_>>()
         );
     }
-    let mut captured = 0;
+    let mut captured = std::collections::HashSet::new();
     for (key, event) in &payment_events {
         if !seen.insert(event["event_id"].as_str().unwrap().to_string()) {
             continue;
         }
         assert!(processed.is_valid(event), "{event}");
         assert_eq!(key, event["order_id"].as_str().unwrap());
-        captured += usize::from(event["status"] == "captured");
+        if event["status"] == "captured" {
+            assert!(captured.insert(key.clone()), "two captures of {key}");
+        }
     }
-    assert_eq!(captured, paid, "one PaymentProcessed per paid order");
+    let missing: Vec<String> = committed
+        .iter()
+        .filter(|(id, status)| status == "paid" && !captured.contains(&id.to_string()))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    if !missing.is_empty() {
+        let times: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> =
+            sqlx::query_as("SELECT id, updated_at FROM orders WHERE id = ANY($1::uuid[])")
+                .bind(
+                    &missing
+                        .iter()
+                        .map(|m| m.parse::<uuid::Uuid>().unwrap())
+                        .collect::<Vec<_>>(),
+                )
+                .fetch_all(&db)
+                .await
+                .unwrap();
+        panic!(
+            "{} paid orders without PaymentProcessed (broker restarted at {restarted_at}): {:?}",
+            missing.len(),
+            times.iter().take(10).collect::<Vec<_>>()
+        );
+    }
 }
 
 /// A metric's value from `/metrics` (the first series whose line starts

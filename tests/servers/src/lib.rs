@@ -100,6 +100,21 @@ impl Process {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops it as an orderly shutdown does: SIGTERM, then SIGKILL if it
+    /// has not exited within `grace`.
+    pub fn terminate(mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Process {
@@ -165,9 +180,12 @@ impl Broker {
         self.process = None;
     }
 
-    /// Starts it again on the same port and storage.
+    /// Restarts it on the same port and storage, as a rolling restart
+    /// does: SIGTERM (10 s to finish), then a new process.
     pub fn restart(&mut self) {
-        self.stop();
+        if let Some(process) = self.process.take() {
+            process.terminate(Duration::from_secs(10));
+        }
         self.launch();
     }
 }
@@ -349,6 +367,23 @@ pub fn schemathesis(document: &str, bearer: &str, exclude: &[&str]) -> std::proc
 /// them (or fails after a minute, plus a second per thousand), then on
 /// until none came for 2 s.
 pub fn consume(brokers: &str, topic: &str, n: usize) -> Vec<(String, serde_json::Value)> {
+    let limit = Duration::from_secs(60 + n as u64 / 1000);
+    let messages = read_topic(brokers, topic, n, limit);
+    assert!(
+        messages.len() >= n,
+        "{} of {n} events on {topic} within {limit:?}",
+        messages.len()
+    );
+    messages
+}
+
+/// [`consume`] that returns what it read when `limit` passes before `n`.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    limit: Duration,
+) -> Vec<(String, serde_json::Value)> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -359,16 +394,12 @@ pub fn consume(brokers: &str, topic: &str, n: usize) -> Vec<(String, serde_json:
         .create()
         .expect("a Kafka consumer");
     consumer.subscribe(&[topic]).expect("subscribing");
-    let limit = Duration::from_secs(60 + n as u64 / 1000);
     let deadline = Instant::now() + limit;
     let mut messages = Vec::new();
     let mut last = Instant::now();
-    while messages.len() < n || last.elapsed() < Duration::from_secs(2) {
-        assert!(
-            messages.len() >= n || Instant::now() < deadline,
-            "{} of {n} events on {topic} within {limit:?}",
-            messages.len()
-        );
+    while (messages.len() < n && Instant::now() < deadline)
+        || last.elapsed() < Duration::from_secs(2)
+    {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             last = Instant::now();
             let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
