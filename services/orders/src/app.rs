@@ -121,6 +121,9 @@ pub async fn database(url: &str, connections: u32) -> Result<PgPool, StartError>
     let pool = PgPoolOptions::new()
         .max_connections(connections)
         .acquire_timeout(std::time::Duration::from_secs(2))
+        // No ping before each use (a round trip per query); a dead
+        // connection fails its query, which is retried or answered 503.
+        .test_before_acquire(false)
         .connect_with(options)
         .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;

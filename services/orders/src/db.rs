@@ -138,6 +138,7 @@ impl Database {
             let pool = PgPoolOptions::new()
                 .max_connections(connections)
                 .acquire_timeout(Duration::from_secs(1))
+                .test_before_acquire(false)
                 .connect_lazy_with(options);
             replicas.push(Replica {
                 name,
