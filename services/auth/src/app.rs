@@ -9,7 +9,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tributary_kit::jwt::{Verifier, VerifierSettings};
 use tributary_kit::observe::Metrics;
@@ -124,38 +123,7 @@ pub fn data_keys(settings: &Settings) -> Result<Keyring, StartError> {
 /// Connects to the database, creating it when it does not exist, and runs
 /// the migrations.
 pub async fn database(url: &str) -> Result<PgPool, StartError> {
-    let options: PgConnectOptions = url.parse()?;
-    if let Some(name) = options.get_database().map(str::to_string) {
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone().database("postgres"))
-            .await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(&name)
-                .fetch_one(&admin)
-                .await?;
-        if !exists {
-            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-            // The name is quoted as an identifier: no injection through it.
-            match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
-                .execute(&admin)
-                .await
-            {
-                Ok(_) => tracing::info!(database = %name, "created the database"),
-                // Another instance made it at the same moment.
-                Err(sqlx::Error::Database(e))
-                    if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        admin.close().await;
-    }
-    let pool = PgPoolOptions::new()
-        .max_connections(16)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect_with(options)
-        .await?;
+    let pool = tributary_kit::database::connect(url, 16, std::time::Duration::from_secs(5)).await?;
     migrate(&pool).await?;
     Ok(pool)
 }

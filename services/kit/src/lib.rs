@@ -1,5 +1,6 @@
 //! What Tributary's companion services share, and nothing a single service
-//! needs alone: layered configuration ([`config`]), RFC 9457 problem
+//! needs alone: layered configuration ([`config`]), the database made on
+//! first start ([`database`]), RFC 9457 problem
 //! responses and a JSON extractor that names bad fields ([`problem`]), the
 //! HTTP server with health, readiness, metrics and graceful shutdown
 //! ([`server`]), request tracking ([`observe`]), logs and OTLP traces that
@@ -9,6 +10,7 @@
 //! ([`outbox`]; the Kafka sink with the `kafka` feature).
 
 pub mod config;
+pub mod database;
 pub mod jwt;
 pub mod observe;
 pub mod openapi;

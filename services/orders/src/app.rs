@@ -12,7 +12,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tributary_kit::jwt::{Verifier, VerifierSettings};
 use tributary_kit::observe::Metrics;
@@ -91,41 +90,9 @@ impl FromRef<AppState> for Verifier {
 /// Connects to the database, creating it when it does not exist, and runs
 /// the migrations.
 pub async fn database(url: &str, connections: u32) -> Result<PgPool, StartError> {
-    let options: PgConnectOptions = url.parse()?;
-    if let Some(name) = options.get_database().map(str::to_string) {
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone().database("postgres"))
+    let pool =
+        tributary_kit::database::connect(url, connections, std::time::Duration::from_secs(2))
             .await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(&name)
-                .fetch_one(&admin)
-                .await?;
-        if !exists {
-            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-            // The name is quoted as an identifier: no injection through it.
-            match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
-                .execute(&admin)
-                .await
-            {
-                Ok(_) => tracing::info!(database = %name, "created the database"),
-                // Another instance made it at the same moment.
-                Err(sqlx::Error::Database(e))
-                    if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        admin.close().await;
-    }
-    let pool = PgPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(std::time::Duration::from_secs(2))
-        // No ping before each use (a round trip per query); a dead
-        // connection fails its query, which is retried or answered 503.
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     Ok(pool)
 }

@@ -839,10 +839,12 @@ async fn place_reliably(base: &str, token: &str, body: &Value) -> Option<String>
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_committed_orders_events_reach_kafka_once_in_order_through_kills_and_a_broker_restart()
  {
+    // 20,000 in CI (about 90 s here); the 100,000 with
+    // TRIBUTARY_OUTBOX_TEST_ORDERS=100000 (passed in 586 s, BENCHMARKS.md).
     let orders: usize = std::env::var("TRIBUTARY_OUTBOX_TEST_ORDERS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(20_000);
     let s3 = tributary_test_servers::S3Server::start();
     s3.create_bucket("tansu");
     let kafka_port = tributary_test_servers::free_port();
@@ -1000,7 +1002,7 @@ async fn every_committed_orders_events_reach_kafka_once_in_order_through_kills_a
         let times: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> =
             sqlx::query_as("SELECT id, updated_at FROM orders WHERE id = ANY($1::uuid[])")
                 .bind(
-                    &missing
+                    missing
                         .iter()
                         .map(|m| m.parse::<uuid::Uuid>().unwrap())
                         .collect::<Vec<_>>(),
