@@ -140,6 +140,12 @@ impl Database {
                 .acquire_timeout(Duration::from_secs(1))
                 .test_before_acquire(false)
                 .connect_lazy_with(options);
+            // Not answering until the first check says otherwise.
+            let labels = ReplicaLabels {
+                replica: name.clone(),
+            };
+            metrics.lag.get_or_create(&labels).set(-1.0);
+            metrics.up.get_or_create(&labels).set(0);
             replicas.push(Replica {
                 name,
                 pool,

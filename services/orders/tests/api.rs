@@ -1434,3 +1434,96 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_payment_breaker_opens_on_failures_sheds_the_load_and_closes_when_the_provider_is_back()
+{
+    let provider = provider();
+    let mut settings = settings("breaker", &provider).await;
+    settings.payments.breaker.minimum_calls = 6;
+    settings.payments.breaker.window = 10;
+    settings.payments.breaker.open_for = Duration::from_secs(2);
+    settings.payments.breaker.probes = 1;
+    settings.payments.max_attempts = 1;
+    settings.saga.give_up_after = Duration::from_secs(60);
+    let instance = start(settings).await;
+    let base = &instance.base;
+    product(base, "SKU-00130", 100, 900).await;
+    let token = issuer().await.customer("breaker");
+    faults(&provider, json!([{"op": "create", "kind": "fail"}])).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let placed = post_new(base, "/api/v1/orders", &token, &basket(&[("SKU-00130", 1)])).await;
+        ids.push(placed.body["id"].as_str().unwrap().to_string());
+    }
+    eventually(Duration::from_secs(10), "the breaker opens", || async {
+        metric(base, "tributary_orders_payment_breaker_state").await == 1.0
+    })
+    .await;
+    // Open, it sheds: the sagas keep retrying, the provider hears nothing.
+    let calls = |stats: &tributary_payment_provider::Stats| {
+        stats
+            .calls
+            .get(&tributary_payment_provider::Operation::Create)
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = calls(&provider_stats(&provider).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = calls(&provider_stats(&provider).await);
+    assert!(during - before <= 1, "{} calls while open", during - before);
+    // The provider back: a probe gets through after the open interval, the
+    // breaker closes, and every order is paid.
+    faults(&provider, json!([])).await;
+    for id in &ids {
+        let id = id.clone();
+        let token = token.clone();
+        eventually(Duration::from_secs(30), "the order is paid", || {
+            let (id, token) = (id.clone(), token.clone());
+            async move { status_of(base, &token, &id).await == "paid" }
+        })
+        .await;
+    }
+    assert_eq!(
+        metric(base, "tributary_orders_payment_breaker_state").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_query_metrics_the_service_exports() {
+    let port = tributary_test_servers::free_port();
+    let broker = tributary_test_servers::kafka(port);
+    let provider = provider();
+    let mut settings = settings("alerts", &provider).await;
+    settings.kafka_brokers = Some(broker.address());
+    // A replica that does not answer: its series say so.
+    settings.database_replica_urls = vec![tributary_kit::Secret::new(
+        "postgres://postgres@127.0.0.1:1/nothing".to_string(),
+    )];
+    let instance = start(settings).await;
+    let exported = support::http()
+        .get(format!("{}/metrics", instance.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/prometheus/orders-alerts.yml"),
+    )
+    .unwrap();
+    let names: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("tributary_orders_"))
+        .collect();
+    assert!(names.len() >= 4, "{names:?}");
+    for name in names {
+        assert!(
+            exported.contains(&format!("# TYPE {name} ")),
+            "orders-alerts.yml queries {name}, which the service does not export:\n{exported}"
+        );
+    }
+}

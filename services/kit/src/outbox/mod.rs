@@ -407,6 +407,14 @@ impl<S: Sink> Relay<S> {
     /// waits for its own retry time (0.5 s doubled per failure, at most
     /// 30 s), and the relay backs off as long only when PostgreSQL fails.
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        // The series exist from the start, so that alerts on them resolve.
+        let labels = DestinationLabels {
+            destination: self.destination.name(),
+        };
+        self.metrics.oldest.get_or_create(&labels).set(0.0);
+        drop(self.metrics.delivered.get_or_create(&labels));
+        drop(self.metrics.failed.get_or_create(&labels));
+        drop(self.metrics.delay.get_or_create(&labels));
         tokio::spawn(async move {
             let mut listener = None;
             let mut failures = 0u32;
