@@ -773,7 +773,7 @@ impl Process {
             .env("PAYMENT_PROVIDER_URL", &settings.payments.base_url)
             .env("TRIBUTARY_ORDERS_SAGA__LEASE", "2s")
             .env("TRIBUTARY_ORDERS_SAGA__POLL_EVERY", "200ms")
-            .env("TRIBUTARY_ORDERS_DATABASE_CONNECTIONS", "40")
+            .env("TRIBUTARY_ORDERS_DATABASE_CONNECTIONS", "16")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
