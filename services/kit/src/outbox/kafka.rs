@@ -80,15 +80,40 @@ impl Sink for KafkaSink {
             );
         }
         let mut results = Vec::with_capacity(batch.len());
+        let mut unplaced = 0;
         for delivery in sent {
             results.push(match delivery {
                 Ok(future) => match future.await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(delivery)) => {
+                        unplaced += usize::from(delivery.offset < 0);
+                        Ok(())
+                    }
                     Ok(Err((error, _))) => Err(error.to_string()),
                     Err(_) => Err("the producer was dropped".to_string()),
                 },
                 Err(error) => Err(error),
             });
+        }
+        if unplaced > 0 {
+            // librdkafka reports a retried batch the broker calls a duplicate
+            // (DUPLICATE_SEQUENCE_NUMBER) as delivered, with no offset: the
+            // first record of such a batch has offset -1. A broker that
+            // advances its sequence before its append is durable (tansu
+            // does) has then lost the batch. Which rows were in it is
+            // unknown, so every row of this call goes again under a new
+            // producer id; consumers drop the copies by event id.
+            tracing::warn!(
+                unplaced,
+                rows = batch.len(),
+                "the broker acknowledged records as duplicates without an offset; sending them again"
+            );
+            for result in &mut results {
+                if result.is_ok() {
+                    *result = Err(
+                        "acknowledged as a duplicate without an offset: sent again".to_string()
+                    );
+                }
+            }
         }
         if results.iter().any(Result::is_err) {
             self.replace_producer();
