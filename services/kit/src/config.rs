@@ -118,16 +118,12 @@ fn from_file<T: DeserializeOwned>(file: &Path) -> Result<Value, ConfigError> {
     });
     if let Err(error) = checked {
         let (line, column) = error.location().map_or((0, 0), |l| (l.line(), l.column()));
-        let rendered = error.to_string();
-        let first = rendered.lines().next().unwrap_or("").trim();
-        let first = first.strip_prefix("error: ").unwrap_or(first);
-        let message = first.split(" at line ").next().unwrap_or(first).to_string();
         return Err(ConfigError::File {
             file: file.to_path_buf(),
             line,
             column,
             key: key_prefix(&key),
-            message,
+            message: message(&error),
         });
     }
     let value: Value = serde_saphyr::from_str(&text).map_err(|e| ConfigError::File {
@@ -142,6 +138,29 @@ fn from_file<T: DeserializeOwned>(file: &Path) -> Result<Value, ConfigError> {
     } else {
         value
     })
+}
+
+/// A YAML error's first line, without serde-saphyr's own position.
+fn message(error: &serde_saphyr::Error) -> String {
+    let rendered = error.to_string();
+    let first = rendered.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    first.split(" at line ").next().unwrap_or(first).to_string()
+}
+
+/// A YAML file's error as `file:line:column: message` (the position left
+/// out when unknown), for the files services check themselves.
+pub fn located(file: &Path, error: &serde_saphyr::Error) -> String {
+    match error.location() {
+        Some(l) => format!(
+            "{}:{}:{}: {}",
+            file.display(),
+            l.line(),
+            l.column(),
+            message(error)
+        ),
+        None => format!("{}: {}", file.display(), message(error)),
+    }
 }
 
 fn key_prefix(key: &str) -> String {

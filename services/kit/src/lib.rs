@@ -6,7 +6,8 @@
 //! ([`server`]), request tracking ([`observe`]), logs and OTLP traces that
 //! continue the caller's trace ([`traces`]), local verification of the auth
 //! service's access tokens ([`jwt`]), the problems every OpenAPI document
-//! lists alike ([`openapi`]), and the transactional outbox with its relays
+//! lists alike ([`openapi`]), circuit breakers and retry budgets
+//! ([`resilience`]), and the transactional outbox with its relays
 //! ([`outbox`]; the Kafka sink with the `kafka` feature).
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod observe;
 pub mod openapi;
 pub mod outbox;
 pub mod problem;
+pub mod resilience;
 pub mod secret;
 pub mod server;
 pub mod traces;

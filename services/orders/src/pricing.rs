@@ -227,16 +227,8 @@ impl RuleSet {
     /// Checks `text`, naming `file` in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self, RulesError> {
         let shown = file.display();
-        let parsed: RulesFile = serde_saphyr::from_str(text).map_err(|e| {
-            let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or("").trim();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let message = first.split(" at line ").next().unwrap_or(first);
-            match e.location() {
-                Some(l) => RulesError(format!("{shown}:{}:{}: {message}", l.line(), l.column())),
-                None => RulesError(format!("{shown}: {message}")),
-            }
-        })?;
+        let parsed: RulesFile = serde_saphyr::from_str(text)
+            .map_err(|e| RulesError(tributary_kit::config::located(file, &e)))?;
         let mut names = BTreeSet::new();
         let mut rules = Vec::with_capacity(parsed.rules.len());
         for (index, entry) in parsed.rules.into_iter().enumerate() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use tributary_kit::Secret;
 use tributary_kit::config::{self, ConfigError, Layers};
+pub use tributary_kit::resilience::BreakerSettings;
 
 /// Variables that set a key without the prefix.
 pub const ALIASES: &[(&str, &str)] = &[
@@ -168,35 +169,6 @@ impl Default for PaymentSettings {
             retry_ratio: 0.2,
             retry_floor_per_second: 10,
             breaker: BreakerSettings::default(),
-        }
-    }
-}
-
-/// When the circuit breaker opens and how it recovers.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerSettings {
-    /// The share of failed calls in the window that opens it.
-    pub failure_ratio: f64,
-    /// Calls the window needs before it judges.
-    pub minimum_calls: u32,
-    /// The window: the last this many calls.
-    pub window: u32,
-    /// How long it stays open before probing.
-    #[serde(with = "humantime_serde")]
-    pub open_for: Duration,
-    /// Probes let through while half-open; all must succeed to close it.
-    pub probes: u32,
-}
-
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        Self {
-            failure_ratio: 0.5,
-            minimum_calls: 20,
-            window: 100,
-            open_for: Duration::from_secs(30),
-            probes: 3,
         }
     }
 }

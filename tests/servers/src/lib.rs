@@ -9,6 +9,7 @@
 // A harness's unwrap is an assertion: a failure shows where and why.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod issuer;
 pub mod postgres;
 
 use std::net::{TcpListener, TcpStream};

@@ -17,11 +17,7 @@ use crate::events::{CallFailure, ExternalApiCallFailed};
 use crate::money::Currency;
 use crate::settings::{PaymentSettings, Topics};
 
-pub mod breaker;
-pub mod budget;
-
-use breaker::{Breaker, State};
-use budget::RetryBudget;
+use tributary_kit::resilience::{Breaker, RetryBudget, State};
 
 /// The service name in `ExternalAPICallFailed`.
 const SERVICE: &str = "payment-provider";
