@@ -11,13 +11,7 @@
 # prefix; attempt limits are raised so the load is not refused as an attack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOOLS="${TRIBUTARY_TOOLS:-$HOME/.cache/tributary/tools}"
-OHA_VERSION=1.16.0
-if [ ! -x "$TOOLS/bin/oha" ]; then
-    CARGO_TARGET_DIR="$TOOLS/oha-target" cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS"
-    rm -rf "$TOOLS/oha-target"
-fi
-OHA="$TOOLS/bin/oha"
+source benches/load-lib.sh
 DURATION="${DURATION:-20s}"
 LOGIN_RATES="${LOGIN_RATES:-4 8 12}"
 ME_RATES="${ME_RATES:-1000 2000 4000}"
@@ -54,21 +48,6 @@ xargs -d '\n' -P 2 -I{} curl -sf "$A/auth/users" -H "$J" -d {} -o /dev/null <"$w
 BODY=$(head -1 "$work/logins")
 ACCESS=$(curl -sf "$A/auth/login" -H "$J" -d "$BODY" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 
-report() { # name rate json
-    python3 - "$1" "$2" "$3" <<'PY'
-import json, sys
-name, rate, path = sys.argv[1:]
-r = json.load(open(path))
-p = r["latencyPercentiles"]
-codes = r.get("statusCodeDistribution", {})
-ok = sum(v for k, v in codes.items() if k.startswith("2"))
-kinds = {f"HTTP {k}": v for k, v in codes.items() if not k.startswith("2")}
-kinds.update(r.get("errorDistribution", {}))
-errors = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) or "0"
-ms = lambda k: f"{p[k] * 1000:.1f}" if p.get(k) is not None else "-"
-print(f"| {name} | {rate}/s | {r['summary']['requestsPerSec']:.0f}/s | {ms('p50')} | {ms('p95')} | {ms('p99')} | {ms('p99.9')} | {ok} | {errors} |")
-PY
-}
 
 echo "| what | offered | achieved | p50 ms | p95 ms | p99 ms | p99.9 ms | 2xx | errors |"
 echo "|---|---|---|---|---|---|---|---|---|"
