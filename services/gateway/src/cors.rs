@@ -95,13 +95,10 @@ pub fn preflight(cors: &Cors, headers: &HeaderMap) -> Result<HeaderMap, Refusal>
 /// The status of a preflight answer.
 pub const PREFLIGHT_STATUS: StatusCode = StatusCode::NO_CONTENT;
 
-/// Marks a response to a cross-origin request from an allowed origin.
-pub fn decorate(cors: &Cors, request: &HeaderMap, response: &mut HeaderMap) {
-    let Some(origin) = request
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|o| allowed_origin(cors, o))
-    else {
+/// Marks a response (the upstream's or the gateway's own refusal) to a
+/// cross-origin request from an allowed `origin`.
+pub fn decorate(cors: &Cors, origin: &HeaderValue, response: &mut HeaderMap) {
+    let Some(origin) = origin.to_str().ok().and_then(|o| allowed_origin(cors, o)) else {
         return;
     };
     allow_origin(cors, origin, response);
@@ -213,9 +210,11 @@ mod tests {
         );
 
         let mut response = HeaderMap::new();
-        let mut incoming = HeaderMap::new();
-        incoming.insert(header::ORIGIN, "https://shop.example".parse().unwrap());
-        decorate(&policy, &incoming, &mut response);
+        decorate(
+            &policy,
+            &HeaderValue::from_static("https://shop.example"),
+            &mut response,
+        );
         assert_eq!(
             response[header::ACCESS_CONTROL_ALLOW_ORIGIN],
             "https://shop.example"

@@ -22,7 +22,7 @@ use crate::error::GatewayError;
 use crate::idempotency::{self, Claim, IDEMPOTENCY_KEY};
 use crate::keys::{ApiKey, KeyError};
 use crate::limit::Decision;
-use crate::routes::{Access, Idempotency, Route, Target};
+use crate::routes::{Access, Cors, Idempotency, Route, Target};
 use crate::upstream::Pool;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
@@ -56,6 +56,7 @@ struct Outcome {
     route: Option<Arc<str>>,
     upstream: Option<String>,
     key: Option<uuid::Uuid>,
+    cors: Option<Arc<Cors>>,
 }
 
 /// Every request that is not the gateway's own.
@@ -68,6 +69,7 @@ pub async fn handle(
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let request_id = request_id(request.headers());
+    let origin = request.headers().get(header::ORIGIN).cloned();
     let mut outcome = Outcome::default();
     let mut response = match forward(&gateway, peer, request, &request_id, &mut outcome).await {
         Ok(response) => response,
@@ -80,6 +82,10 @@ pub async fn handle(
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
+    }
+    // Refusals too: a browser can read a 401 or 429 only with these.
+    if let (Some(policy), Some(origin)) = (&outcome.cors, &origin) {
+        cors::decorate(policy, origin, response.headers_mut());
     }
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -122,6 +128,7 @@ async fn forward(
         .route(request.method(), request.uri().path(), request.headers())
         .ok_or(GatewayError::NoRoute)?;
     outcome.route = Some(route.name.clone());
+    outcome.cors = route.cors.clone();
     let upstream = match &route.target {
         Target::Retired(why) => return Err(GatewayError::Retired(why.clone())),
         Target::Upstream(name) => name,
@@ -167,10 +174,15 @@ async fn forward(
             upstream: upstream.clone(),
             reason: "no such pool".into(),
         })?;
+    let mut request = request;
+    let protocol = upgrade_protocol(request.headers());
+    let client_upgrade = match &protocol {
+        Some(_) if route.upgrade => Some(hyper::upgrade::on(&mut request)),
+        _ => None,
+    };
     let (parts, body) = request.into_parts();
-    // What caching (Vary) and CORS look at: the request as the client sent it.
-    let original =
-        (route.cache_ttl.is_some() || route.cors.is_some()).then(|| parts.headers.clone());
+    // What caching matches `Vary` on: the request as the client sent it.
+    let original = route.cache_ttl.is_some().then(|| parts.headers.clone());
     let scheme = forwarded_proto(gateway, peer, &parts.headers);
     let host = parts
         .headers
@@ -203,13 +215,22 @@ async fn forward(
         Some(query) => format!("{}?{query}", route.rewrite(parts.uri.path())),
         None => route.rewrite(parts.uri.path()),
     };
+    if let (Some(protocol), Some(_)) = (&protocol, &client_upgrade) {
+        // Only these two of the hop-by-hop headers go on, for this hop.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
     let outgoing = Outgoing {
         method: parts.method.clone(),
         path_and_query,
         headers,
-        retryable: !has_body,
+        retryable: !has_body && client_upgrade.is_none(),
+        upgrade: client_upgrade.is_some(),
     };
     let body = Body::new(Limited::new(body, max_body as usize));
+    if let Some(client_upgrade) = client_upgrade {
+        return tunnel(gateway, &pool, outgoing, body, client_upgrade).await;
+    }
 
     let mut response = if matches!(parts.method, Method::POST | Method::PATCH)
         && route.idempotency != Idempotency::Off
@@ -256,9 +277,6 @@ async fn forward(
     route.response_headers.apply(response.headers_mut());
     if let Some(decision) = &decision {
         decision.write_headers(response.headers_mut());
-    }
-    if let (Some(policy), Some(original)) = (&route.cors, &original) {
-        cors::decorate(policy, original, response.headers_mut());
     }
     Ok(response)
 }
@@ -407,6 +425,8 @@ struct Outgoing {
     headers: HeaderMap,
     /// Idempotent and without a body: may be sent again.
     retryable: bool,
+    /// Asks the upstream to switch protocols (a route that allows it).
+    upgrade: bool,
 }
 
 /// Sends to the pool: breaker, member, timeout, and retries inside the
@@ -456,7 +476,7 @@ async fn send(
                 } else {
                     permit.succeeded();
                 }
-                if status == StatusCode::SWITCHING_PROTOCOLS {
+                if status == StatusCode::SWITCHING_PROTOCOLS && !outgoing.upgrade {
                     // Upgrade was stripped; a 101 anyway is not passed on.
                     return Err(GatewayError::BadGateway {
                         upstream: name.clone(),
@@ -503,6 +523,62 @@ async fn send(
             }
         }
     }
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` with
+/// `Upgrade`), if any.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// An upgrade on a route that allows it: the request goes upstream with
+/// its `Upgrade`; only once the upstream answers 101 are the two
+/// connections joined, so no byte is tunnelled before the switch. Any other
+/// answer is passed on as an answer, and the client's connection stays
+/// HTTP.
+async fn tunnel(
+    gateway: &Gateway,
+    pool: &Pool,
+    outgoing: Outgoing,
+    body: Body,
+    client: hyper::upgrade::OnUpgrade,
+) -> Result<Response, GatewayError> {
+    let upstream = pool.spec.name.clone();
+    let mut response = send(gateway, pool, outgoing, body).await?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(response);
+    }
+    let server = hyper::upgrade::on(&mut response);
+    let protocol = response.headers().get(header::UPGRADE).cloned();
+    let mut answer = Response::new(Body::empty());
+    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *answer.headers_mut() = response.headers().clone();
+    answer
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(protocol) = protocol {
+        answer.headers_mut().insert(header::UPGRADE, protocol);
+    }
+    tokio::spawn(async move {
+        match tokio::try_join!(client, server) {
+            Ok((client, server)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut server = hyper_util::rt::TokioIo::new(server);
+                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                    tracing::debug!(%error, %upstream, "an upgraded connection ended");
+                }
+            }
+            Err(error) => tracing::warn!(%error, %upstream, "an upgrade did not complete"),
+        }
+    });
+    Ok(answer)
 }
 
 pin_project_lite::pin_project! {

@@ -27,6 +27,7 @@
 //!     cors: { origins: ["https://shop.example"], methods: [GET, POST], headers: [content-type, authorization, x-api-key, idempotency-key], max_age: 10m }
 //!     cache: { ttl: 5m }             # GET/HEAD answers, as Cache-Control allows
 //!     idempotency: optional          # required (400 without a key on POST), or off
+//!     upgrade: false                 # true: WebSocket and other upgrades, tunnelled after the 101
 //!   - name: v0
 //!     prefix: /api/v0
 //!     retired: "v0 was retired on 2026-06-30; use /api/v1"
@@ -149,6 +150,8 @@ struct RouteEntry {
     cache: Option<CacheEntry>,
     #[serde(default)]
     idempotency: Idempotency,
+    #[serde(default)]
+    upgrade: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +300,9 @@ pub struct Route {
     pub cache_ttl: Option<Duration>,
     /// Idempotency-Key handling on POST.
     pub idempotency: Idempotency,
+    /// Whether `Upgrade` (WebSocket) requests are passed on and tunnelled
+    /// after the upstream's 101.
+    pub upgrade: bool,
 }
 
 /// A route's CORS policy.
@@ -616,6 +622,7 @@ impl Table {
                 cors,
                 cache_ttl: entry.cache.map(|c| c.ttl),
                 idempotency: entry.idempotency,
+                upgrade: entry.upgrade,
             });
         }
         use sha2::Digest;

@@ -749,7 +749,7 @@ async fn a_client_orders_through_the_gateway_with_its_key_and_token_until_its_li
         .unwrap();
 
     let routes_file = format!(
-        "upstreams:\n  orders:\n    addresses: [\"{}\"]\nroutes:\n  - name: products-read\n    prefix: /api/v1/products\n    methods: [GET]\n    upstream: orders\n  - name: products-write\n    prefix: /api/v1/products\n    upstream: orders\n    access: user\n  - name: orders-read\n    prefix: /api/v1/orders\n    methods: [GET]\n    upstream: orders\n    permission: read:orders\n  - name: orders-write\n    prefix: /api/v1/orders\n    upstream: orders\n    permission: write:orders\n",
+        "upstreams:\n  orders:\n    addresses: [\"{}\"]\nroutes:\n  - name: products-read\n    prefix: /api/v1/products\n    methods: [GET]\n    upstream: orders\n    cache: {{ ttl: 5m }}\n  - name: products-write\n    prefix: /api/v1/products\n    upstream: orders\n    access: user\n  - name: orders-read\n    prefix: /api/v1/orders\n    methods: [GET]\n    upstream: orders\n    permission: read:orders\n  - name: orders-write\n    prefix: /api/v1/orders\n    upstream: orders\n    permission: write:orders\n",
         orders.addr()
     );
     let gateway = gateway(&routes_file, "path").await;
@@ -777,6 +777,22 @@ async fn a_client_orders_through_the_gateway_with_its_key_and_token_until_its_li
         .await
         .unwrap();
     assert_eq!(product.status(), StatusCode::OK);
+    assert_eq!(product.headers()["x-cache"], "MISS");
+    let first: Value = product.json().await.unwrap();
+    // The catalogue read is cacheable: the next one is the gateway's.
+    let again = client
+        .get(format!("{}/api/v1/products/SKU-77001", gateway.base))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    assert_eq!(
+        again.headers()["ratelimit-remaining"],
+        "3",
+        "a hit still counts"
+    );
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
 
     let token = issuer.customer("gateway-customer");
     let order = client
@@ -789,7 +805,7 @@ async fn a_client_orders_through_the_gateway_with_its_key_and_token_until_its_li
         .await
         .unwrap();
     assert_eq!(order.status(), StatusCode::CREATED);
-    assert_eq!(order.headers()["ratelimit-remaining"], "3");
+    assert_eq!(order.headers()["ratelimit-remaining"], "2");
     let order: Value = order.json().await.unwrap();
     let id = order["id"].as_str().unwrap();
     let read = client
@@ -803,8 +819,8 @@ async fn a_client_orders_through_the_gateway_with_its_key_and_token_until_its_li
     let read: Value = read.json().await.unwrap();
     assert_eq!(read["id"], id);
 
-    // The key's limit is 6 a minute: two more, then 429 with the headers.
-    for _ in 0..2 {
+    // The key's limit is 6 a minute: one more, then 429 with the headers.
+    for _ in 0..1 {
         let response = client
             .get(format!("{}/api/v1/products/SKU-77001", gateway.base))
             .header("x-api-key", &key)
@@ -970,7 +986,10 @@ async fn duplicate_posts_with_one_idempotency_key_reach_the_upstream_once() {
 #[tokio::test]
 async fn cors_preflights_are_answered_per_route_and_reflected_origins_vary() {
     let upstream = Upstream::start().await;
-    let gateway = gateway(&routes(upstream.addr, "", CACHED_ROUTES), "cors").await;
+    let with_keyed = format!(
+        "{CACHED_ROUTES}  - name: keyed\n    prefix: /keyed\n    upstream: up\n    cors: {{ origins: [\"https://shop.example\"] }}\n"
+    );
+    let gateway = gateway(&routes(upstream.addr, "", &with_keyed), "cors").await;
     let client = client();
     let preflight = client
         .request(
@@ -1036,6 +1055,72 @@ async fn cors_preflights_are_answered_per_route_and_reflected_origins_vary() {
     assert_eq!(
         actual.headers()["access-control-expose-headers"],
         "ratelimit"
+    );
+    // The gateway's own refusals are readable by the page too.
+    let refused = client
+        .get(format!("{}/keyed/z", gateway.base))
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refused.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    gateway.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn upgrades_are_tunnelled_only_after_the_upstreams_101_on_routes_that_allow_them() {
+    let upstream = Upstream::start().await;
+    let routes_file = routes(
+        upstream.addr,
+        "",
+        &format!(
+            "{KEY_ROUTE}  - name: ws\n    prefix: /ws\n    upstream: up\n    access: public\n    upgrade: true\n"
+        ),
+    );
+    let gateway = gateway(&routes_file, "upgrade").await;
+    let addr = gateway.server.proxy.addr;
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"ping", "the tunnel carries bytes both ways");
+
+    // The upstream does not switch: the bytes the client sent early are
+    // read as HTTP by the gateway (and refused), never tunnelled.
+    let answer = raw(
+        addr,
+        "GET /ws/plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nSMUGGLED BYTES\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let paths = upstream.paths.lock().unwrap().clone();
+    assert_eq!(
+        paths,
+        vec!["/ws/chat", "/ws/plain"],
+        "nothing else reached the upstream"
     );
     gateway.server.stop().await.unwrap();
 }

@@ -111,13 +111,30 @@ async fn healthz(State(upstream): State<Upstream>) -> StatusCode {
     }
 }
 
-async fn echo(State(upstream): State<Upstream>, request: Request) -> Response {
+async fn echo(State(upstream): State<Upstream>, mut request: Request) -> Response {
     upstream.seen.fetch_add(1, Ordering::SeqCst);
     upstream
         .paths
         .lock()
         .unwrap()
         .push(request.uri().path().to_string());
+    if request.uri().path() == "/ws/chat" && request.headers().contains_key("upgrade") {
+        // Switches to a protocol that echoes every byte.
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut reader, mut writer) =
+                    tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(axum::body::Body::empty())
+            .unwrap();
+    }
     match upstream.mode.load(Ordering::SeqCst) {
         1 => return (StatusCode::SERVICE_UNAVAILABLE, "failing").into_response(),
         2 => std::future::pending::<()>().await,
