@@ -185,12 +185,19 @@ pub async fn start(
         breaker_state,
     )
     .map_err(StartError::Settings)?;
+    // Every saga step takes connections from the primary's pool: at most
+    // half of it, so requests always find one (a full pool answers 503
+    // after the acquire timeout).
+    let mut saga_settings = settings.saga.clone();
+    saga_settings.concurrency = saga_settings
+        .concurrency
+        .min((settings.database_connections as usize / 2).max(1));
     let (saga, kicked) = Saga::new(
         primary.clone(),
         provider,
         cache.clone(),
         settings.topics.clone(),
-        settings.saga.clone(),
+        saga_settings,
     );
     let verifier = Verifier::new(VerifierSettings::new(
         Some(settings.auth.jwks_url.clone()),

@@ -252,7 +252,7 @@ pub struct SagaSettings {
     /// How often the worker looks for orders left half-way.
     #[serde(with = "humantime_serde")]
     pub poll_every: Duration,
-    /// Sagas run at once per instance.
+    /// Sagas run at once per instance (at most half the primary's pool).
     pub concurrency: usize,
 }
 
