@@ -42,20 +42,33 @@ pub async fn position(connection: &mut sqlx::PgConnection) -> sqlx::Result<Lsn> 
 }
 
 /// Whether a failed query means the server is unreachable (rather than a
-/// bad statement).
+/// bad statement, or a pool whose connections are all in use: waiting for
+/// one says nothing of the server, which the monitor checks on its own
+/// connection).
 pub fn unreachable(error: &sqlx::Error) -> bool {
     matches!(
         error,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
+        sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
     ) || matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08")))
 }
+
+/// A pool of one connection for a server's health check, so that a
+/// saturated request pool cannot make the check wait and a busy server
+/// look down.
+fn check_pool(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(CHECK_TIMEOUT)
+        .connect_lazy_with(options)
+}
+
+/// How long a health check may take before its server counts as down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Replica {
     name: String,
     pool: PgPool,
+    check: PgPool,
     in_rotation: AtomicBool,
     replayed: AtomicU64,
 }
@@ -107,6 +120,7 @@ pub enum ReadFrom {
 #[derive(Clone)]
 pub struct Database {
     primary: PgPool,
+    primary_check: PgPool,
     replicas: Arc<Vec<Replica>>,
     next: Arc<AtomicUsize>,
     primary_up: Arc<AtomicBool>,
@@ -135,6 +149,7 @@ impl Database {
         for url in replica_urls {
             let options: PgConnectOptions = url.parse()?;
             let name = format!("{}:{}", options.get_host(), options.get_port());
+            let check = check_pool(options.clone());
             let pool = PgPoolOptions::new()
                 .max_connections(connections)
                 .acquire_timeout(Duration::from_secs(1))
@@ -149,11 +164,13 @@ impl Database {
             replicas.push(Replica {
                 name,
                 pool,
+                check,
                 in_rotation: AtomicBool::new(false),
                 replayed: AtomicU64::new(0),
             });
         }
         Ok(Self {
+            primary_check: check_pool((*primary.connect_options()).clone()),
             primary,
             replicas: Arc::new(replicas),
             next: Arc::default(),
@@ -230,11 +247,10 @@ impl Database {
     }
 
     async fn check(&self) {
-        let timeout = Duration::from_secs(1);
         let primary_at = tokio::time::timeout(
-            timeout,
+            CHECK_TIMEOUT,
             sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
-                .fetch_one(&self.primary),
+                .fetch_one(&self.primary_check),
         )
         .await;
         let primary_at = match primary_at {
@@ -253,12 +269,12 @@ impl Database {
                 replica: replica.name.clone(),
             };
             let answer = tokio::time::timeout(
-                timeout,
+                CHECK_TIMEOUT,
                 sqlx::query_as::<_, (Option<String>, Option<f64>)>(
                     "SELECT pg_last_wal_replay_lsn()::text, \
                      EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8",
                 )
-                .fetch_one(&replica.pool),
+                .fetch_one(&replica.check),
             )
             .await;
             let (replayed, lag) = match answer {

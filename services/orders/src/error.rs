@@ -66,6 +66,9 @@ pub enum OrdersError {
     /// A problem made elsewhere (the kit's 401 and 403).
     #[error("{}", .0.title)]
     Problem(Problem),
+    /// Every database connection is in use: the service is saturated.
+    #[error("every database connection is in use")]
+    Overloaded,
     /// Writes are refused: the primary database is down.
     #[error("the primary database is unavailable")]
     PrimaryDown,
@@ -76,7 +79,10 @@ pub enum OrdersError {
 
 impl From<sqlx::Error> for OrdersError {
     fn from(error: sqlx::Error) -> Self {
-        Self::Unavailable(format!("PostgreSQL: {error}"))
+        match error {
+            sqlx::Error::PoolTimedOut => Self::Overloaded,
+            error => Self::Unavailable(format!("PostgreSQL: {error}")),
+        }
     }
 }
 
@@ -167,6 +173,11 @@ impl OrdersError {
                 Problem::unavailable("the pricing rules failed on this order; retry later", 5)
             }
             Self::Problem(problem) => problem.clone(),
+            Self::Overloaded => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded")
+                    .detail("every database connection is in use; retry in a moment")
+                    .header(header::RETRY_AFTER, "1")
+            }
             Self::PrimaryDown => Problem::unavailable(
                 "the order database is unavailable: writes are refused, reads come from the cache",
                 5,
@@ -182,6 +193,9 @@ impl IntoResponse for OrdersError {
     fn into_response(self) -> Response {
         match &self {
             Self::Unavailable(cause) => tracing::error!(%cause, "answering 503"),
+            Self::Overloaded => {
+                tracing::warn!("every database connection is in use: answering 503")
+            }
             Self::Pricing(error @ PricingError::Rule { .. }) => {
                 tracing::error!(%error, "a pricing rule failed")
             }

@@ -104,6 +104,81 @@ async fn five_hundred_orders_on_three_instances_sell_exactly_the_stock_of_one_hu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_held_by_a_locked_row_is_busy_not_a_primary_down() {
+    // Every connection of the pool waits on a row another session holds:
+    // the service is saturated, not cut off from PostgreSQL. It must not
+    // call the primary down (which refuses every write and serves reads
+    // stale), and what cannot get a connection is told to retry.
+    let provider = provider();
+    let mut settings = settings("saturated", &provider).await;
+    settings.database_connections = 2;
+    let a = start(settings.clone()).await;
+    product(&a.base, "SKU-00050", 100, 100).await;
+    let issuer = issuer().await;
+    let mut holder =
+        <sqlx::PgConnection as sqlx::Connection>::connect(settings.database_url.expose())
+            .await
+            .unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT stock FROM products WHERE sku = 'SKU-00050' FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let base = a.base.clone();
+        let token = issuer.customer(&format!("saturated-{i}"));
+        tasks.push(tokio::spawn(async move {
+            post_new(
+                &base,
+                "/api/v1/orders",
+                &token,
+                &basket(&[("SKU-00050", 1)]),
+            )
+            .await
+        }));
+    }
+    // Past the acquire timeout (2 s) and the monitor's check timeout (1 s).
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            metric(&a.base, "tributary_orders_primary_up").await,
+            1.0,
+            "a saturated pool was taken for a primary down"
+        );
+    }
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let mut placed: i64 = 0;
+    for task in tasks {
+        let answer = task.await.unwrap();
+        match answer.status {
+            StatusCode::CREATED => placed += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(
+                    answer.body["type"], "https://tributary.dev/problems/overloaded",
+                    "{}",
+                    answer.body
+                );
+                assert_eq!(answer.header("retry-after"), Some("1"));
+            }
+            other => panic!("an order answered {other}: {}", answer.body),
+        }
+    }
+    // Those holding a connection waited for the lock and went through.
+    assert!(placed >= 2, "{placed} placed");
+    // Writes are taken at once after the lock goes.
+    let after = post_new(
+        &a.base,
+        "/api/v1/orders",
+        &issuer.customer("saturated-after"),
+        &basket(&[("SKU-00050", 1)]),
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::CREATED, "{}", after.body);
+    assert_eq!(stock(&a.base, "SKU-00050").await, 100 - placed - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_requests_with_one_idempotency_key_place_one_order() {
     let provider = provider();
     let settings = settings("idempotency", &provider).await;

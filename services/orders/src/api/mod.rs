@@ -265,6 +265,7 @@ where
     if state.db.primary_up() {
         tries.push((state.db.primary().clone(), ReadFrom::Primary));
     }
+    let mut saturated = false;
     for (pool, from) in tries {
         match load(pool).await {
             Ok(found) => {
@@ -280,6 +281,7 @@ where
                 state.cache.put(kind, id, version, body.clone()).await;
                 return Ok(Read::Fresh(body));
             }
+            Err(sqlx::Error::PoolTimedOut) => saturated = true,
             Err(error) if unreachable(&error) => {
                 tracing::warn!(%error, ?from, "a read failed; trying elsewhere");
                 match from {
@@ -289,6 +291,10 @@ where
             }
             Err(error) => return Err(error.into()),
         }
+    }
+    if saturated {
+        // The databases are up and busy: an old answer is not called for.
+        return Err(OrdersError::Overloaded);
     }
     match state.cache.get_even_stale(kind, id).await {
         Some(entry) => {
