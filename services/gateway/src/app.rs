@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::Router;
 use http::HeaderName;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,7 +23,8 @@ use crate::keys::Keys;
 use crate::limit::{Clock, Limiter};
 use crate::routes::{RoutesError, Table};
 use crate::settings::Settings;
-use crate::upstream::{HttpClient, PoolMetrics, Pools};
+use crate::upstream::{PoolMetrics, Pools};
+use crate::workers::Workers;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -163,11 +163,11 @@ pub struct Gateway {
     pub(crate) settings: Arc<Settings>,
     pub(crate) table: ArcSwap<Table>,
     pub(crate) pools: Pools,
-    pub(crate) client: HttpClient,
     pub(crate) keys: Keys,
     pub(crate) verifier: Verifier,
     pub(crate) limiter: Limiter,
     pub(crate) redis: redis::aio::ConnectionManager,
+    pub(crate) redis_client: redis::Client,
     pub(crate) cache: ResponseCache,
     pub(crate) metrics: ProxyMetrics,
     pub(crate) default_policy: Arc<str>,
@@ -190,7 +190,7 @@ impl Gateway {
 #[derive(Debug)]
 pub struct Server {
     /// The proxy listener.
-    pub proxy: Running,
+    pub proxy: Workers,
     /// The admin listener.
     pub admin: Running,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -203,17 +203,17 @@ impl Server {
             task.abort();
         }
         let admin = self.admin.stop().await;
-        self.proxy.stop().await?;
+        self.proxy.stop().await;
         admin
     }
 
     /// Runs until a listener stops (after a signal), then stops the tasks.
     pub async fn wait(self) -> std::io::Result<()> {
-        let result = self.proxy.wait().await;
+        self.proxy.wait().await;
         for task in &self.tasks {
             task.abort();
         }
-        result
+        self.admin.stop().await
     }
 }
 
@@ -280,10 +280,10 @@ pub async fn start(
         keys: Keys::new(db.clone(), settings.keys.cache_for),
         table: ArcSwap::from_pointee(table),
         pools: pools.clone(),
-        client: client.clone(),
         verifier: verifier.clone(),
         limiter,
         redis: redis.clone(),
+        redis_client: redis_client.clone(),
         cache: ResponseCache::new(settings.cache.max_bytes, settings.cache.max_entry_bytes),
         metrics: proxy_metrics,
         default_policy: Arc::from("default"),
@@ -298,9 +298,6 @@ pub async fn start(
         follow_purges(gateway.clone(), redis_client),
     ];
 
-    let proxy_app = Router::new()
-        .fallback(crate::proxy::handle)
-        .with_state(gateway.clone());
     let readiness = Readiness::default().postgres(db).redis(redis);
     let admin_app = server::finish(crate::admin::router(gateway.clone()), metrics, readiness);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -311,7 +308,12 @@ pub async fn start(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let proxy = server::serve(listener, proxy_app, stopped(stop_rx.clone()))?;
+    let proxy = Workers::spawn(
+        listener,
+        settings.workers(),
+        gateway.clone(),
+        stopped(stop_rx.clone()),
+    )?;
     let admin = server::serve(admin_listener, admin_app, stopped(stop_rx))?;
     tracing::info!(proxy = %proxy.addr, admin = %admin.addr, "tributary-gateway is serving");
     Ok(Server {

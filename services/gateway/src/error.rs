@@ -162,6 +162,15 @@ impl GatewayError {
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        self.problem().into_response()
+        let mut response = self.problem().into_response();
+        if matches!(self, GatewayError::BadRequest(_)) {
+            // Its framing cannot be trusted: nothing after it on this
+            // connection is read as a request.
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }

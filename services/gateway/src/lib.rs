@@ -10,8 +10,9 @@
 //! deduplicated across instances ([`idempotency`]); the upstream pool
 //! ([`upstream`]) picks a healthy address behind its circuit breaker; and
 //! the bodies stream both ways. Browsers' preflights are answered per
-//! route ([`cors`]). Every
-//! refusal is one [`error::GatewayError`], answered as problem+json.
+//! route ([`cors`]). Every refusal is one [`error::GatewayError`],
+//! answered as problem+json. The proxy listener is served by a few
+//! [`workers`], each a thread with its own runtime.
 
 pub mod admin;
 pub mod app;
@@ -25,6 +26,7 @@ pub mod proxy;
 pub mod routes;
 pub mod settings;
 pub mod upstream;
+pub mod workers;
 
 pub use app::{Server, StartError, start};
 pub use settings::Settings;

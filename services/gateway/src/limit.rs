@@ -194,7 +194,7 @@ impl Limiter {
         let key = format!("{}{subject}:{policy}", self.prefix);
         let now = self.clock.now_micros();
         if now >= self.redis_down_until.load(Ordering::Relaxed) {
-            let mut redis = self.redis.clone();
+            let mut redis = crate::workers::redis(&self.redis);
             let member = format!("{:016x}", fastrand::u64(..));
             let mut invocation = self.script.key(&key);
             invocation

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
@@ -60,11 +60,7 @@ struct Outcome {
 }
 
 /// Every request that is not the gateway's own.
-pub async fn handle(
-    State(gateway): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+pub async fn handle(gateway: Arc<Gateway>, peer: SocketAddr, request: Request) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -398,7 +394,14 @@ async fn deduplicated(
         gateway.settings.redis_prefix, route.name
     );
     let hold = pool.spec.timeout + Duration::from_secs(10);
-    match idempotency::claim(&gateway.redis, scoped, fingerprint, hold).await {
+    match idempotency::claim(
+        &crate::workers::redis(&gateway.redis),
+        scoped,
+        fingerprint,
+        hold,
+    )
+    .await
+    {
         Claim::Held(held) => match send(gateway, pool, outgoing, Body::from(bytes)).await {
             Ok(response) => Ok(held.finish(response).await),
             Err(error) => {
@@ -463,7 +466,12 @@ async fn send(
         *request.uri_mut() = uri;
         *request.headers_mut() = outgoing.headers.clone();
         let may_retry = retryable && attempt < pool.spec.retries;
-        match tokio::time::timeout(pool.spec.timeout, gateway.client.request(request)).await {
+        match tokio::time::timeout(
+            pool.spec.timeout,
+            crate::upstream::local_client().request(request),
+        )
+        .await
+        {
             Ok(Ok(response)) => {
                 let status = response.status();
                 if status.is_server_error() {
@@ -684,7 +692,15 @@ fn request_id(headers: &HeaderMap) -> String {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+        .map_or_else(
+            // Unique, not secret: no system call for randomness per request.
+            || {
+                uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+                    .into_uuid()
+                    .to_string()
+            },
+            str::to_string,
+        )
 }
 
 /// The caller's trace continued with a new span id, or a new trace.

@@ -52,6 +52,9 @@ pub struct Settings {
     /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`
     /// are kept (a load balancer in front); everyone else's are replaced.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Threads serving the proxy listener, each with its own runtime
+    /// (0: one per core).
+    pub workers: usize,
     /// One log line per request (target `access`).
     pub access_log: bool,
     /// JSON logs (the default) or text.
@@ -75,6 +78,7 @@ impl Default for Settings {
             limits: Limits::default(),
             cache: CacheSettings::default(),
             trusted_proxies: Vec::new(),
+            workers: 0,
             access_log: true,
             json_logs: true,
         }
@@ -187,6 +191,14 @@ impl Default for CacheSettings {
 }
 
 impl Settings {
+    /// The proxy's worker threads: as set, else one per core.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// Defaults, then `file`, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         config::load(&Self::layers(file))

@@ -24,7 +24,7 @@ use crate::routes::{Balance, Table, UpstreamSpec};
 /// Failed checks in a row that take an address out of rotation.
 const UNHEALTHY_AFTER: u32 = 2;
 
-/// The HTTP client every pool shares (keep-alive connections per address).
+/// An HTTP client (keep-alive connections per address).
 pub type HttpClient = Client<HttpConnector, Body>;
 
 /// A client with keep-alive, no Nagle, and a connect timeout.
@@ -37,6 +37,16 @@ pub fn client() -> HttpClient {
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
         .build(connector)
+}
+
+thread_local! {
+    static LOCAL_CLIENT: HttpClient = client();
+}
+
+/// This thread's client: its connections belong to this thread's runtime,
+/// so a request and its upstream connection never wake another thread.
+pub fn local_client() -> HttpClient {
+    LOCAL_CLIENT.with(Clone::clone)
 }
 
 /// One address of a pool.

@@ -1124,3 +1124,34 @@ async fn upgrades_are_tunnelled_only_after_the_upstreams_101_on_routes_that_allo
     );
     gateway.server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stop_lets_requests_in_flight_finish_and_takes_no_new_ones() {
+    let upstream = Upstream::start().await;
+    let gateway = gateway(&routes(upstream.addr, "", KEY_ROUTE), "stop").await;
+    upstream.set(Mode::Slow);
+    // Enough connections that every worker thread holds some.
+    let mut in_flight = Vec::new();
+    for _ in 0..16 {
+        let url = format!("{}/open/slow", gateway.base);
+        // A client each: one connection per request.
+        in_flight.push(tokio::spawn(async move { client().get(url).send().await }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = gateway.server.proxy.addr;
+    let stopped = tokio::spawn(gateway.server.stop());
+    for request in in_flight {
+        let response = request.await.unwrap().expect("a request in flight was cut");
+        assert_eq!(response.status(), 200);
+    }
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the stop waits only for the requests in flight")
+        .unwrap()
+        .unwrap();
+    assert_eq!(upstream.seen(), 16);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the proxy still accepts after its stop"
+    );
+}
