@@ -437,7 +437,7 @@ struct Outgoing {
 async fn send(
     gateway: &Gateway,
     pool: &Pool,
-    outgoing: Outgoing,
+    mut outgoing: Outgoing,
     body: Body,
 ) -> Result<Response, GatewayError> {
     let name = &pool.spec.name;
@@ -464,8 +464,13 @@ async fn send(
         let mut request = http::Request::new(body.take().unwrap_or_default());
         *request.method_mut() = outgoing.method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = outgoing.headers.clone();
         let may_retry = retryable && attempt < pool.spec.retries;
+        // Kept for another attempt only when there may be one.
+        *request.headers_mut() = if may_retry {
+            outgoing.headers.clone()
+        } else {
+            std::mem::take(&mut outgoing.headers)
+        };
         match tokio::time::timeout(
             pool.spec.timeout,
             crate::upstream::local_client().request(request),

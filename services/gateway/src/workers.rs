@@ -1,23 +1,26 @@
 //! The proxy's listener: HTTP/1.1 served by hyper on a few worker threads,
-//! each with its own single-threaded Tokio runtime accepting from the one
-//! shared socket. A connection, its requests and their upstream calls stay
-//! on the thread that accepted it (the upstream client is per thread, see
-//! [`crate::upstream::local_client`]), so a request is never handed from
-//! one thread to another: the model of nginx's workers. On a work-stealing
-//! runtime the same path cost a wakeup of another thread at almost every
-//! step, and more CPU than the proxying itself (BENCHMARKS.md).
+//! each with its own single-threaded Tokio runtime. One acceptor hands
+//! each new connection to the worker with the fewest open (workers racing
+//! on a shared socket took them unevenly: one thread busy, the other idle,
+//! and a third less throughput). A connection, its requests and their
+//! upstream calls then stay on that thread (the upstream client and the
+//! Redis connection are per thread, see [`crate::upstream::local_client`]
+//! and [`redis`]), so a request is never handed from one thread to
+//! another: the model of nginx's workers. On a work-stealing runtime the
+//! same path woke another thread at almost every step.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 
 use crate::app::Gateway;
 
@@ -59,12 +62,17 @@ impl Workers {
         until: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let shared = listener.into_std()?;
         let (stop, stopping) = watch::channel(false);
         let (done, stopped) = tokio::sync::oneshot::channel();
         let mut threads = Vec::new();
+        let mut inboxes = Vec::new();
         for index in 0..count.max(1) {
-            let socket = shared.try_clone()?;
+            let (sender, inbox) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            inboxes.push(Inbox {
+                sender,
+                open: open.clone(),
+            });
             let gateway = gateway.clone();
             let stopping = stopping.clone();
             let thread = std::thread::Builder::new()
@@ -73,10 +81,11 @@ impl Workers {
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
-                    runtime.block_on(serve(socket, gateway, stopping))
+                    runtime.block_on(serve(inbox, open, gateway, stopping))
                 })?;
             threads.push(thread);
         }
+        tokio::spawn(accept(listener, inboxes, stopping));
         let signal = stop.clone();
         tokio::spawn(async move {
             until.await;
@@ -112,14 +121,56 @@ impl Workers {
     }
 }
 
-/// One worker: accepts until told to stop, then waits for its connections
-/// to finish the requests they are in (idle ones close at once).
+/// A worker as the acceptor sees it.
+struct Inbox {
+    sender: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Accepts until told to stop, giving each connection to the worker with
+/// the fewest open. Dropping the inboxes at the end tells the workers.
+async fn accept(listener: TcpListener, inboxes: Vec<Inbox>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors, or a connection reset before it was
+                // taken: wait a moment rather than spin.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        // Deregistered here, registered again on the worker's runtime.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        if let Some(inbox) = inboxes
+            .iter()
+            .min_by_key(|i| i.open.load(Ordering::Relaxed))
+        {
+            inbox.open.fetch_add(1, Ordering::Relaxed);
+            if inbox.sender.send((stream, peer)).is_err() {
+                inbox.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One worker: serves the connections it is given until the acceptor
+/// stops, then waits for them to finish the requests they are in (idle
+/// ones close at once).
 async fn serve(
-    socket: std::net::TcpListener,
+    mut inbox: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    open: Arc<AtomicUsize>,
     gateway: Arc<Gateway>,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::from_std(socket)?;
     let own = redis::aio::ConnectionManager::new(gateway.redis_client.clone());
     match tokio::time::timeout(REDIS_CONNECT_TIMEOUT, own).await {
         Ok(Ok(connection)) => REDIS.with(|local| *local.borrow_mut() = Some(connection)),
@@ -137,22 +188,16 @@ async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     // Every connection holds a sender: when all are gone, so are they.
-    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors, or a connection reset before it
-                    // was taken: wait a moment rather than spin.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopping.wait_for(|stop| *stop) => break,
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    while let Some((stream, peer)) = inbox.recv().await {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "a proxy worker could not take a connection");
+                open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
         };
-        let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let gateway = gateway.clone();
@@ -166,6 +211,7 @@ async fn serve(
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let mut stopping = stopping.clone();
+        let alive = alive.clone();
         let open = open.clone();
         tokio::spawn(async move {
             tokio::pin!(connection);
@@ -183,11 +229,11 @@ async fn serve(
             if let Err(error) = result {
                 tracing::debug!(%error, %peer, "a client connection ended in error");
             }
-            drop(open);
+            open.fetch_sub(1, Ordering::Relaxed);
+            drop(alive);
         });
     }
-    drop(listener);
-    drop(open);
+    drop(alive);
     let _ = all_closed.recv().await;
     Ok(())
 }
