@@ -32,12 +32,16 @@ const MAX_STORED_BYTES: usize = 1024 * 1024;
 /// Replaces (or, with no value, deletes) the key only while this request
 /// still holds it: a request that outlived its hold must not touch the
 /// next holder's key.
-const IF_HELD: &str = r"
+static IF_HELD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
-";
+",
+    )
+});
 
 /// A stored answer.
 #[derive(Debug, Serialize, Deserialize)]
@@ -211,7 +215,7 @@ impl Held {
 
     async fn replace(&self, value: Vec<u8>) -> redis::RedisResult<i64> {
         let mut connection = self.redis.clone();
-        redis::Script::new(IF_HELD)
+        IF_HELD
             .key(&self.key)
             .arg(format!("p:{}", self.fingerprint))
             .arg(value)
