@@ -275,9 +275,11 @@ pub async fn start(
     );
     let client = crate::upstream::client();
     let pools = Pools::new(&table, pool_metrics);
+    let keys = Keys::new(db.clone(), settings.keys.cache_for);
+    keys.register(&metrics);
     let settings = Arc::new(settings);
     let gateway = Arc::new(Gateway {
-        keys: Keys::new(db.clone(), settings.keys.cache_for),
+        keys,
         table: ArcSwap::from_pointee(table),
         pools: pools.clone(),
         verifier: verifier.clone(),

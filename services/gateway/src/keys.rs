@@ -4,14 +4,25 @@
 //! stored; a looked-up key is trusted for a few seconds (the longest a
 //! revocation takes to reach every instance), unknown keys included, so a
 //! flood of one bad key costs one query.
+//!
+//! No request waits for the store while its key is in use: past half its
+//! cache time a key is looked up again in the background, and answered from
+//! memory meanwhile. Requests that find no usable entry share one lookup
+//! (a key expiring under 10,000 requests a second once sent each of them to
+//! PostgreSQL, and stalled them all for a tenth of a second).
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 const PREFIX: &str = "tgw_";
@@ -118,14 +129,40 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-type Cached = (Option<ApiKey>, Instant);
+/// A lookup's answer: the key, or none (unknown or revoked).
+type Found = Result<Option<ApiKey>, KeyError>;
+
+/// What the cache remembers of one key text (by its hash).
+struct Entry {
+    key: Option<ApiKey>,
+    /// When the lookup that found it started.
+    fetched: Instant,
+    /// A background lookup is under way.
+    refreshing: bool,
+}
+
+/// The cache and the lookups under way, under one lock.
+struct State {
+    entries: LruCache<[u8; 32], Entry>,
+    /// Lookups that requests wait for, shared by every request of the key.
+    flights: HashMap<[u8; 32], Arc<OnceCell<Found>>>,
+    /// Bumped by each revocation: a lookup that started before one does
+    /// not fill the cache with what it read.
+    generation: u64,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    reason: &'static str,
+}
 
 /// The key store: PostgreSQL behind a short-lived cache.
 #[derive(Clone)]
 pub struct Keys {
     db: PgPool,
     cache_for: Duration,
-    cache: Arc<Mutex<LruCache<[u8; 32], Cached>>>,
+    state: Arc<Mutex<State>>,
+    lookups: Family<LookupLabels, Counter>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -143,12 +180,26 @@ impl Keys {
         Self {
             db,
             cache_for,
-            cache: Arc::new(Mutex::new(LruCache::new(capacity))),
+            state: Arc::new(Mutex::new(State {
+                entries: LruCache::new(capacity),
+                flights: HashMap::new(),
+                generation: 0,
+            })),
+            lookups: Family::default(),
         }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], Cached>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    /// Registers `api_key_lookups` (queries to the store, by reason).
+    pub fn register(&self, metrics: &tributary_kit::observe::Metrics) {
+        metrics.register(
+            "api_key_lookups",
+            "Queries to the key store: miss (requests waited), refresh (in the background)",
+            self.lookups.clone(),
+        );
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The key `text` names, if it is well formed, known and not revoked.
@@ -157,11 +208,54 @@ impl Keys {
             return Err(KeyError::Malformed);
         }
         let hash = digest(text);
-        if let Some((key, at)) = self.cache().get(&hash)
-            && at.elapsed() < self.cache_for
-        {
-            return key.clone().ok_or(KeyError::Unknown);
+        let flight = {
+            let mut state = self.state();
+            let generation = state.generation;
+            if let Some(entry) = state.entries.get_mut(&hash)
+                && entry.fetched.elapsed() < self.cache_for
+            {
+                if !entry.refreshing && entry.fetched.elapsed() >= self.cache_for / 2 {
+                    entry.refreshing = true;
+                    let keys = self.clone();
+                    tokio::spawn(async move { keys.refresh(hash, generation).await });
+                }
+                return entry.key.clone().ok_or(KeyError::Unknown);
+            }
+            state.flights.entry(hash).or_default().clone()
+        };
+        let found = flight
+            .get_or_init(|| async {
+                let (generation, started) = (self.state().generation, Instant::now());
+                let found = self.lookup(hash, "miss").await;
+                let mut state = self.state();
+                state.flights.remove(&hash);
+                if let Ok(key) = &found {
+                    remember(&mut state, hash, key.clone(), generation, started);
+                }
+                found
+            })
+            .await;
+        found.clone()?.ok_or(KeyError::Unknown)
+    }
+
+    /// Looks `hash` up again for a cached entry still in use.
+    async fn refresh(&self, hash: [u8; 32], generation: u64) {
+        let started = Instant::now();
+        let found = self.lookup(hash, "refresh").await;
+        let mut state = self.state();
+        match found {
+            Ok(key) => remember(&mut state, hash, key, generation, started),
+            Err(error) => {
+                tracing::warn!(%error, "refreshing an API key failed; the cached one stands until it expires");
+                if let Some(entry) = state.entries.peek_mut(&hash) {
+                    entry.refreshing = false;
+                }
+            }
         }
+    }
+
+    async fn lookup(&self, hash: [u8; 32], reason: &'static str) -> Found {
+        self.lookups.get_or_create(&LookupLabels { reason }).inc();
         let row: Option<(Uuid, String, String, i32)> = sqlx::query_as(
             "SELECT id, name, prefix, limit_per_minute FROM api_keys WHERE hash = $1 AND revoked_at IS NULL",
         )
@@ -169,14 +263,12 @@ impl Keys {
         .fetch_optional(&self.db)
         .await
         .map_err(|e| KeyError::Unavailable(e.to_string()))?;
-        let key = row.map(|(id, name, prefix, limit)| ApiKey {
+        Ok(row.map(|(id, name, prefix, limit)| ApiKey {
             id,
             name,
             prefix,
             limit_per_minute: u32::try_from(limit).unwrap_or(1),
-        });
-        self.cache().put(hash, (key.clone(), Instant::now()));
-        key.ok_or(KeyError::Unknown)
+        }))
     }
 
     /// Issues a key; its text is returned once and never stored.
@@ -216,16 +308,20 @@ impl Keys {
         .await?
         .rows_affected()
             == 1;
-        // The cache is keyed by hash; drop every entry of this key.
-        let mut cache = self.cache();
-        let stale: Vec<[u8; 32]> = cache
+        // The cache is keyed by hash; drop every entry of this key, and keep
+        // lookups under way from putting back what they read before.
+        let mut state = self.state();
+        state.generation += 1;
+        let stale: Vec<[u8; 32]> = state
+            .entries
             .iter()
-            .filter(|(_, (key, _))| key.as_ref().is_some_and(|k| k.id == id))
+            .filter(|(_, entry)| entry.key.as_ref().is_some_and(|k| k.id == id))
             .map(|(hash, _)| *hash)
             .collect();
         for hash in stale {
-            cache.pop(&hash);
+            state.entries.pop(&hash);
         }
+        drop(state);
         if done {
             tracing::info!(key_id = %id, "revoked an API key");
         }
@@ -239,6 +335,27 @@ impl Keys {
         )
         .fetch_all(&self.db)
         .await
+    }
+}
+
+/// Caches what a lookup that started at `started`, at `generation`, found,
+/// unless a revocation came since (what it read may be the revoked key).
+fn remember(
+    state: &mut State,
+    hash: [u8; 32],
+    key: Option<ApiKey>,
+    generation: u64,
+    started: Instant,
+) {
+    if state.generation == generation {
+        let entry = Entry {
+            key,
+            fetched: started,
+            refreshing: false,
+        };
+        state.entries.put(hash, entry);
+    } else if let Some(entry) = state.entries.peek_mut(&hash) {
+        entry.refreshing = false;
     }
 }
 

@@ -219,6 +219,61 @@ async fn api_keys_are_refused_missing_malformed_unknown_and_revoked() {
     gateway.server.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_looked_up_once_for_a_burst_and_refreshed_ahead_while_in_use() {
+    let upstream = Upstream::start().await;
+    let (mut settings, dir) = settings(&routes(upstream.addr, "", KEY_ROUTE), "key-lookups").await;
+    settings.keys.cache_for = Duration::from_secs(2);
+    let gateway = start_with(settings, dir, Clock::System).await;
+    let (key, _) = issue_key(&gateway, 1_000_000).await;
+    let url = format!("{}/api/v1/echo", gateway.base);
+    let burst = || {
+        futures::future::join_all((0..200).map(|_| {
+            let request = client().get(&url).header("x-api-key", &key);
+            async move { request.send().await.unwrap().status() }
+        }))
+    };
+    let lookups = |reason: &'static str| {
+        let gateway = &gateway;
+        async move {
+            metric(
+                gateway,
+                &format!("tributary_gateway_api_key_lookups_total{{reason=\"{reason}\"}}"),
+            )
+            .await
+        }
+    };
+
+    // 200 requests with a key not yet in memory: one query between them.
+    assert!(burst().await.iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(lookups("miss").await, 1.0);
+    // Expired: again one query for a whole burst.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(burst().await.iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(lookups("miss").await, 2.0);
+
+    // In steady use the key is refreshed in the background past half its
+    // cache time, so it never expires and no request waits for the store.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = client()
+            .get(&url)
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(lookups("miss").await, 2.0, "no request waited for a lookup");
+    let refreshes = lookups("refresh").await;
+    assert!(
+        (1.0..=3.0).contains(&refreshes),
+        "{refreshes} refreshes in 3 s"
+    );
+    gateway.server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn user_routes_check_the_token_locally_and_a_revoked_session_is_refused_within_a_second() {
     let upstream = Upstream::start().await;
@@ -438,21 +493,8 @@ async fn with_redis_unreachable_each_instance_limits_at_its_share_and_says_so() 
         }
     }
     assert_eq!(admitted, 25, "a quarter of 100 while Redis is away");
-    let metrics = client
-        .get(format!("{}/metrics", gateway.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let fallbacks: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("tributary_gateway_rate_limit_fallbacks_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    assert!(fallbacks >= 60.0, "{metrics}");
+    let fallbacks = metric(&gateway, "tributary_gateway_rate_limit_fallbacks_total").await;
+    assert!(fallbacks >= 60.0, "{fallbacks} fallbacks");
 
     cutter.restore();
     eventually(Duration::from_secs(10), "Redis counts again", || async {
@@ -501,7 +543,7 @@ async fn the_breaker_opens_sheds_cannot_be_wedged_by_a_hanging_probe_and_closes(
 
     // Half-open with a hanging upstream: the probes time out and it opens
     // again instead of waiting for them.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     upstream.set(Mode::Hang);
     let probe = get().await.unwrap();
     assert_eq!(probe.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -881,7 +923,7 @@ async fn a_thousand_identical_misses_make_one_upstream_request_and_the_cache_kee
     client.get(format!("{url}&other=1")).send().await.unwrap();
     assert_eq!(upstream.seen(), 2);
     // Past the TTL the upstream is asked again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     client.get(&url).send().await.unwrap();
     assert_eq!(upstream.seen(), 3);
     // Purged through the admin API.

@@ -342,3 +342,21 @@ impl Cutter {
         self.cut.store(false, Ordering::SeqCst);
     }
 }
+
+/// The value of the metric line starting with `name` (labels included, as
+/// exposed), or 0 when there is none yet.
+pub async fn metric(gateway: &Gateway, name: &str) -> f64 {
+    let text = client()
+        .get(format!("{}/metrics", gateway.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .find_map(|rest| rest.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
