@@ -30,6 +30,17 @@ const FALLBACK_FOR_MICROS: u64 = 1_000_000;
 /// Keys the local limiter remembers.
 const LOCAL_KEYS: usize = 100_000;
 
+/// Stale entries removed per request at most (see the script).
+const PRUNE: u32 = 100;
+
+/// `ARGV`: the time (µs; empty for Redis's own), the window (µs), the
+/// limit, a random member suffix, and `PRUNE`. Stale entries go at most
+/// `PRUNE` a call: a key left idle after heavy use (a high limit at
+/// thousands a second) held hundreds of thousands of them, and removing
+/// them in one call stalled Redis, every key and every instance with it,
+/// for a tenth of a second. The count reads only the live part of the log,
+/// so it is exact whatever is still to be removed; each call removes up to
+/// `PRUNE` and adds at most one, so the rest goes within a few calls.
 const SCRIPT: &str = r"
 local now = tonumber(ARGV[1])
 if not now then
@@ -38,8 +49,16 @@ if not now then
 end
 local window = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
+local prune = tonumber(ARGV[5])
+local stale = string.format('%.0f', now - window)
+local live = '(' .. stale
+local last = redis.call('ZRANGE', KEYS[1], prune - 1, prune - 1, 'WITHSCORES')
+if last[2] and tonumber(last[2]) <= now - window then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, prune - 1)
+else
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', stale)
+end
+local count = redis.call('ZCOUNT', KEYS[1], live, '+inf')
 local admitted = 0
 if count < limit then
   redis.call('ZADD', KEYS[1], now, string.format('%.0f', now) .. '-' .. ARGV[4])
@@ -48,7 +67,7 @@ if count < limit then
 end
 redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) + 1000)
 local reset = 0
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local oldest = redis.call('ZRANGEBYSCORE', KEYS[1], live, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 if oldest[2] then reset = tonumber(oldest[2]) + window - now end
 return {admitted, limit - count, reset}
 ";
@@ -201,7 +220,8 @@ impl Limiter {
                 .arg(self.clock.for_redis())
                 .arg(window_micros)
                 .arg(limit)
-                .arg(member);
+                .arg(member)
+                .arg(PRUNE);
             let call = invocation.invoke_async::<(i64, i64, i64)>(&mut redis);
             match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok((admitted, remaining, reset))) => {

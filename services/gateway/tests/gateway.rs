@@ -463,6 +463,88 @@ async fn the_rate_limit_is_exact_across_three_instances_at_minute_edges_and_rand
     }
 }
 
+/// A key left idle after heavy use holds a long stale log. The next request
+/// removes only a bounded part of it (all of it at once stalled Redis for
+/// every key), and still counts exactly what the last minute admitted.
+#[tokio::test]
+async fn a_long_stale_log_is_pruned_a_little_per_request_and_the_count_stays_exact() {
+    let upstream = Upstream::start().await;
+    let now = Arc::new(AtomicU64::new(2_000 * MINUTE_MICROS));
+    let (settings, dir) = settings(&routes(upstream.addr, "", KEY_ROUTE), "prune").await;
+    let gateway = start_with(settings, dir, Clock::Manual(now.clone())).await;
+    let (key, id) = issue_key(&gateway, 1_000_000).await;
+    let log = format!("{}rl:{id}:default", gateway.prefix);
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // 50,050 admissions two minutes ago, and 10 in the last minute.
+    let t = now.load(Ordering::SeqCst);
+    let stale = 50_050u64;
+    for chunk in (0..stale).collect::<Vec<_>>().chunks(5_000) {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(&log);
+        for i in chunk {
+            zadd.arg(t - 2 * MINUTE_MICROS + i).arg(format!("old-{i}"));
+        }
+        let _: () = zadd.query_async(&mut redis).await.unwrap();
+    }
+    for i in 0..10u64 {
+        let _: () = redis::cmd("ZADD")
+            .arg(&log)
+            .arg(t - MINUTE_MICROS / 2 + i)
+            .arg(format!("live-{i}"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let zcard = |redis: &mut redis::aio::MultiplexedConnection| {
+        let mut redis = redis.clone();
+        let log = log.clone();
+        async move {
+            redis::cmd("ZCARD")
+                .arg(&log)
+                .query_async::<u64>(&mut redis)
+                .await
+                .unwrap()
+        }
+    };
+    let get = || {
+        client()
+            .get(format!("{}/api/v1/echo", gateway.base))
+            .header("x-api-key", &key)
+            .send()
+    };
+
+    let response = get().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["ratelimit-remaining"],
+        (1_000_000 - 11).to_string().as_str(),
+        "the ten live entries and this one, none of the stale"
+    );
+    assert_eq!(
+        zcard(&mut redis).await,
+        stale + 11 - 100,
+        "one request removes at most 100 stale entries"
+    );
+    // Each request removes up to 100 and adds one: the rest goes in a few.
+    let mut requests = 1;
+    while zcard(&mut redis).await > 10 + requests {
+        assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+        requests += 1;
+        assert!(requests < 1_000, "the stale log is not going away");
+    }
+    assert_eq!(requests, 501, "100 stale entries fewer per request");
+    let response = get().await.unwrap();
+    assert_eq!(
+        response.headers()["ratelimit-remaining"],
+        (1_000_000 - 10 - requests - 1).to_string().as_str()
+    );
+    gateway.server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_unreachable_each_instance_limits_at_its_share_and_says_so() {
     let upstream = Upstream::start().await;
