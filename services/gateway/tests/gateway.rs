@@ -324,11 +324,7 @@ async fn user_routes_check_the_token_locally_and_a_revoked_session_is_refused_wi
     );
 
     // A logout, as the auth service publishes it.
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis().await;
     let key_name = format!(
         "tributary:gateway-test:{}:tokens:revoked",
         std::process::id()
@@ -475,11 +471,7 @@ async fn a_long_stale_log_is_cut_in_one_request_and_the_count_stays_exact() {
     let gateway = start_with(settings, dir, Clock::Manual(now.clone())).await;
     let (key, id) = issue_key(&gateway, 1_000_000).await;
     let log = format!("{}rlog:{id}:default", gateway.prefix);
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis().await;
     // 200,000 admissions two minutes ago, then 10 in the last minute.
     let t = now.load(Ordering::SeqCst);
     for chunk in (0..200_000u64).collect::<Vec<_>>().chunks(10_000) {

@@ -360,3 +360,12 @@ pub async fn metric(gateway: &Gateway, name: &str) -> f64 {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A connection to the machine's Redis, for a test to look or write.
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
