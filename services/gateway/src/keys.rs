@@ -212,9 +212,10 @@ impl Keys {
             let mut state = self.state();
             let generation = state.generation;
             if let Some(entry) = state.entries.get_mut(&hash)
-                && entry.fetched.elapsed() < self.cache_for
+                && let age = entry.fetched.elapsed()
+                && age < self.cache_for
             {
-                if !entry.refreshing && entry.fetched.elapsed() >= self.cache_for / 2 {
+                if !entry.refreshing && age >= self.cache_for / 2 {
                     entry.refreshing = true;
                     let keys = self.clone();
                     tokio::spawn(async move { keys.refresh(hash, generation).await });

@@ -654,14 +654,7 @@ async fn the_breaker_opens_sheds_cannot_be_wedged_by_a_hanging_probe_and_closes(
     for _ in 0..20 {
         assert_eq!(get().await.unwrap().status(), StatusCode::OK);
     }
-    let metrics = client
-        .get(format!("{}/metrics", gateway.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&gateway).await;
     assert!(
         metrics.contains("tributary_gateway_upstream_breaker_state{upstream=\"up\"}"),
         "{metrics}"

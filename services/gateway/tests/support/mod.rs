@@ -343,18 +343,24 @@ impl Cutter {
     }
 }
 
-/// The value of the metric line starting with `name` (labels included, as
-/// exposed), or 0 when there is none yet.
-pub async fn metric(gateway: &Gateway, name: &str) -> f64 {
-    let text = client()
+/// The gateway's `/metrics` page.
+pub async fn metrics(gateway: &Gateway) -> String {
+    client()
         .get(format!("{}/metrics", gateway.admin))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// The value of the metric line starting with `name` (labels included, as
+/// exposed), or 0 when there is none yet.
+pub async fn metric(gateway: &Gateway, name: &str) -> f64 {
+    metrics(gateway)
+        .await
+        .lines()
         .filter_map(|line| line.strip_prefix(name))
         .find_map(|rest| rest.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
