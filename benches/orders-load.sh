@@ -82,18 +82,21 @@ for rate in $CREATE_RATES; do
 done
 
 # The outbox: time from an event's commit to Kafka's acknowledgement, over
-# every event of the run (the relay's histogram).
+# every event of the run (the relay's histogram); the cache: time from a
+# write to this instance dropping its copy on the CacheInvalidated event,
+# read back from Kafka (the follower's histogram).
 curl -sf "$O/metrics" | python3 -c '
 import re, sys
-buckets = []
-for line in sys.stdin:
-    m = re.match(r"tributary_orders_outbox_delivery_delay_seconds_bucket\{[^}]*le=\"([^\"]+)\"[^}]*\} (\S+)", line)
-    if m:
+text = sys.stdin.read()
+for name, what in [("outbox_delivery_delay_seconds", "outbox publish delay"),
+                   ("cache_invalidation_delay_seconds", "cache invalidation delay")]:
+    buckets = []
+    for m in re.finditer(r"tributary_orders_" + name + r"_bucket\{[^}]*le=\"([^\"]+)\"[^}]*\} (\S+)", text):
         buckets.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2))))
-total = buckets[-1][1] if buckets else 0
-def q(p):
-    for le, count in buckets:
-        if count >= p * total:
-            return le
-print(f"outbox publish delay over {total:.0f} events: p50 <= {q(0.5)} s, p99 <= {q(0.99)} s, p99.9 <= {q(0.999)} s")
+    total = buckets[-1][1] if buckets else 0
+    def q(p):
+        for le, count in buckets:
+            if count >= p * total:
+                return le
+    print(f"{what} over {total:.0f} events: p50 <= {q(0.5)} s, p99 <= {q(0.99)} s, p99.9 <= {q(0.999)} s")
 '

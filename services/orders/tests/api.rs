@@ -1255,6 +1255,7 @@ async fn a_write_on_one_instance_invalidates_the_others_cache_through_kafka() {
     let provider = provider();
     let mut settings = settings("cache", &provider).await;
     settings.kafka_brokers = Some(broker.address());
+    assert!(settings.cache.ttl >= Duration::from_secs(60));
     let a = start(settings.clone()).await;
     let b = start(settings).await;
     product(&a.base, "SKU-00100", 10, 100).await;
@@ -1274,15 +1275,21 @@ async fn a_write_on_one_instance_invalidates_the_others_cache_through_kafka() {
         )
         .await;
         assert_eq!(restocked.status, StatusCode::OK, "{}", restocked.body);
-        let started = std::time::Instant::now();
-        eventually(Duration::from_secs(2), "B sees the new stock", || async {
+        // Only the event can drop B's copy: its memory keeps an entry for
+        // the cache TTL, minutes past this wait. How fast the event comes
+        // is a measured figure (the delay histogram; BENCHMARKS.md), not a
+        // deadline a loaded CI machine could miss.
+        eventually(Duration::from_secs(10), "B sees the new stock", || async {
             stock(&b.base, "SKU-00100").await == 10 * (round + 1)
         })
         .await;
         assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "invalidated in {:?}",
-            started.elapsed()
+            metric(
+                &b.base,
+                "tributary_orders_cache_invalidation_delay_seconds_count"
+            )
+            .await
+                >= round as f64
         );
     }
     assert!(
