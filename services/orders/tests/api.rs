@@ -29,7 +29,8 @@ async fn stock(base: &str, sku: &str) -> i64 {
 
 /// Places an order as a well-behaved client does: a 503 `overloaded` (no
 /// pool connection in time, seen on a slow CI machine) is retried with the
-/// same Idempotency-Key after its `Retry-After`.
+/// same Idempotency-Key after a short pause (its `Retry-After`, capped:
+/// the test's pools free a connection within a second).
 async fn place_as_a_client_would(
     base: &str,
     token: &str,
@@ -1297,7 +1298,8 @@ async fn a_write_on_one_instance_invalidates_the_others_cache_through_kafka() {
         assert_eq!(restocked.status, StatusCode::OK, "{}", restocked.body);
         // Only the event can drop B's copy: its memory keeps an entry for
         // the cache TTL, minutes past this wait. How fast the event comes
-        // is a measured figure (the delay histogram; BENCHMARKS.md), not a
+        // is a measured figure (the delay histogram, which
+        // benches/orders-load.sh reports), not a
         // deadline a loaded CI machine could miss.
         eventually(Duration::from_secs(10), "B sees the new stock", || async {
             stock(&b.base, "SKU-00100").await == 10 * (round + 1)
