@@ -48,7 +48,7 @@ pub struct ApiKey {
 }
 
 /// A key listed for an admin.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeySummary {
     /// Its id.
     pub id: Uuid,
@@ -62,6 +62,46 @@ pub struct KeySummary {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// When it was revoked.
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The longest application name a key may carry, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// The highest limit a key may have (the store keeps a 32-bit integer).
+pub const MAX_LIMIT_PER_MINUTE: u32 = i32::MAX as u32;
+
+/// What is wrong with a key to issue: the field (a JSON pointer) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidKey {
+    /// The field, as a JSON pointer (`/name`).
+    pub field: &'static str,
+    /// What it must be.
+    pub reason: String,
+}
+
+/// Checks a new key's name and limit; returns the name as it is kept
+/// (without surrounding spaces).
+pub fn check_new(name: &str, limit_per_minute: u32) -> Result<&str, InvalidKey> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(InvalidKey {
+            field: "/name",
+            reason: format!("must be 1 to {MAX_NAME_CHARS} characters, not only spaces"),
+        });
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(InvalidKey {
+            field: "/name",
+            reason: "must not contain control characters".into(),
+        });
+    }
+    if limit_per_minute == 0 || limit_per_minute > MAX_LIMIT_PER_MINUTE {
+        return Err(InvalidKey {
+            field: "/limit_per_minute",
+            reason: format!("must be 1 to {MAX_LIMIT_PER_MINUTE}"),
+        });
+    }
+    Ok(trimmed)
 }
 
 /// Why a key was refused.
@@ -283,7 +323,7 @@ impl Keys {
             id: Uuid::new_v4(),
             name: name.to_string(),
             prefix: text[..PREFIX.len() + 8].to_string(),
-            limit_per_minute: limit_per_minute.max(1),
+            limit_per_minute,
         };
         sqlx::query(
             "INSERT INTO api_keys (id, name, prefix, hash, limit_per_minute) VALUES ($1, $2, $3, $4, $5)",
@@ -292,7 +332,7 @@ impl Keys {
         .bind(&key.name)
         .bind(&key.prefix)
         .bind(&digest(&text)[..])
-        .bind(i32::try_from(key.limit_per_minute).unwrap_or(i32::MAX))
+        .bind(i32::try_from(key.limit_per_minute).unwrap_or(i32::MAX)) // checked by `check_new`
         .execute(&self.db)
         .await?;
         tracing::info!(key_id = %key.id, name = %key.name, "issued an API key");
@@ -363,6 +403,22 @@ fn remember(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_key_needs_a_printable_name_and_a_limit_the_store_can_keep() {
+        assert_eq!(check_new("  billing  ", 1), Ok("billing"));
+        assert_eq!(
+            check_new(&"é".repeat(200), MAX_LIMIT_PER_MINUTE).map(str::len),
+            Ok(400)
+        );
+        let field = |name: &str, limit| check_new(name, limit).unwrap_err().field;
+        assert_eq!(field("   ", 5), "/name");
+        assert_eq!(field(&"a".repeat(201), 5), "/name");
+        assert_eq!(field("app\u{0}", 5), "/name");
+        assert_eq!(field("app\u{9b}x", 5), "/name");
+        assert_eq!(field("app", 0), "/limit_per_minute");
+        assert_eq!(field("app", MAX_LIMIT_PER_MINUTE + 1), "/limit_per_minute");
+    }
 
     #[test]
     fn generated_keys_are_well_formed_and_a_changed_character_is_not() {

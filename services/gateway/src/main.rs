@@ -143,8 +143,9 @@ async fn main() -> anyhow::Result<()> {
                     limit_per_minute,
                 } => {
                     let limit = limit_per_minute.unwrap_or(settings.keys.default_limit_per_minute);
-                    anyhow::ensure!(limit > 0, "--limit-per-minute must be above zero");
-                    let (key, text) = keys.issue(&name, limit).await.context("issuing a key")?;
+                    let name = tributary_gateway::keys::check_new(&name, limit)
+                        .context("refusing to issue this key")?;
+                    let (key, text) = keys.issue(name, limit).await.context("issuing a key")?;
                     eprintln!(
                         "issued key {} for {} ({} requests per minute); it is shown once:",
                         key.id, key.name, key.limit_per_minute

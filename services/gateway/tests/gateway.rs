@@ -1289,3 +1289,35 @@ async fn a_stop_lets_requests_in_flight_finish_and_takes_no_new_ones() {
         "the proxy still accepts after its stop"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_error_in_the_admin_api_and_no_answer_its_document_lacks() {
+    let upstream = Upstream::start().await;
+    let gateway = gateway(&routes(upstream.addr, "", KEY_ROUTE), "schemathesis").await;
+    let document = format!("{}/openapi.json", gateway.admin);
+    let admin = issuer().await.admin();
+    let output = tokio::task::spawn_blocking(move || {
+        tributary_test_servers::schemathesis(&document, &admin, &[])
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // What it looked for is there: a key name with a control character
+    // (PostgreSQL refuses a NUL in text) is the caller's mistake, not a
+    // store outage.
+    let refused = client()
+        .post(format!("{}/admin/keys", gateway.admin))
+        .bearer_auth(issuer().await.admin())
+        .json(&serde_json::json!({"name": "app\u{0}", "limit_per_minute": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(problem.to_string().contains("/name"), "{problem}");
+}

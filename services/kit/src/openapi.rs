@@ -62,3 +62,24 @@ impl utoipa::Modify for CommonProblems {
         }
     }
 }
+
+/// Declares the `bearer` scheme (an access token, a JWT) that
+/// authenticated operations name in `security(("bearer" = []))`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

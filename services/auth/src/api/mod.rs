@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tributary_kit::jwt::{ACCESS_TOKEN_TYPE, Bearer, Claims};
+use tributary_kit::openapi::BearerScheme;
 use tributary_kit::{Json, Path, Problem, Secret};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -39,25 +40,6 @@ mod reset;
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
-
-/// Declares the `bearer` scheme the authenticated routes name.
-struct BearerScheme;
-
-impl utoipa::Modify for BearerScheme {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
 
 /// Every route, with the OpenAPI document served at `/openapi.json`.
 pub fn router(state: AppState) -> Router {
