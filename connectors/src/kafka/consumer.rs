@@ -209,17 +209,23 @@ impl LagTable {
 /// librdkafka's `session.timeout.ms` when the pipeline does not set it.
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// How often a member holding no partitions asks whether its group is done.
+/// How often a member with nothing of its own left to read asks whether its
+/// group is done.
 const GROUP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// How long past the session timeout a member holding nothing waits for the
-/// rebalance that hands over a dead member's partitions before it joins again.
+/// How long one check of the group's committed offsets may take in all.
+const GROUP_CHECK_BUDGET: Duration = Duration::from_secs(1);
+
+/// How long past the session timeout a member with nothing of its own left
+/// to read waits for the rebalance that hands over a dead member's
+/// partitions before it joins again.
 const REJOIN_MARGIN: Duration = Duration::from_secs(2);
 
-/// Since when an idle-bound member has held no partitions, and when it joined
-/// the group again meanwhile.
+/// Since when an idle-bound member has had nothing of its own left to read
+/// (it holds no partitions, or is caught up on those it holds) while its
+/// group was behind, and when it joined the group again meanwhile.
 #[derive(Debug, Clone, Copy)]
-struct Empty {
+struct Waiting {
     since: Instant,
     rejoined: Option<Instant>,
 }
@@ -754,7 +760,7 @@ impl KafkaConsumer {
         let mut last_message = Instant::now();
         let mut last_group_check: Option<Instant> = None;
         let mut last_behind_log: Option<Instant> = None;
-        let mut empty_since: Option<Empty> = None;
+        let mut waiting: Option<Waiting> = None;
         let mut assignments = 0;
         let ended = loop {
             if stop() {
@@ -771,6 +777,7 @@ impl KafkaConsumer {
                 Some(Ok(message)) => {
                     let now = Instant::now();
                     last_message = now;
+                    waiting = None;
                     let mut full = self.append(&context, &message, now);
                     drop(message);
                     // Take what librdkafka already holds before the per-round
@@ -812,14 +819,18 @@ impl KafkaConsumer {
                 // assignment has yet to be read: neither is idleness.
                 last_message = Instant::now();
                 assignments = generation;
-                empty_since = None;
+                waiting = None;
             }
             if let Some(idle) = until_idle
                 && last_message.elapsed() >= idle
             {
-                let holding = !context.states().is_empty();
+                let holding: Vec<TopicPartition> = context
+                    .states()
+                    .iter()
+                    .map(|s| s.partition.clone())
+                    .collect();
                 let mut reason = self.behind(&context);
-                if reason.is_none() && holding {
+                if reason.is_none() && !holding.is_empty() && waiting.is_none() {
                     // Statistics may predate a reconnect: ask the brokers
                     // themselves before stopping.
                     if last_group_check.is_some_and(|at| at.elapsed() < GROUP_CHECK_EVERY) {
@@ -827,7 +838,7 @@ impl KafkaConsumer {
                     }
                     last_group_check = Some(Instant::now());
                     reason = self.behind_the_brokers(&context);
-                    if reason.is_none() {
+                    if reason.is_none() && self.group_caught_up(&holding) {
                         break Ok(Ended::Idle);
                     }
                 }
@@ -842,40 +853,42 @@ impl KafkaConsumer {
                     }
                     continue;
                 }
-                // A member holding nothing (given nothing, or its session
-                // lost) is idle only once its group is: what it was not given
-                // may be held by a member that died and still counts until
-                // its session times out, after which a rebalance hands it
-                // over. Once that timeout has passed it joins the group
+                // Nothing of its own left to read (given nothing, its session
+                // lost, or caught up on what it holds) while the group is
+                // behind: it is idle only once its group is. What it was not
+                // given may be held by a member that died and still counts
+                // until its session times out, after which a rebalance hands
+                // it over. Once that timeout has passed it joins the group
                 // again: a member that joined while the dead one still
                 // counted may never hear of that rebalance (tansu 0.6 was
-                // seen to leave it with nothing), and a fresh join is
-                // answered with what is left. Past twice the timeout, and
-                // one after the rejoin, it holds nothing for good (more
-                // members than partitions).
-                let empty = empty_since.get_or_insert(Empty {
+                // seen to leave it with nothing, or with part of the topic),
+                // and a fresh join is answered with what is left. Past twice
+                // the timeout, and one after the rejoin, it stops (more
+                // members than partitions, or another live member still
+                // reading its own).
+                let wait = waiting.get_or_insert(Waiting {
                     since: Instant::now(),
                     rejoined: None,
                 });
-                let waited = empty.since.elapsed();
-                let settled = empty
+                let waited = wait.since.elapsed();
+                let settled = wait
                     .rejoined
                     .is_none_or(|at| at.elapsed() >= self.session_timeout);
                 if waited >= 2 * self.session_timeout && settled {
                     tracing::info!(
                         waited_s = waited.as_secs(),
-                        "holding no partitions past twice the session timeout; stopping"
+                        "nothing of its own to read past twice the session timeout; stopping"
                     );
                     break Ok(Ended::Idle);
                 }
                 if last_group_check.is_none_or(|at| at.elapsed() >= GROUP_CHECK_EVERY) {
                     last_group_check = Some(Instant::now());
-                    if self.group_caught_up() {
+                    if self.group_caught_up(&holding) {
                         break Ok(Ended::Idle);
                     }
-                    if empty.rejoined.is_none() && waited >= self.session_timeout + REJOIN_MARGIN {
-                        empty.rejoined = Some(Instant::now());
-                        self.rejoin();
+                    if wait.rejoined.is_none() && waited >= self.session_timeout + REJOIN_MARGIN {
+                        wait.rejoined = Some(Instant::now());
+                        self.rejoin(&context, &holding);
                     }
                 }
             }
@@ -887,14 +900,19 @@ impl KafkaConsumer {
         ended
     }
 
-    /// Leaves the group and joins it again (a member holding nothing, so
-    /// nothing is revoked).
-    fn rejoin(&self) {
+    /// Leaves the group and joins it again. What it holds is caught up:
+    /// it is let go first (made durable and committed, as at the run's end).
+    fn rejoin(&self, context: &OwnerContext, held: &[TopicPartition]) {
         let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
         tracing::info!(
             session_timeout_s = self.session_timeout.as_secs(),
-            "holding no partitions past the session timeout while the group is behind; joining the group again"
+            held = held.len(),
+            "nothing of its own to read past the session timeout while the group is behind; joining the group again"
         );
+        if !held.is_empty() {
+            context.release(&self.consumer, Some(held));
+            self.commit_requested();
+        }
         self.consumer.unsubscribe();
         if let Err(error) = self.consumer.subscribe(&topics) {
             tracing::warn!(%error, "joining the group again failed; the next check retries");
@@ -903,30 +921,46 @@ impl KafkaConsumer {
 
     /// Whether the group has committed every partition of its topics up to
     /// its high-water mark (an empty partition counts as done), as the
-    /// brokers say now; false if they cannot say.
-    fn group_caught_up(&self) -> bool {
-        let timeout = Duration::from_secs(5);
+    /// brokers say now, besides `held` (this member's own, which it commits
+    /// when it lets them go); false if they cannot say.
+    fn group_caught_up(&self, held: &[TopicPartition]) -> bool {
+        // One short budget for the whole check: the polling loop waits on
+        // it, and a rebalance needs that loop to hand partitions over (a
+        // check waiting seconds on a broker mid-rebalance was seen to cost
+        // this member its place in the group).
+        let deadline = Instant::now() + GROUP_CHECK_BUDGET;
+        let left = || deadline.saturating_duration_since(Instant::now());
         let mut tpl = TopicPartitionList::new();
+        let mut known = 0;
         for topic in &self.settings.topics {
-            let Ok(metadata) = self.consumer.fetch_metadata(Some(topic), timeout) else {
+            let Ok(metadata) = self.consumer.fetch_metadata(Some(topic), left()) else {
                 return false;
             };
             for t in metadata.topics() {
                 for p in t.partitions() {
-                    tpl.add_partition(t.name(), p.id());
+                    known += 1;
+                    let own = held
+                        .iter()
+                        .any(|h| h.topic == t.name() && h.partition == p.id());
+                    if !own {
+                        tpl.add_partition(t.name(), p.id());
+                    }
                 }
             }
         }
-        if tpl.count() == 0 {
+        if known == 0 {
             return false;
         }
-        let Ok(committed) = self.consumer.committed_offsets(tpl, timeout) else {
+        if tpl.count() == 0 {
+            return true;
+        }
+        let Ok(committed) = self.consumer.committed_offsets(tpl, left()) else {
             return false;
         };
         committed.elements().iter().all(|e| {
             let Ok((low, high)) = self
                 .consumer
-                .fetch_watermarks(e.topic(), e.partition(), timeout)
+                .fetch_watermarks(e.topic(), e.partition(), left())
             else {
                 return false;
             };
