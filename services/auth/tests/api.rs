@@ -32,7 +32,7 @@ fn database_url() -> String {
 fn database_url_for(purpose: &str) -> String {
     format!(
         "{POSTGRES}/tributary_auth_test_{}_{purpose}",
-        std::process::id()
+        servers::run_id()
     )
 }
 
@@ -42,7 +42,7 @@ async fn drop_old_databases() {
         let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres"))
             .await
             .expect("PostgreSQL must run on 127.0.0.1:5432 with trust auth");
-        let mine = format!("tributary_auth_test_{}_%", std::process::id());
+        let mine = format!("tributary_auth_test_{}_%", servers::run_id());
         let old: Vec<String> = sqlx::query_scalar(
             "SELECT datname FROM pg_database WHERE datname LIKE 'tributary_auth_test_%' AND datname NOT LIKE $1",
         )

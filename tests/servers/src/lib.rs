@@ -363,6 +363,15 @@ pub fn schemathesis(document: &str, bearer: &str, exclude: &[&str]) -> std::proc
         .expect("running schemathesis")
 }
 
+/// This test process's part of names that outlive it (its databases): its
+/// pid and a random part. A pid alone is reused by a later run on a busy
+/// machine (pid_max 32768): a run then found the databases of one that
+/// had had its pid, their keys sealed with that run's keyring.
+pub fn run_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| format!("{}_{:08x}", std::process::id(), fastrand::u32(..)))
+}
+
 /// Reads `topic` from the start as (key, JSON value), in the order the
 /// messages arrive (each partition's in offset order): at least `n` of
 /// them (or fails after a minute, plus a second per thousand), then on

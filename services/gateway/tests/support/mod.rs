@@ -29,7 +29,10 @@ pub async fn database_url() -> String {
         let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres"))
             .await
             .expect("PostgreSQL must run on 127.0.0.1:5432 with trust auth");
-        let mine = format!("tributary_gateway_test_{}", std::process::id());
+        let mine = format!(
+            "tributary_gateway_test_{}",
+            tributary_test_servers::run_id()
+        );
         let old: Vec<String> = sqlx::query_scalar(
             "SELECT datname FROM pg_database WHERE datname LIKE 'tributary_gateway_test_%' AND datname <> $1",
         )

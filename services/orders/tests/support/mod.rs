@@ -41,7 +41,10 @@ pub async fn database_url(test: &str) -> String {
         .await
         .expect("PostgreSQL must run on 127.0.0.1:5432 with trust auth");
     ONCE.get_or_init(|| async {
-        let mine = format!("tributary_orders_test_{}_%", std::process::id());
+        let mine = format!(
+            "tributary_orders_test_{}_%",
+            tributary_test_servers::run_id()
+        );
         let old: Vec<String> = sqlx::query_scalar(
             "SELECT datname FROM pg_database WHERE datname LIKE 'tributary_orders_test_%' AND datname NOT LIKE $1",
         )
@@ -61,7 +64,7 @@ pub async fn database_url(test: &str) -> String {
     admin.close().await;
     format!(
         "{POSTGRES}/tributary_orders_test_{}_{test}",
-        std::process::id()
+        tributary_test_servers::run_id()
     )
 }
 
