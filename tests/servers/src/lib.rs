@@ -329,10 +329,11 @@ pub fn oidc_provider(redirect_uri: &str) -> Process {
 }
 
 /// Runs schemathesis against the OpenAPI document at `document` with a
-/// bearer token, and returns its output: the checks are no 5xx, and every
-/// status, content type, header and body as the document says. The paths
-/// in `exclude` are left out (a logout would spend the token).
-pub fn schemathesis(document: &str, bearer: &str, exclude: &[&str]) -> std::process::Output {
+/// bearer token, and fails with its report unless every check passed: no
+/// 5xx, every status, content type, header and body as the document says,
+/// no invalid input accepted. The paths in `exclude` are left out (a
+/// logout would spend the token). It blocks: run it on a blocking thread.
+pub fn assert_schemathesis_passes(document: &str, bearer: &str, exclude: &[&str]) {
     ensure_tools();
     // It keeps a cache in its working directory: not in the repository.
     let scratch = tempfile::tempdir().expect("a scratch directory");
@@ -358,9 +359,14 @@ pub fn schemathesis(document: &str, bearer: &str, exclude: &[&str]) -> std::proc
             "1",
         ])
         .args(exclude.iter().flat_map(|path| ["--exclude-path", path]))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("running schemathesis")
+        .env("NO_COLOR", "1");
+    let output = command.output().expect("running schemathesis");
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// This test process's part of names that outlive it (its databases): its
